@@ -1,3 +1,10 @@
 //! kiln: builds Cluster API machine images from a declarative matrix, the way Nix builds packages.
 
+pub mod cli;
+pub mod config;
+pub mod graph;
 pub mod hash;
+pub mod matrix;
+pub mod plan;
+pub mod statcache;
+pub mod store;

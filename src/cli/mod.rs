@@ -1,0 +1,88 @@
+//! The command line: flags, resolved settings, one file per subcommand.
+
+mod check;
+mod context;
+mod graph;
+mod matrix;
+mod plan;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use report::CliError;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Builds Cluster API machine images from a declarative matrix"
+)]
+pub struct Cli {
+    /// The config file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "images.kdl"
+    )]
+    pub file: PathBuf,
+    /// The cache directory (default: `cache/` beside the config file).
+    #[arg(long, global = true)]
+    pub cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate the config and every module it imports.
+    Check,
+    /// Print the expanded matrix cells.
+    Matrix {
+        #[command(flatten)]
+        select: Select,
+        /// Print a JSON array of cells.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the graph of step nodes.
+    Graph {
+        #[command(flatten)]
+        select: Select,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: crate::graph::GraphFormat,
+    },
+    /// Show what a build would do, node by node, and why.
+    Plan(plan::PlanArgs),
+}
+
+/// Which cells to work on.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Select {
+    /// Only the cells of this matrix (default: every matrix).
+    #[arg(long = "matrix", value_name = "NAME")]
+    pub matrix: Option<String>,
+    /// Only cells with this Kubernetes series (repeatable).
+    #[arg(long = "kubernetes", value_name = "SERIES")]
+    pub kubernetes: Vec<String>,
+    /// Only cells of this provider (repeatable).
+    #[arg(long = "provider", value_name = "NAME")]
+    pub provider: Vec<String>,
+    /// Only cells with this OS (repeatable).
+    #[arg(long = "os", value_name = "OS")]
+    pub os: Vec<String>,
+    /// Only the cell with this name (repeatable).
+    #[arg(long = "cell", value_name = "NAME")]
+    pub cell: Vec<String>,
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Check => check::run(&cli.file),
+        Command::Matrix { ref select, json } => matrix::run(&cli.file, select, json),
+        Command::Graph { ref select, format } => graph::run(&cli.file, select, format),
+        Command::Plan(ref args) => plan::run(&cli, args),
+    }
+}

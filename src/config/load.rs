@@ -1,0 +1,427 @@
+//! Reading `images.kdl`, following its imports, and reading `images.lock`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kdl::{KdlDocument, KdlNode};
+use miette::LabeledSpan;
+
+use super::diag::{Diag, Diags, did_you_mean};
+use super::kdl::{Reader, name};
+use super::model::*;
+use super::parse;
+use super::source::{FileId, Loc, SourceMap, Spanned};
+
+/// The lock file beside the root config.
+pub const LOCK_FILE: &str = "images.lock";
+
+const TOP_LEVEL: [&str; 6] = [
+    "import",
+    "tool",
+    "kubernetes",
+    "matrix",
+    "provider",
+    "module",
+];
+
+struct Loader {
+    root: PathBuf,
+    sources: SourceMap,
+    diags: Diags,
+    /// Files being imported, innermost last: to name an import cycle.
+    stack: Vec<(PathBuf, Option<Loc>)>,
+    tools: BTreeMap<String, Tool>,
+    releases: BTreeMap<String, Release>,
+    matrices: Vec<MatrixDecl>,
+    providers: BTreeMap<String, Provider>,
+    modules: BTreeMap<String, Module>,
+}
+
+/// Reads a file into the source map, or reports why it cannot.
+fn read_source(
+    sources: &mut SourceMap,
+    name: String,
+    path: &Path,
+) -> Result<FileId, std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(sources.add(name, path.to_path_buf(), text))
+}
+
+/// The first diagnostic of a KDL syntax error, re-wrapped with the file name; the parser's
+/// follow-on diagnostics are usually noise caused by the first.
+fn syntax_error(sources: &SourceMap, file: FileId, err: &kdl::KdlError) -> Diag {
+    let src = sources.named(file);
+    match err.diagnostics.first() {
+        Some(d) => {
+            let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
+            let label = d.label.clone().unwrap_or_else(|| "here".into());
+            let help = d
+                .help
+                .clone()
+                .unwrap_or_else(|| "see https://kdl.dev for the KDL 2.0 syntax".into());
+            Diag::error(
+                "kiln::config::syntax",
+                format!("KDL syntax error: {message}"),
+            )
+            .with_source(src)
+            .raw_label(LabeledSpan::new_with_span(Some(label), d.span))
+            .help(help)
+        }
+        None => Diag::error("kiln::config::syntax", "KDL syntax error").with_source(src),
+    }
+}
+
+impl Loader {
+    fn reader(&mut self, file: FileId) -> Reader<'_> {
+        Reader {
+            sources: &self.sources,
+            file,
+            diags: &mut self.diags,
+        }
+    }
+
+    fn load_file(&mut self, path: PathBuf, display: String, from: Option<Loc>) {
+        if let Some(pos) = self.stack.iter().position(|(p, _)| *p == path) {
+            let chain: Vec<String> = self.stack[pos..]
+                .iter()
+                .map(|(p, _)| {
+                    self.sources.find(p).map_or_else(
+                        || p.display().to_string(),
+                        |f| self.sources.get(f).name.clone(),
+                    )
+                })
+                .chain(std::iter::once(display.clone()))
+                .collect();
+            let mut d = Diag::error(
+                "kiln::config::import-cycle",
+                format!("import cycle: {}", chain.join(" → ")),
+            );
+            if let Some(loc) = from {
+                d = d.label(&self.sources, loc, "this import closes the cycle");
+            }
+            self.diags.push(d.help("remove one of the imports in the cycle; shared definitions can live in a file both import"));
+            return;
+        }
+        if self.sources.find(&path).is_some() {
+            return; // already loaded through another import: a diamond, not a cycle
+        }
+        let file = match read_source(&mut self.sources, display.clone(), &path) {
+            Ok(f) => f,
+            Err(e) => {
+                let d = match from {
+                    Some(loc) => Diag::error(
+                        "kiln::config::import-not-found",
+                        format!("cannot import `{display}`: {e}"),
+                    )
+                    .label(&self.sources, loc, "imported here")
+                    .help("imports are relative to the importing file; check the path"),
+                    None => Diag::error(
+                        "kiln::config::not-found",
+                        format!("cannot read config `{display}`: {e}"),
+                    )
+                    .help("run kiln in the directory of images.kdl, or pass -f PATH"),
+                };
+                self.diags.push(d);
+                return;
+            }
+        };
+        let text = self.sources.get(file).text.clone();
+        let doc = match KdlDocument::parse_v2(&text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let d = syntax_error(&self.sources, file, &e);
+                self.diags.push(d);
+                return;
+            }
+        };
+        self.stack.push((path.clone(), from));
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let display_dir = Path::new(&display)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        for node in doc.nodes() {
+            self.top_level(file, &dir, &display_dir, node);
+        }
+        self.stack.pop();
+    }
+
+    fn top_level(&mut self, file: FileId, dir: &Path, display_dir: &Path, node: &KdlNode) {
+        let root = self.root.clone();
+        match name(node) {
+            "import" => {
+                let mut r = self.reader(file);
+                r.check_shape(node, &[], false);
+                let Some(target) = r.single_string(node, "a path to import") else {
+                    return;
+                };
+                let path = parse::join_normalized(dir, &target.value);
+                let display = parse::join_normalized(display_dir, &target.value)
+                    .to_string_lossy()
+                    .into_owned();
+                self.load_file(path, display, Some(target.loc));
+            }
+            "tool" => {
+                if let Some(t) = parse::tool(&mut self.reader(file), node) {
+                    if let Some(prev) = self.tools.get(&t.name) {
+                        let (a, b) = (prev.loc, t.loc);
+                        self.reader(file)
+                            .duplicate(&format!("tool `{}`", t.name), a, b);
+                    }
+                    self.tools.insert(t.name.clone(), t);
+                }
+            }
+            "kubernetes" => {
+                if let Some((rel, _)) = parse::release(&mut self.reader(file), node) {
+                    if let Some(prev) = self.releases.get(&rel.series) {
+                        let (a, b) = (prev.loc, rel.loc);
+                        self.reader(file).duplicate(
+                            &format!("kubernetes release {}", rel.series),
+                            a,
+                            b,
+                        );
+                    }
+                    self.releases.insert(rel.series.clone(), rel);
+                }
+            }
+            "matrix" => {
+                if let Some(m) = parse::matrix(&mut self.reader(file), node) {
+                    if let Some(prev) = self.matrices.iter().find(|p| p.spec.name == m.spec.name) {
+                        let (a, b) = (prev.loc, m.loc);
+                        self.reader(file)
+                            .duplicate(&format!("matrix `{}`", m.spec.name), a, b);
+                    }
+                    self.matrices.push(m);
+                }
+            }
+            "provider" => {
+                if let Some(p) = parse::provider(&mut self.reader(file), &root, dir, node) {
+                    if let Some(prev) = self.providers.get(&p.name) {
+                        let (a, b) = (prev.loc, p.loc);
+                        self.reader(file)
+                            .duplicate(&format!("provider `{}`", p.name), a, b);
+                    }
+                    self.providers.insert(p.name.clone(), p);
+                }
+            }
+            "module" => {
+                if let Some(m) = parse::module(&mut self.reader(file), node) {
+                    if let Some(prev) = self.modules.get(&m.name) {
+                        let (a, b) = (prev.loc, m.loc);
+                        self.reader(file)
+                            .duplicate(&format!("module `{}`", m.name), a, b);
+                    }
+                    self.modules.insert(m.name.clone(), m);
+                }
+            }
+            _ => self
+                .reader(file)
+                .unknown_node(node, "the config", &TOP_LEVEL),
+        }
+    }
+
+    /// `images.lock`: `kubernetes "1.32" version="1.32.1" [revision="1.1"]` per tracked series.
+    fn read_lock(&mut self, path: &Path, display: String) {
+        let tracked: Vec<String> = self
+            .releases
+            .values()
+            .filter(|r| r.tracked)
+            .map(|r| r.series.clone())
+            .collect();
+        let mut entries: BTreeMap<String, (Spanned<String>, Option<String>)> = BTreeMap::new();
+        if path.exists() {
+            let file = match read_source(&mut self.sources, display.clone(), path) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.diags.push(Diag::error(
+                        "kiln::lock::read",
+                        format!("cannot read {display}: {e}"),
+                    ));
+                    return;
+                }
+            };
+            let text = self.sources.get(file).text.clone();
+            match KdlDocument::parse_v2(&text) {
+                Err(e) => {
+                    let d = syntax_error(&self.sources, file, &e);
+                    self.diags.push(d);
+                    return;
+                }
+                Ok(doc) => {
+                    for node in doc.nodes() {
+                        let mut r = self.reader(file);
+                        if name(node) != "kubernetes" {
+                            r.unknown_node(node, "images.lock", &["kubernetes"]);
+                            continue;
+                        }
+                        r.check_shape(node, &["version", "revision"], false);
+                        let Some(series) = r.single_string(node, "a release series") else {
+                            continue;
+                        };
+                        let Some(v) = node.entry("version") else {
+                            r.missing(node, "version=\"…\"", "the locked version");
+                            continue;
+                        };
+                        let Some(version) = r.string(v, "version") else {
+                            continue;
+                        };
+                        let revision = node
+                            .entry("revision")
+                            .and_then(|e| r.string(e, "revision"))
+                            .map(|s| s.value);
+                        if parse::check_patch_version(&mut r, &series.value, &version) {
+                            entries.insert(series.value, (version, revision));
+                        }
+                    }
+                }
+            }
+        }
+        for series in tracked {
+            let rel = self
+                .releases
+                .get_mut(&series)
+                .expect("tracked release exists");
+            match entries.remove(&series) {
+                Some((version, revision)) => {
+                    rel.version = version.value;
+                    if let Some(rev) = revision {
+                        rel.revision = rev;
+                    }
+                }
+                None => {
+                    let loc = rel.loc;
+                    let d = Diag::error(
+                        "kiln::lock::missing",
+                        format!("series {series} is tracked but {LOCK_FILE} has no version for it"),
+                    )
+                    .label(&self.sources, loc, "tracked here")
+                    .help(format!(
+                        "add `kubernetes \"{series}\" version=\"{series}.0\"` to {LOCK_FILE} (kiln update will maintain it)"
+                    ));
+                    self.diags.push(d);
+                }
+            }
+        }
+    }
+
+    /// Checks that need every file: providers against their modules.
+    fn check_providers(&mut self) {
+        let module_names: Vec<String> = self.modules.keys().cloned().collect();
+        let mut found = Vec::new();
+        for p in self.providers.values() {
+            let Some(module) = self.modules.get(&p.module.value) else {
+                let names: Vec<&str> = module_names.iter().map(String::as_str).collect();
+                found.push(
+                    Diag::error("kiln::config::unknown-module", format!("provider `{}` uses module `{}`, which is not declared", p.name, p.module.value))
+                        .label(&self.sources, p.module.loc, "no such module")
+                        .help(format!(
+                            "import the module file (e.g. `import \"modules/{}.kdl\"`) or set module=\"…\"; {}",
+                            p.module.value,
+                            did_you_mean(&p.module.value, &names, "module")
+                        )),
+                );
+                continue;
+            };
+            let declared: Vec<&str> = module.settings.keys().map(String::as_str).collect();
+            let overlays = std::iter::once(&p.body).chain(p.overrides.iter().map(|o| &o.body));
+            for body in overlays {
+                for (key, v) in &body.settings {
+                    if !module.settings.contains_key(key) {
+                        let mut allowed: Vec<&str> = declared.clone();
+                        allowed.extend([
+                            "var", "patch", "ship", "secret", "limit", "retries", "timeout",
+                            "override",
+                        ]);
+                        found.push(
+                            Diag::error(
+                                "kiln::config::unknown",
+                                format!("unknown node `{key}` in provider `{}`", p.name),
+                            )
+                            .label(
+                                &self.sources,
+                                v.loc,
+                                "not a setting of this provider's module",
+                            )
+                            .help(format!(
+                                "{} (module `{}` declares: {})",
+                                did_you_mean(key, &allowed, "setting"),
+                                module.name,
+                                if declared.is_empty() {
+                                    "no settings".to_string()
+                                } else {
+                                    declared.join(", ")
+                                }
+                            )),
+                        );
+                    }
+                }
+            }
+            for s in module
+                .settings
+                .values()
+                .filter(|s| s.required && s.default.is_none())
+            {
+                if !p.body.settings.contains_key(&s.name) {
+                    found.push(
+                        Diag::error(
+                            "kiln::config::missing",
+                            format!("provider `{}` must set `{}`", p.name, s.name),
+                        )
+                        .label(&self.sources, p.loc, "setting missing in this block")
+                        .label(&self.sources, s.loc, "required by the module here")
+                        .help(format!(
+                            "add `{} \"…\"` inside `provider \"{}\" {{ … }}`",
+                            s.name, p.name
+                        )),
+                    );
+                }
+            }
+        }
+        for d in found {
+            self.diags.push(d);
+        }
+    }
+}
+
+/// Loads a config file and everything it imports. Returns the config and its warnings, or every
+/// error found.
+pub fn load(path: &Path) -> Result<(Config, Diags), Diags> {
+    let display = path.to_string_lossy().into_owned();
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let abs = parse::join_normalized(Path::new("/"), &abs.to_string_lossy());
+    let root = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut l = Loader {
+        root: root.clone(),
+        sources: SourceMap::default(),
+        diags: Diags::default(),
+        stack: Vec::new(),
+        tools: BTreeMap::new(),
+        releases: BTreeMap::new(),
+        matrices: Vec::new(),
+        providers: BTreeMap::new(),
+        modules: BTreeMap::new(),
+    };
+    l.load_file(abs, display.clone(), None);
+    if l.sources.files().next().is_none() {
+        return Err(l.diags);
+    }
+    let lock_display = Path::new(&display)
+        .with_file_name(LOCK_FILE)
+        .to_string_lossy()
+        .into_owned();
+    l.read_lock(&root.join(LOCK_FILE), lock_display);
+    l.check_providers();
+    if l.diags.has_errors() {
+        return Err(l.diags);
+    }
+    let config = Config {
+        root,
+        sources: l.sources,
+        tools: l.tools,
+        releases: l.releases,
+        matrices: l.matrices,
+        providers: l.providers,
+        modules: l.modules,
+    };
+    Ok((config, l.diags))
+}

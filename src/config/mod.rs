@@ -1,0 +1,17 @@
+//! `images.kdl` → typed [`Config`]: KDL parsing, imports, the lock file, and diagnostics.
+
+pub mod cells;
+pub mod diag;
+mod kdl;
+mod load;
+pub mod model;
+mod parse;
+pub mod source;
+pub mod step;
+pub mod template;
+
+pub use diag::{Diag, Diags};
+pub use load::{LOCK_FILE, load};
+pub use model::*;
+pub use source::{Loc, SourceMap, Spanned};
+pub use step::{BuilderKind, StepKind};

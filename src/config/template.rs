@@ -1,0 +1,118 @@
+//! `{placeholder}` templates used in module parameters, variables and cell names.
+
+/// A piece of a parsed template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment<'a> {
+    Text(&'a str),
+    Placeholder(&'a str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unclosed `{{` at byte {0}")]
+    Unclosed(usize),
+    #[error("empty placeholder `{{}}` at byte {0}")]
+    Empty(usize),
+}
+
+/// Splits a template into text and placeholders. `{{` and `}}` are literal braces.
+pub fn parse(template: &str) -> Result<Vec<Segment<'_>>, TemplateError> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    let mut offset = 0;
+    while let Some(i) = rest.find(['{', '}']) {
+        if i > 0 {
+            out.push(Segment::Text(&rest[..i]));
+        }
+        let brace = &rest[i..i + 1];
+        if rest[i + 1..].starts_with(brace) {
+            out.push(Segment::Text(brace));
+            rest = &rest[i + 2..];
+            offset += i + 2;
+            continue;
+        }
+        if brace == "}" {
+            // A lone closing brace is literal text, as in most template languages.
+            out.push(Segment::Text(brace));
+            rest = &rest[i + 1..];
+            offset += i + 1;
+            continue;
+        }
+        let Some(end) = rest[i + 1..].find('}') else {
+            return Err(TemplateError::Unclosed(offset + i));
+        };
+        let name = rest[i + 1..i + 1 + end].trim();
+        if name.is_empty() {
+            return Err(TemplateError::Empty(offset + i));
+        }
+        out.push(Segment::Placeholder(name));
+        rest = &rest[i + end + 2..];
+        offset += i + end + 2;
+    }
+    if !rest.is_empty() {
+        out.push(Segment::Text(rest));
+    }
+    Ok(out)
+}
+
+/// The placeholders a template uses, in order.
+pub fn placeholders(template: &str) -> Result<Vec<&str>, TemplateError> {
+    Ok(parse(template)?
+        .into_iter()
+        .filter_map(|s| match s {
+            Segment::Placeholder(p) => Some(p),
+            Segment::Text(_) => None,
+        })
+        .collect())
+}
+
+/// Renders a template; `lookup` returns `None` for an unknown placeholder, which is returned as
+/// the error so the caller can point at it.
+pub fn render<'t, F>(template: &'t str, mut lookup: F) -> Result<String, RenderError<'t>>
+where
+    F: FnMut(&str) -> Option<String>,
+{
+    let mut out = String::with_capacity(template.len());
+    for seg in parse(template).map_err(RenderError::Syntax)? {
+        match seg {
+            Segment::Text(t) => out.push_str(t),
+            Segment::Placeholder(p) => match lookup(p) {
+                Some(v) => out.push_str(&v),
+                None => return Err(RenderError::Unknown(p)),
+            },
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderError<'t> {
+    Syntax(TemplateError),
+    Unknown(&'t str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_escapes() {
+        let r = render("{provider}-{os}-k8s-{kubernetes}", |k| {
+            Some(k.to_uppercase())
+        });
+        assert_eq!(r.unwrap(), "PROVIDER-OS-K8S-KUBERNETES");
+        assert_eq!(render("a{{b}}c", |_| None).unwrap(), "a{b}c");
+        assert_eq!(render("{ os }", |k| Some(k.into())).unwrap(), "os");
+    }
+
+    #[test]
+    fn reports_errors() {
+        assert_eq!(parse("ab{cd"), Err(TemplateError::Unclosed(2)));
+        assert_eq!(parse("ab{}"), Err(TemplateError::Empty(2)));
+        assert_eq!(
+            render("x-{nope}", |_| None),
+            Err(RenderError::Unknown("nope"))
+        );
+        assert_eq!(placeholders("{a}-{b}").unwrap(), vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,64 @@
+//! The build graph: a DAG of step nodes, lowered from cells, with renderings for people.
+
+mod lower;
+mod node;
+mod render;
+
+use std::collections::HashMap;
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+
+pub use lower::{input_paths, lower};
+pub use node::{FileInput, FileRole, InputName, Manifest, Node, Recipe};
+pub use render::GraphFormat;
+
+use crate::matrix::Cell;
+
+#[derive(Debug)]
+pub struct Graph {
+    g: DiGraph<Node, ()>,
+    by_id: HashMap<String, NodeIndex>,
+    pub cells: Vec<Cell>,
+}
+
+impl Graph {
+    fn new(g: DiGraph<Node, ()>, cells: Vec<Cell>) -> Graph {
+        let by_id = g.node_indices().map(|ix| (g[ix].id.clone(), ix)).collect();
+        Graph { g, by_id, cells }
+    }
+
+    /// Node indices in a topological order (dependencies first).
+    pub fn order(&self) -> Vec<NodeIndex> {
+        // Lowering adds every node after its dependencies, so index order is topological.
+        self.g.node_indices().collect()
+    }
+
+    pub fn node(&self, ix: NodeIndex) -> &Node {
+        &self.g[ix]
+    }
+
+    pub fn len(&self) -> usize {
+        self.g.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.g.node_count() == 0
+    }
+
+    pub fn edge_count(&self) -> usize {
+        self.g.edge_count()
+    }
+
+    pub fn find(&self, id: &str) -> Option<NodeIndex> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn deps(&self, ix: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.g.neighbors_directed(ix, Direction::Incoming)
+    }
+
+    pub fn dependents(&self, ix: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.g.neighbors_directed(ix, Direction::Outgoing)
+    }
+}

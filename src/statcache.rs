@@ -1,0 +1,238 @@
+//! File and directory digests through a stat cache: (path, size, mtime, inode) → digest, kept in
+//! the cache directory, so a re-plan with nothing changed reads no file contents.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+
+use crate::hash::{Digest, KeyHasher};
+
+/// Files above this size are hashed with memory mapping over all cores.
+const MMAP_THRESHOLD: u64 = 16 * 1024 * 1024;
+const HEADER: &str = "kiln-statcache-v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            ino: meta.ino(),
+        }
+    }
+}
+
+pub struct StatCache {
+    file: Option<PathBuf>,
+    entries: Mutex<HashMap<PathBuf, (Stamp, Digest)>>,
+    dirty: AtomicBool,
+    hashed: std::sync::atomic::AtomicUsize,
+}
+
+fn parse_line(line: &str) -> Option<(PathBuf, (Stamp, Digest))> {
+    let mut it = line.splitn(6, ' ');
+    let digest = it.next()?.parse().ok()?;
+    let size = it.next()?.parse().ok()?;
+    let mtime_ns = it.next()?.parse().ok()?;
+    let ctime_ns = it.next()?.parse().ok()?;
+    let ino = it.next()?.parse().ok()?;
+    let path = PathBuf::from(it.next()?);
+    Some((
+        path,
+        (
+            Stamp {
+                size,
+                mtime_ns,
+                ctime_ns,
+                ino,
+            },
+            digest,
+        ),
+    ))
+}
+
+impl StatCache {
+    /// Loads the cache kept at `file` (missing or unreadable: start empty).
+    pub fn load(file: Option<PathBuf>) -> StatCache {
+        let mut entries = HashMap::new();
+        if let Some(text) = file.as_ref().and_then(|f| fs::read_to_string(f).ok()) {
+            let mut lines = text.lines();
+            if lines.next() == Some(HEADER) {
+                entries.extend(lines.filter_map(parse_line));
+            }
+        }
+        StatCache {
+            file,
+            entries: Mutex::new(entries),
+            dirty: AtomicBool::new(false),
+            hashed: Default::default(),
+        }
+    }
+
+    /// How many files had their contents read (the rest were answered from the cache).
+    pub fn files_hashed(&self) -> usize {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
+    /// The digest of a regular file's contents.
+    pub fn file(&self, path: &Path) -> io::Result<Digest> {
+        let meta = fs::metadata(path)?;
+        let stamp = Stamp::of(&meta);
+        if let Some((s, d)) = self.entries.lock().expect("stat cache lock").get(path)
+            && *s == stamp
+        {
+            return Ok(*d);
+        }
+        let mut h = blake3::Hasher::new();
+        if meta.len() >= MMAP_THRESHOLD {
+            h.update_mmap_rayon(path)?;
+        } else {
+            h.update(&fs::read(path)?);
+        }
+        let d = Digest::from_bytes(*h.finalize().as_bytes());
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        self.entries
+            .lock()
+            .expect("stat cache lock")
+            .insert(path.to_path_buf(), (stamp, d));
+        self.dirty.store(true, Ordering::Relaxed);
+        Ok(d)
+    }
+
+    /// A Merkle digest of a directory: every entry's relative path, type, executable bit and
+    /// content digest, in sorted order. Symlinks are hashed by target.
+    pub fn dir(&self, path: &Path) -> io::Result<Digest> {
+        let mut entries: Vec<(String, String)> = Vec::new();
+        self.walk(path, String::new(), &mut entries)?;
+        entries.sort();
+        let mut h = KeyHasher::new("dir");
+        h.begin("entries", entries.len());
+        for (name, what) in &entries {
+            h.str(name).str(what);
+        }
+        Ok(h.finish())
+    }
+
+    fn walk(&self, dir: &Path, prefix: String, out: &mut Vec<(String, String)>) -> io::Result<()> {
+        let mut children: Vec<fs::DirEntry> = fs::read_dir(dir)?.collect::<io::Result<_>>()?;
+        children.sort_by_key(|e| e.file_name());
+        for e in children {
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+            let ty = e.file_type()?;
+            if ty.is_symlink() {
+                out.push((name, format!("link {}", fs::read_link(e.path())?.display())));
+            } else if ty.is_dir() {
+                out.push((name.clone(), "dir".into()));
+                self.walk(&e.path(), format!("{name}/"), out)?;
+            } else {
+                let exec = e.metadata()?.permissions().mode() & 0o111 != 0;
+                let d = self.file(&e.path())?;
+                out.push((name, format!("{} {d}", if exec { "exec" } else { "file" })));
+            }
+        }
+        Ok(())
+    }
+
+    /// Digests many paths in parallel; the first error is returned with its path.
+    pub fn digest_all(
+        &self,
+        paths: &[(PathBuf, bool)],
+    ) -> Result<HashMap<PathBuf, Digest>, (PathBuf, io::Error)> {
+        paths
+            .par_iter()
+            .map(|(p, is_dir)| {
+                let d = if *is_dir { self.dir(p) } else { self.file(p) };
+                d.map(|d| (p.clone(), d)).map_err(|e| (p.clone(), e))
+            })
+            .collect()
+    }
+
+    /// Writes the cache back atomically, if anything was hashed.
+    pub fn save(&self) -> io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        if !self.dirty.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let entries = self.entries.lock().expect("stat cache lock");
+        let mut text = String::with_capacity(entries.len() * 120);
+        text.push_str(HEADER);
+        text.push('\n');
+        for (path, (s, d)) in entries.iter() {
+            let Some(p) = path.to_str().filter(|p| !p.contains('\n')) else {
+                continue;
+            };
+            text.push_str(&format!(
+                "{d} {} {} {} {} {p}\n",
+                s.size, s.mtime_ns, s.ctime_ns, s.ino
+            ));
+        }
+        let dir = file.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(file).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_by_stat_and_notices_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.sh");
+        fs::write(&f, "echo 1\n").unwrap();
+        let cache_file = dir.path().join("statcache");
+        let c = StatCache::load(Some(cache_file.clone()));
+        let d1 = c.file(&f).unwrap();
+        assert_eq!(d1, Digest::of_bytes(b"echo 1\n"));
+        c.save().unwrap();
+
+        let c2 = StatCache::load(Some(cache_file.clone()));
+        assert_eq!(c2.file(&f).unwrap(), d1);
+        assert_eq!(
+            c2.files_hashed(),
+            0,
+            "an unchanged file is answered from the cache"
+        );
+
+        fs::write(&f, "echo 22\n").unwrap();
+        let c3 = StatCache::load(Some(cache_file));
+        assert_eq!(c3.file(&f).unwrap(), Digest::of_bytes(b"echo 22\n"));
+        assert_eq!(c3.files_hashed(), 1);
+    }
+
+    #[test]
+    fn dir_digest_tracks_names_contents_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("scripts");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("a.sh"), "a").unwrap();
+        let c = StatCache::load(None);
+        let first = c.dir(&d).unwrap();
+        fs::write(d.join("b.sh"), "b").unwrap();
+        let second = c.dir(&d).unwrap();
+        assert_ne!(first, second);
+        fs::set_permissions(d.join("b.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_ne!(c.dir(&d).unwrap(), second);
+    }
+}

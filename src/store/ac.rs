@@ -1,0 +1,119 @@
+//! The action cache: node key -> [`ActionResult`], under `ac/`.
+//!
+//! An entry is self-checking: a header line `kiln-action-v1 <blake3 hex of the body>`, then the
+//! JSON body. A truncated, garbled or mismatched entry, or one whose `key` differs from its file
+//! name, is corrupt and reads as missing.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::LocalStore;
+use super::error::{EntryKind, Result, StoreError};
+use super::fs::{self, FanoutEntry, fanout_path};
+use super::types::ActionResult;
+use crate::hash::Digest;
+
+const HEADER: &str = "kiln-action-v1";
+
+impl LocalStore {
+    pub(crate) fn action_location(&self, key: &Digest) -> PathBuf {
+        fanout_path(&self.ac, key)
+    }
+
+    /// Stores `result` under `result.key`, replacing any previous entry.
+    pub fn put_action(&self, result: &ActionResult) -> Result<()> {
+        let bytes = encode_action(result)?;
+        fs::write_atomic(&self.tmp, &self.action_location(&result.key), &bytes, false)
+    }
+
+    /// The result stored under `key`. A corrupt entry reads as missing and is reported through
+    /// [`LocalStore::take_warnings`].
+    pub fn get_action(&self, key: &Digest) -> Result<Option<ActionResult>> {
+        let path = self.action_location(key);
+        match read_action(&path, key)? {
+            None => Ok(None),
+            Some(Ok(result)) => Ok(Some(result)),
+            Some(Err(problem)) => {
+                self.quarantine(EntryKind::Action, &path, problem)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The keys of every action entry, from directory listings alone (no entry is read).
+    pub fn action_keys(&self) -> Result<HashSet<Digest>> {
+        Ok(fs::walk_fanout(&self.ac)?
+            .into_iter()
+            .filter_map(|e| match e {
+                FanoutEntry::Entry { digest, .. } => Some(digest),
+                FanoutEntry::Stray { .. } => None,
+            })
+            .collect())
+    }
+
+    /// Removes the entry stored under `key`; returns whether there was one.
+    pub fn remove_action(&self, key: &Digest) -> Result<bool> {
+        fs::remove_file(&self.action_location(key))
+    }
+}
+
+/// The bytes of an entry: header line with the body's digest, then the body.
+pub(crate) fn encode_action(result: &ActionResult) -> Result<Vec<u8>> {
+    let body = serde_json::to_vec_pretty(result).map_err(|source| StoreError::Encode {
+        what: format!("the result of {}", result.id),
+        source,
+    })?;
+    let mut bytes = format!("{HEADER} {}\n", Digest::of_bytes(&body).to_hex()).into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Reads the entry at `path`, expected to be stored under `key`: `None` if there is none,
+/// `Some(Err(problem))` if it is corrupt.
+pub(crate) fn read_action(
+    path: &Path,
+    key: &Digest,
+) -> Result<Option<std::result::Result<ActionResult, String>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(decode_action(&bytes, key))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io("read", path)(e)),
+    }
+}
+
+/// Checks and decodes an entry's bytes; the error says what is wrong with it.
+pub(crate) fn decode_action(
+    bytes: &[u8],
+    key: &Digest,
+) -> std::result::Result<ActionResult, String> {
+    let newline = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("it has no header line (truncated?)")?;
+    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| "its header is garbled")?;
+    let expected = header
+        .strip_prefix(HEADER)
+        .and_then(|rest| rest.strip_prefix(' '))
+        .and_then(|hex| hex.parse::<Digest>().ok())
+        .ok_or_else(|| format!("its header is not `{HEADER} <digest>`"))?;
+    let mut body = &bytes[newline + 1..];
+    if let Some(stripped) = body.strip_suffix(b"\n") {
+        body = stripped;
+    }
+    if Digest::of_bytes(body) != expected {
+        return Err(
+            "its body does not match the digest in its header (truncated or garbled)".into(),
+        );
+    }
+    let result: ActionResult =
+        serde_json::from_slice(body).map_err(|e| format!("its body cannot be decoded: {e}"))?;
+    if result.key != *key {
+        return Err(format!(
+            "it holds the result for key {}, not for the key it is named after",
+            result.key.short()
+        ));
+    }
+    Ok(result)
+}
