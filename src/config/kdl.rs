@@ -272,7 +272,13 @@ impl Reader<'_> {
                 );
             }
         }
-        if !children_ok && let Some(doc) = node.children() {
+        if !children_ok {
+            self.no_block(node);
+        }
+    }
+
+    pub fn no_block(&mut self, node: &KdlNode) {
+        if let Some(doc) = node.children() {
             self.error_at(
                 self.loc(doc.span()),
                 "kiln::config::extra",

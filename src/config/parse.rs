@@ -224,7 +224,7 @@ pub fn matrix(r: &mut Reader, node: &KdlNode) -> Option<MatrixDecl> {
         let n = name(child);
         match n {
             "include" | "exclude" => {
-                r.check_shape(child, &[], false);
+                r.no_block(child);
                 r.no_args(child);
                 let mut rule = Vec::new();
                 let mut locs = Vec::new();
@@ -467,7 +467,6 @@ pub fn provider(r: &mut Reader, root: &Path, dir: &Path, node: &KdlNode) -> Opti
             plain.push(node);
             continue;
         }
-        r.check_shape(node, &[], true);
         r.no_args(node);
         let mut when = Vec::new();
         for (key, entry) in props(node) {
