@@ -1,7 +1,9 @@
 //! kiln: builds Cluster API machine images from a declarative matrix, the way Nix builds packages.
 
+pub mod builders;
 pub mod cli;
 pub mod config;
+pub mod exec;
 pub mod graph;
 pub mod hash;
 pub mod matrix;

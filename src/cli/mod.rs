@@ -1,5 +1,7 @@
 //! The command line: flags, resolved settings, one file per subcommand.
 
+mod build;
+mod cache;
 mod check;
 mod context;
 mod graph;
@@ -56,6 +58,16 @@ pub enum Command {
     },
     /// Show what a build would do, node by node, and why.
     Plan(plan::PlanArgs),
+    /// Run every node the plan marks, in dependency order, and record the results.
+    Build(build::BuildArgs),
+    /// Print a node's last log.
+    Logs {
+        /// The node id, as `kiln plan` prints it.
+        node: String,
+    },
+    /// Inspect or clean the cache.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 /// Which cells to work on.
@@ -84,5 +96,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Matrix { ref select, json } => matrix::run(&cli.file, select, json),
         Command::Graph { ref select, format } => graph::run(&cli.file, select, format),
         Command::Plan(ref args) => plan::run(&cli, args),
+        Command::Build(ref args) => build::run(&cli, args),
+        Command::Logs { ref node } => cache::logs(&cli, node),
+        Command::Cache(ref cmd) => cache::run(&cli, cmd),
     }
 }

@@ -170,6 +170,12 @@ const UPLOAD_PARAMS: &[ParamSpec] = &[
         false,
         "also upload a .sha256 file (default #true)",
     ),
+    p(
+        "object",
+        ParamType::Str,
+        false,
+        "the object name (default: the cell name + .qcow2)",
+    ),
 ];
 const AWS_AMI_PARAMS: &[ParamSpec] = &[
     p(

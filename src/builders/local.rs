@@ -1,0 +1,224 @@
+//! `local`: the offline image builder. Build renders the cell into a root-filesystem tree, makes
+//! an ext4 image of it with `mke2fs -d` (no root, no mount) and converts it to a compressed
+//! qcow2; validate checks the qcow2 and reads the release file back out of it.
+
+use std::path::{Path, PathBuf};
+
+use super::{StepCtx, StepOutput, copy_into, io_err};
+use crate::config::Value;
+use crate::exec::process::StepError;
+use crate::graph::FileRole;
+use crate::hash::Digest;
+
+pub const IMAGE: &str = "image.qcow2";
+const RELEASE_FILE: &str = "etc/image-release";
+/// A fixed clock for mke2fs, so the same tree always gives the same bytes (and early cutoff
+/// can see that a rebuilt image did not change).
+const FAKE_TIME: &str = "1000000000";
+
+/// The tools this builder needs, with the Debian package that provides each.
+const TOOLS: [(&str, &str); 3] = [
+    ("mke2fs", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
+    ("qemu-img", "qemu-utils"),
+];
+
+fn find_tool(name: &str) -> Result<String, StepError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    for d in dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p.to_string_lossy().into_owned());
+        }
+    }
+    let pkg = TOOLS
+        .iter()
+        .find(|(t, _)| *t == name)
+        .map_or("it", |(_, p)| p);
+    Err(StepError::Failed(format!(
+        "`{name}` is not installed: install the {pkg} package (apt-get install {pkg})"
+    )))
+}
+
+/// `/etc/image-release`: one `name=value` line per variable, sorted.
+pub fn release_file(ctx: &StepCtx) -> String {
+    ctx.node
+        .recipe
+        .vars
+        .iter()
+        .map(|(k, v)| format!("{k}={}\n", v.render()))
+        .collect()
+}
+
+fn hosts_toml(host: &str, mirror: &str) -> String {
+    format!(
+        "server = \"https://{host}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    )
+}
+
+fn stage_tree(ctx: &StepCtx, tree: &Path) -> Result<(), StepError> {
+    let err = io_err("staging the root filesystem");
+    std::fs::create_dir_all(tree.join("etc")).map_err(&err)?;
+    std::fs::write(tree.join(RELEASE_FILE), release_file(ctx)).map_err(&err)?;
+    let mirrors = ctx
+        .node
+        .recipe
+        .params
+        .get("mirrors")
+        .map(Value::as_list)
+        .unwrap_or_default();
+    for m in mirrors
+        .iter()
+        .flat_map(|m| m.split(','))
+        .filter(|m| !m.is_empty())
+    {
+        let Some((host, url)) = m.split_once('=') else {
+            return Err(StepError::Failed(format!(
+                "mirror `{m}` is not HOST=URL (e.g. docker.io=https://mirror.example)"
+            )));
+        };
+        let dir = tree.join("etc/containerd/certs.d").join(host);
+        std::fs::create_dir_all(&dir).map_err(&err)?;
+        std::fs::write(dir.join("hosts.toml"), hosts_toml(host, url)).map_err(&err)?;
+    }
+    for f in &ctx.node.recipe.files {
+        if let FileRole::Ship { to } = &f.role {
+            copy_into(&f.path, &tree.join(to.trim_start_matches('/'))).map_err(&err)?;
+        }
+    }
+    set_times(tree).map_err(&err)
+}
+
+/// Every file in the tree gets the same modification time, so images are reproducible.
+fn set_times(p: &Path) -> std::io::Result<()> {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    if p.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            set_times(&e?.path())?;
+        }
+    }
+    std::fs::File::open(p)?.set_modified(t)
+}
+
+/// A filesystem UUID derived from the tree's content: same tree, same image.
+fn uuid_for(ctx: &StepCtx) -> String {
+    let d =
+        Digest::of_bytes(format!("{}{:?}", release_file(ctx), ctx.node.recipe.files).as_bytes())
+            .to_hex();
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &d[0..8],
+        &d[8..12],
+        &d[13..16],
+        &d[17..20],
+        &d[20..32]
+    )
+}
+
+pub async fn build(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+    let mke2fs = find_tool("mke2fs")?;
+    let qemu_img = find_tool("qemu-img")?;
+    let tree = ctx.work.join("rootfs");
+    stage_tree(ctx, &tree)?;
+    let p = &ctx.node.recipe.params;
+    let size = p.get("size").map_or("32M".into(), Value::render);
+    let label = p.get("label").map_or("kiln".into(), Value::render);
+    let uuid = uuid_for(ctx);
+    let raw = ctx.work.join("image.raw");
+    let qcow2 = ctx.work.join(IMAGE);
+    let s = |x: &str| x.to_string();
+    let env = vec![(s("E2FSPROGS_FAKE_TIME"), s(FAKE_TIME))];
+    let mkfs = [
+        mke2fs,
+        s("-q"),
+        s("-F"),
+        s("-t"),
+        s("ext4"),
+        s("-d"),
+        tree.to_string_lossy().into_owned(),
+        s("-L"),
+        label,
+        s("-U"),
+        uuid.clone(),
+        s("-E"),
+        format!("root_owner=0:0,hash_seed={uuid}"),
+        raw.to_string_lossy().into_owned(),
+        size,
+    ];
+    ctx.spawner.run(&mkfs, &env, &ctx.work).await?;
+    let convert = [
+        qemu_img,
+        s("convert"),
+        s("-c"),
+        s("-O"),
+        s("qcow2"),
+        raw.to_string_lossy().into_owned(),
+        qcow2.to_string_lossy().into_owned(),
+    ];
+    ctx.spawner.run(&convert, &[], &ctx.work).await?;
+    std::fs::remove_file(&raw).map_err(io_err("removing the raw image"))?;
+    let mut out = StepOutput::default();
+    out.facts.insert("format".into(), "qcow2".into());
+    out.outputs.push((IMAGE.into(), qcow2));
+    Ok(out)
+}
+
+pub async fn validate(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+    let qemu_img = find_tool("qemu-img")?;
+    let debugfs = find_tool("debugfs")?;
+    let image = ctx.upstream_file(IMAGE)?;
+    let s = |x: &str| x.to_string();
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    ctx.spawner
+        .run(
+            &[qemu_img.clone(), s("check"), path(&image)],
+            &[],
+            &ctx.work,
+        )
+        .await?;
+    let raw = ctx.work.join("check.raw");
+    ctx.spawner
+        .run(
+            &[
+                qemu_img,
+                s("convert"),
+                s("-O"),
+                s("raw"),
+                path(&image),
+                path(&raw),
+            ],
+            &[],
+            &ctx.work,
+        )
+        .await?;
+    let dumped = ctx.work.join("image-release");
+    let cmd = format!("dump /{RELEASE_FILE} {}", dumped.display());
+    ctx.spawner
+        .run(&[debugfs, s("-R"), cmd, path(&raw)], &[], &ctx.work)
+        .await?;
+    let found = std::fs::read_to_string(&dumped)
+        .map_err(|_| StepError::Failed(format!("the image has no /{RELEASE_FILE}")))?;
+    let expected = release_file(ctx);
+    if found != expected {
+        for (want, got) in expected
+            .lines()
+            .zip(found.lines().chain(std::iter::repeat("")))
+        {
+            if want != got {
+                ctx.spawner
+                    .log
+                    .line(&format!("mismatch: expected `{want}`, image has `{got}`"));
+            }
+        }
+        return Err(StepError::Failed(format!(
+            "/{RELEASE_FILE} in the image does not match the declared versions"
+        )));
+    }
+    ctx.spawner
+        .log
+        .line(&format!("/{RELEASE_FILE} matches the declared versions"));
+    let mut out = StepOutput::default();
+    out.facts.insert("release".into(), "verified".into());
+    Ok(out)
+}

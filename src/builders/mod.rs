@@ -1,0 +1,111 @@
+//! The runners behind builders. A step gets a [`StepCtx`] and returns its output files and
+//! facts; the executor stores them. Tests swap the runner through the [`Runner`] trait.
+
+mod command;
+mod local;
+mod upload;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::config::{BuilderKind, StepKind};
+use crate::exec::process::{Spawner, StepError};
+use crate::graph::Node;
+use crate::store::{ActionResult, LocalStore};
+
+/// Everything a step may use while it runs.
+pub struct StepCtx {
+    pub node: Node,
+    /// An empty directory for this attempt; removed afterwards.
+    pub work: PathBuf,
+    /// The config root: relative bucket paths resolve against it.
+    pub root: PathBuf,
+    /// Results of every upstream node, nearest first.
+    pub upstream: Vec<(StepKind, ActionResult)>,
+    pub store: Arc<LocalStore>,
+    /// Secret values by the name the step sees. Never logged or stored.
+    pub secrets: Vec<(String, String)>,
+    /// 1 for the first run; retries run with the step's debug settings.
+    pub attempt: u32,
+    pub spawner: Spawner,
+}
+
+impl StepCtx {
+    pub fn is_retry(&self) -> bool {
+        self.attempt > 1
+    }
+
+    /// The stored file of an upstream output, by output name.
+    pub fn upstream_file(&self, name: &str) -> Result<PathBuf, StepError> {
+        for (_, r) in &self.upstream {
+            if let Some(o) = r.outputs.iter().find(|o| o.name == name) {
+                return match self.store.blob_path(&o.digest) {
+                    Ok(Some(p)) => Ok(p),
+                    _ => Err(StepError::Failed(format!(
+                        "the output `{name}` of {} is missing from the cache; run `kiln cache verify --repair` and build again",
+                        r.id
+                    ))),
+                };
+            }
+        }
+        Err(StepError::Failed(format!(
+            "no upstream step produced `{name}`"
+        )))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct StepOutput {
+    /// Output name → file written by the step (stored in the content store afterwards).
+    pub outputs: Vec<(String, PathBuf)>,
+    pub facts: BTreeMap<String, String>,
+}
+
+pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<StepOutput, StepError>> + Send + 'a>>;
+
+pub trait Runner: Send + Sync {
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a>;
+}
+
+/// The runners this version of kiln ships.
+pub struct Builtin;
+
+impl Runner for Builtin {
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
+        Box::pin(async move {
+            match (ctx.node.builder, ctx.node.step) {
+                (BuilderKind::Command, _) => command::run(ctx).await,
+                (BuilderKind::Local, StepKind::Validate) => local::validate(ctx).await,
+                (BuilderKind::Local, _) => local::build(ctx).await,
+                (BuilderKind::Upload, _) => upload::run(ctx).await,
+                (other, _) => Err(StepError::Failed(format!(
+                    "the `{other}` builder cannot run in this version of kiln (it plans and checks such nodes, but builds only `command`, `local` and `upload` steps)"
+                ))),
+            }
+        })
+    }
+}
+
+/// Copies a shipped file or directory into `dest`.
+pub fn copy_into(src: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
+    if src.is_dir() {
+        std::fs::create_dir_all(dest)?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            copy_into(&e.path(), &dest.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::copy(src, dest).map(|_| ())
+    }
+}
+
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> StepError + '_ {
+    move |e| StepError::Failed(format!("{what}: {e}"))
+}

@@ -1,0 +1,124 @@
+//! `kiln build`: plan, then run what the plan marks, and record the results.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::plan::{StoreView, forced_ids};
+use super::{Cli, CliError, Select, context};
+use crate::builders::Builtin;
+use crate::exec::{self, BuildOptions, Outcome, Progress};
+use crate::plan;
+use crate::store::LocalStore;
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub select: Select,
+    /// How many nodes run at once (default: the number of cores).
+    #[arg(short = 'j', long = "jobs")]
+    pub jobs: Option<usize>,
+    /// Stop starting nodes after the first failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Fail at once if another kiln holds the cache, instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Rebuild this node id or every node of this cell (repeatable).
+    #[arg(long, value_name = "NODE|CELL")]
+    pub force: Vec<String>,
+    /// No progress lines, only the summary.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
+    let loaded = context::load(&cli.file, &args.select)?;
+    let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
+    let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
+    let store = Arc::new(LocalStore::open(&dir).map_err(fail)?);
+    let _lock = store
+        .lock(!args.no_wait, |holder| {
+            eprintln!("waiting for the cache lock: {holder}")
+        })
+        .map_err(fail)?;
+    let graph = context::lower(&loaded, Some(&dir))?;
+    let view = StoreView::open(dir.clone())?;
+    let forced: BTreeSet<String> = forced_ids(&graph, &args.force)?;
+    let plan = plan::plan(&graph, &view, &forced, &[], false);
+    for w in store.take_warnings() {
+        eprintln!("warning: {w}");
+    }
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    let opts = BuildOptions {
+        jobs,
+        fail_fast: args.fail_fast,
+        root: loaded.config.root.clone(),
+        progress: Progress { quiet: args.quiet },
+    };
+    let report = runtime.block_on(exec::execute(
+        &graph,
+        &plan,
+        store.clone(),
+        Arc::new(Builtin),
+        opts,
+    ));
+    for w in store.take_warnings() {
+        eprintln!("warning: {w}");
+    }
+    let failures: Vec<_> = report
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.outcome, Outcome::Failed(_) | Outcome::Skipped { .. }))
+        .collect();
+    if !failures.is_empty() {
+        eprintln!(
+            "\nnode{:w$}  result",
+            "",
+            w = failures
+                .iter()
+                .map(|n| n.id.len())
+                .max()
+                .unwrap_or(0)
+                .saturating_sub(4)
+        );
+        for n in &failures {
+            let w = failures.iter().map(|n| n.id.len()).max().unwrap_or(0);
+            match &n.outcome {
+                Outcome::Failed(e) => {
+                    let log = n
+                        .log
+                        .as_ref()
+                        .map(|p| format!("; log: {}", p.display()))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "{:w$}  failed after {} attempt{}: {e}{log}",
+                        n.id,
+                        n.attempts,
+                        if n.attempts == 1 { "" } else { "s" }
+                    );
+                }
+                Outcome::Skipped { failed_dep } => {
+                    eprintln!("{:w$}  skipped: upstream {failed_dep} failed", n.id)
+                }
+                _ => {}
+            }
+        }
+    }
+    println!("{}", report.summary());
+    if report.cancelled {
+        return Err(CliError::Exit(130));
+    }
+    if !report.ok() {
+        return Err(CliError::Exit(1));
+    }
+    Ok(())
+}

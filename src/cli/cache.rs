@@ -1,0 +1,113 @@
+//! `kiln logs NODE` and `kiln cache verify|gc`.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::{Cli, CliError, context};
+use crate::store::{GcPolicy, LocalStore, now_unix_ms};
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Check every blob and entry of the cache.
+    Verify {
+        /// Remove what is corrupt, so the next build redoes it.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove results no longer needed.
+    Gc {
+        /// Keep the last N results of each node id.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Remove results recorded longer ago than this (e.g. 30d); the latest of each id stays.
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn open(cli: &Cli) -> Result<LocalStore, CliError> {
+    let (config, _) = crate::config::load(&cli.file).map_err(CliError::Config)?;
+    let dir = context::cache_dir(&config, &cli.cache_dir);
+    if !dir.exists() {
+        return Err(CliError::Failed(format!(
+            "no cache at {} yet: run `kiln build` first",
+            dir.display()
+        )));
+    }
+    LocalStore::open(&dir).map_err(|e| CliError::Failed(e.to_string()))
+}
+
+pub fn logs(cli: &Cli, node: &str) -> Result<(), CliError> {
+    let store = open(cli)?;
+    let path = crate::exec::log_path(&store, node);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            print!("{text}");
+            Ok(())
+        }
+        Err(_) => Err(CliError::Usage(format!(
+            "no log for `{node}`: node ids are listed by `kiln plan`"
+        ))),
+    }
+}
+
+pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
+    let store = open(cli)?;
+    let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
+    let _lock = store
+        .lock(true, |h| eprintln!("waiting for the cache lock: {h}"))
+        .map_err(fail)?;
+    match cmd {
+        CacheCommand::Verify { repair } => {
+            let report = if *repair {
+                store.repair()
+            } else {
+                store.verify()
+            }
+            .map_err(fail)?;
+            for p in &report.problems {
+                println!("{p}");
+            }
+            println!(
+                "checked {} blobs, {} results, {} records: {} problem{}",
+                report.blobs_checked,
+                report.actions_checked,
+                report.records_checked,
+                report.problems.len(),
+                if report.problems.len() == 1 { "" } else { "s" }
+            );
+            if report.is_ok() || *repair {
+                Ok(())
+            } else {
+                Err(CliError::Exit(1))
+            }
+        }
+        CacheCommand::Gc {
+            keep_last,
+            older_than,
+            dry_run,
+        } => {
+            let r = store
+                .gc(&GcPolicy {
+                    keep_last: *keep_last,
+                    older_than: *older_than,
+                    dry_run: *dry_run,
+                    now_unix_ms: now_unix_ms(),
+                })
+                .map_err(fail)?;
+            println!(
+                "{}{} results and {} blobs removed ({} bytes), {} results kept",
+                if *dry_run { "dry run: " } else { "" },
+                r.actions_removed,
+                r.blobs_removed,
+                r.bytes_freed(),
+                r.actions_kept
+            );
+            Ok(())
+        }
+    }
+}

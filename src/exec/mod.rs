@@ -1,0 +1,595 @@
+//! The executor: runs the nodes a plan marks, in dependency order, on tokio, within the job and
+//! per-provider limits; retries with debug settings, timeouts, early cutoff, cancellation.
+//! A node's result is recorded only once it fully succeeded, so an interrupted build resumes.
+
+pub mod log;
+pub mod process;
+mod progress;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use petgraph::graph::NodeIndex;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::builders::{Runner, StepCtx};
+use crate::config::SecretSource;
+use crate::graph::{Graph, Node};
+use crate::plan::{Action, Plan};
+use crate::store::{ActionResult, LocalStore, Output, Record, now_unix_ms};
+use log::NodeLog;
+use process::{ProcTable, Spawner, StepError};
+pub use progress::Progress;
+
+pub struct BuildOptions {
+    pub jobs: usize,
+    pub fail_fast: bool,
+    /// The config root (relative buckets resolve against it).
+    pub root: PathBuf,
+    pub progress: Progress,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Cached,
+    Built,
+    /// Upstream rebuilt with identical outputs, so this node's previous result was reused.
+    Cutoff,
+    Failed(String),
+    /// Not run because an upstream node failed.
+    Skipped {
+        failed_dep: String,
+    },
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    pub id: String,
+    pub outcome: Outcome,
+    pub attempts: u32,
+    pub log: Option<PathBuf>,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct BuildReport {
+    pub nodes: Vec<NodeReport>,
+    pub cancelled: bool,
+}
+
+impl BuildReport {
+    pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.nodes.iter().filter(|n| f(&n.outcome)).count()
+    }
+
+    pub fn ok(&self) -> bool {
+        !self.cancelled
+            && self.count(|o| {
+                matches!(
+                    o,
+                    Outcome::Failed(_) | Outcome::Skipped { .. } | Outcome::Cancelled
+                )
+            }) == 0
+    }
+
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} built, {} cached",
+            self.count(|o| *o == Outcome::Built),
+            self.count(|o| *o == Outcome::Cached)
+        );
+        let cutoff = self.count(|o| *o == Outcome::Cutoff);
+        if cutoff > 0 {
+            s.push_str(&format!(", {cutoff} unchanged after upstream rebuild"));
+        }
+        let failed = self.count(|o| matches!(o, Outcome::Failed(_)));
+        if failed > 0 {
+            s.push_str(&format!(", {failed} failed"));
+        }
+        let skipped = self.count(|o| matches!(o, Outcome::Skipped { .. }));
+        if skipped > 0 {
+            s.push_str(&format!(", {skipped} skipped"));
+        }
+        if self.cancelled {
+            s.push_str(", interrupted");
+        }
+        s
+    }
+}
+
+/// A node's log path: ids contain `/`, logs are flat files.
+pub fn log_path(store: &LocalStore, id: &str) -> PathBuf {
+    store
+        .logs_dir()
+        .join(format!("{}.log", id.replace('/', "__")))
+}
+
+fn secret_values(node: &Node) -> Result<Vec<(String, String)>, String> {
+    node.secrets
+        .iter()
+        .map(|s| match &s.source {
+            SecretSource::Env(var) => std::env::var(var)
+                .map(|v| (s.name.clone(), v))
+                .map_err(|_| format!("secret `{}` needs the environment variable {var}", s.name)),
+            SecretSource::File(p) => std::fs::read_to_string(p)
+                .map(|v| (s.name.clone(), v.trim_end_matches('\n').to_string()))
+                .map_err(|e| format!("secret `{}`: cannot read {}: {e}", s.name, p.display())),
+        })
+        .collect()
+}
+
+struct Shared {
+    store: Arc<LocalStore>,
+    runner: Arc<dyn Runner>,
+    procs: Arc<ProcTable>,
+    cancel: watch::Receiver<bool>,
+    root: PathBuf,
+    progress: Progress,
+}
+
+/// How one node's run ended.
+struct JobOutcome {
+    outcome: Outcome,
+    attempts: u32,
+    log: Option<PathBuf>,
+    result: Option<ActionResult>,
+}
+
+fn ended(
+    outcome: Outcome,
+    attempts: u32,
+    log: Option<PathBuf>,
+    result: Option<ActionResult>,
+) -> JobOutcome {
+    JobOutcome {
+        outcome,
+        attempts,
+        log,
+        result,
+    }
+}
+
+/// What a task needs about one node.
+struct Job {
+    node: Node,
+    action: Action,
+    upstream: Vec<(crate::config::StepKind, ActionResult)>,
+    dep_outputs: BTreeMap<String, crate::hash::Digest>,
+}
+
+fn result_for(
+    job: &Job,
+    outputs: Vec<Output>,
+    facts: BTreeMap<String, String>,
+    attempts: u32,
+    started: u64,
+    took: Duration,
+    log: Option<crate::hash::Digest>,
+) -> ActionResult {
+    ActionResult {
+        key: job.node.key,
+        id: job.node.id.clone(),
+        recipe: job.node.recipe_digest,
+        dep_outputs: job.dep_outputs.clone(),
+        outputs,
+        facts,
+        manifest: job
+            .node
+            .manifest
+            .iter()
+            .map(|(k, v)| (k.label(), v.clone()))
+            .collect(),
+        attempts,
+        started_unix_ms: started,
+        duration_ms: took.as_millis() as u64,
+        log,
+    }
+}
+
+fn record(store: &LocalStore, r: &ActionResult) -> Result<(), String> {
+    store.put_action(r).map_err(|e| e.to_string())?;
+    store
+        .append_record(&Record {
+            id: r.id.clone(),
+            key: r.key,
+            unix_ms: now_unix_ms(),
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Early cutoff: the last result for this id had the same own inputs and saw the same upstream
+/// outputs, so it is this node's result too.
+fn try_cutoff(sh: &Shared, job: &Job) -> Option<ActionResult> {
+    let records = sh.store.load_records().ok()?;
+    let last = records.get(&job.node.id)?;
+    let prev = sh.store.get_action(&last.key).ok()??;
+    if prev.recipe != job.node.recipe_digest || prev.dep_outputs != job.dep_outputs {
+        return None;
+    }
+    let mut r = prev;
+    r.key = job.node.key;
+    r.manifest = job
+        .node
+        .manifest
+        .iter()
+        .map(|(k, v)| (k.label(), v.clone()))
+        .collect();
+    Some(r)
+}
+
+async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
+    let node = &job.node;
+    if matches!(job.action, Action::RebuildIfUpstreamChanges { .. })
+        && let Some(r) = try_cutoff(&sh, &job)
+    {
+        return match record(&sh.store, &r) {
+            Ok(()) => ended(Outcome::Cutoff, 0, None, Some(r)),
+            Err(e) => ended(Outcome::Failed(e), 0, None, None),
+        };
+    }
+    let secrets = match secret_values(node) {
+        Ok(s) => s,
+        Err(e) => return ended(Outcome::Failed(e), 0, None, None),
+    };
+    let log_file = log_path(&sh.store, &node.id);
+    let log = match NodeLog::create(&log_file, secrets.iter().map(|(_, v)| v.clone()).collect()) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            return ended(
+                Outcome::Failed(format!("cannot write the log {}: {e}", log_file.display())),
+                0,
+                None,
+                None,
+            );
+        }
+    };
+    sh.progress.started(node, log.clone());
+    let tries = node.policy.retries.unwrap_or(0) + 1;
+    let started = now_unix_ms();
+    let t0 = Instant::now();
+    let mut last_err = StepError::Failed("not run".into());
+    let mut attempts = 0;
+    for attempt in 1..=tries {
+        attempts = attempt;
+        if *sh.cancel.borrow() {
+            last_err = StepError::Cancelled;
+            break;
+        }
+        log.line(&format!(
+            "== {} ({}), attempt {attempt} of {tries}",
+            node.id, node.builder
+        ));
+        let work = sh.store.tmp_dir().join(format!(
+            "work-{}-{attempt}-{}",
+            node.key.short(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&work);
+        if let Err(e) = std::fs::create_dir_all(&work) {
+            last_err = StepError::Failed(format!("cannot create {}: {e}", work.display()));
+            break;
+        }
+        let ctx = StepCtx {
+            node: node.clone(),
+            work: work.clone(),
+            root: sh.root.clone(),
+            upstream: job.upstream.clone(),
+            store: sh.store.clone(),
+            secrets: secrets.clone(),
+            attempt,
+            spawner: Spawner {
+                log: log.clone(),
+                procs: sh.procs.clone(),
+                cancel: sh.cancel.clone(),
+                deadline: node
+                    .policy
+                    .timeout
+                    .map(|d| (tokio::time::Instant::now() + d, d)),
+            },
+        };
+        let res = sh.runner.run(&ctx).await;
+        let stored = res.and_then(|out| {
+            let mut outputs = Vec::new();
+            for (name, path) in out.outputs {
+                let (digest, size) = sh
+                    .store
+                    .put_file(&path)
+                    .map_err(|e| StepError::Failed(e.to_string()))?;
+                outputs.push(Output { name, digest, size });
+            }
+            outputs.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok((outputs, out.facts))
+        });
+        let _ = std::fs::remove_dir_all(&work);
+        match stored {
+            Ok((outputs, facts)) => {
+                log.line(&format!(
+                    "== succeeded in {:.1}s",
+                    t0.elapsed().as_secs_f64()
+                ));
+                let _ = log.sync();
+                let log_digest = std::fs::read(&log_file)
+                    .ok()
+                    .and_then(|b| sh.store.put_blob(&b).ok());
+                let r = result_for(
+                    &job,
+                    outputs,
+                    facts,
+                    attempt,
+                    started,
+                    t0.elapsed(),
+                    log_digest,
+                );
+                return match record(&sh.store, &r) {
+                    Ok(()) => ended(Outcome::Built, attempt, Some(log_file), Some(r)),
+                    Err(e) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
+                };
+            }
+            Err(e) => {
+                log.line(&format!("== attempt {attempt} failed: {e}"));
+                let stop = matches!(e, StepError::Cancelled);
+                last_err = e;
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = log.sync();
+    match last_err {
+        StepError::Cancelled => ended(Outcome::Cancelled, attempts, Some(log_file), None),
+        e => ended(
+            Outcome::Failed(e.to_string()),
+            attempts,
+            Some(log_file),
+            None,
+        ),
+    }
+}
+
+/// Runs the plan. Cancellation (Ctrl-C, SIGTERM) stops new work, signals running children and
+/// waits for them; nothing unfinished is recorded.
+pub async fn execute(
+    graph: &Graph,
+    plan: &Plan,
+    store: Arc<LocalStore>,
+    runner: Arc<dyn Runner>,
+    opts: BuildOptions,
+) -> BuildReport {
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let procs = Arc::new(ProcTable::default());
+    let signals = tokio::spawn({
+        let procs = procs.clone();
+        async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            let _ = cancel_tx.send(true);
+            procs.signal_all(libc::SIGTERM);
+        }
+    });
+    let sh = Arc::new(Shared {
+        store: store.clone(),
+        runner,
+        procs,
+        cancel: cancel_rx.clone(),
+        root: opts.root.clone(),
+        progress: opts.progress.clone(),
+    });
+
+    let order = graph.order();
+    let mut results: HashMap<NodeIndex, ActionResult> = HashMap::new();
+    let mut outcome: HashMap<NodeIndex, NodeReport> = HashMap::new();
+    let mut waiting: HashMap<NodeIndex, usize> = HashMap::new();
+    let mut ready: Vec<NodeIndex> = Vec::new();
+    let records = store.load_records().unwrap_or_default();
+    for &ix in &order {
+        let node = graph.node(ix);
+        if !plan.action(ix).will_run() {
+            outcome.insert(
+                ix,
+                NodeReport {
+                    id: node.id.clone(),
+                    outcome: Outcome::Cached,
+                    attempts: 0,
+                    log: None,
+                    duration: Duration::ZERO,
+                },
+            );
+            if records.get(&node.id).map(|r| r.key) != Some(node.key) {
+                let _ = store.append_record(&Record {
+                    id: node.id.clone(),
+                    key: node.key,
+                    unix_ms: now_unix_ms(),
+                });
+            }
+        }
+    }
+    for &ix in &order {
+        if outcome.contains_key(&ix) {
+            continue;
+        }
+        let n = graph.deps(ix).filter(|d| !outcome.contains_key(d)).count();
+        if n == 0 {
+            ready.push(ix);
+        } else {
+            waiting.insert(ix, n);
+        }
+    }
+    ready.reverse(); // pop() takes them in graph order
+
+    let mut running: JoinSet<(NodeIndex, Duration, JobOutcome)> = JoinSet::new();
+    let mut per_provider: HashMap<String, u32> = HashMap::new();
+    let mut stop = false;
+    loop {
+        let cancelled = *cancel_rx.borrow();
+        // Start what fits.
+        let mut deferred = Vec::new();
+        while !stop && !cancelled && running.len() < opts.jobs.max(1) {
+            let Some(ix) = ready.pop() else { break };
+            let node = graph.node(ix);
+            let used = per_provider.get(&node.provider).copied().unwrap_or(0);
+            if node.policy.limit.is_some_and(|l| used >= l) {
+                deferred.push(ix);
+                continue;
+            }
+            // Upstream results: every ancestor's, nearest first.
+            let mut upstream = Vec::new();
+            let mut dep_outputs = BTreeMap::new();
+            let mut seen = HashSet::new();
+            let mut frontier: Vec<NodeIndex> = graph.deps(ix).collect();
+            let mut missing = None;
+            for d in graph.deps(ix) {
+                if let Some(r) = load_result(&store, graph, &mut results, d) {
+                    dep_outputs.insert(graph.node(d).id.clone(), r.outputs_digest());
+                }
+            }
+            while let Some(d) = frontier.pop() {
+                if !seen.insert(d) {
+                    continue;
+                }
+                match load_result(&store, graph, &mut results, d) {
+                    Some(r) => upstream.push((graph.node(d).step, r)),
+                    None => missing = Some(graph.node(d).id.clone()),
+                }
+                frontier.extend(graph.deps(d));
+            }
+            if let Some(m) = missing {
+                outcome.insert(ix, NodeReport { id: node.id.clone(), outcome: Outcome::Failed(format!("the cached result of {m} is unreadable; run `kiln cache verify --repair`")), attempts: 0, log: None, duration: Duration::ZERO });
+                continue;
+            }
+            *per_provider.entry(node.provider.clone()).or_default() += 1;
+            let job = Job {
+                node: node.clone(),
+                action: plan.action(ix).clone(),
+                upstream,
+                dep_outputs,
+            };
+            let sh = sh.clone();
+            running.spawn(async move {
+                let t = Instant::now();
+                let r = run_job(sh, job).await;
+                (ix, t.elapsed(), r)
+            });
+        }
+        ready.extend(deferred.into_iter().rev());
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        let Ok((
+            ix,
+            took,
+            JobOutcome {
+                outcome: out,
+                attempts,
+                log,
+                result,
+            },
+        )) = done
+        else {
+            continue;
+        };
+        let node = graph.node(ix);
+        if let Some(c) = per_provider.get_mut(&node.provider) {
+            *c -= 1;
+        }
+        sh.progress.finished(node, &out, took);
+        let failed = matches!(out, Outcome::Failed(_));
+        if let Some(r) = result {
+            results.insert(ix, r);
+        }
+        outcome.insert(
+            ix,
+            NodeReport {
+                id: node.id.clone(),
+                outcome: out.clone(),
+                attempts,
+                log,
+                duration: took,
+            },
+        );
+        if failed && opts.fail_fast {
+            stop = true;
+        }
+        if matches!(out, Outcome::Built | Outcome::Cutoff) {
+            for dep in graph.dependents(ix) {
+                if let Some(n) = waiting.get_mut(&dep) {
+                    *n -= 1;
+                    if *n == 0 {
+                        waiting.remove(&dep);
+                        ready.push(dep);
+                    }
+                }
+            }
+        }
+    }
+    signals.abort();
+    let cancelled = *cancel_rx.borrow();
+    // Whatever never ran: skipped behind a failure, or not started.
+    let mut report = BuildReport {
+        nodes: Vec::new(),
+        cancelled,
+    };
+    for &ix in &order {
+        let node = graph.node(ix);
+        let r = outcome.remove(&ix).unwrap_or_else(|| {
+            let failed_dep = first_failed_ancestor(graph, ix, &report_failed(&report));
+            NodeReport {
+                id: node.id.clone(),
+                outcome: match failed_dep {
+                    Some(d) if !cancelled => Outcome::Skipped { failed_dep: d },
+                    _ => Outcome::Cancelled,
+                },
+                attempts: 0,
+                log: None,
+                duration: Duration::ZERO,
+            }
+        });
+        report.nodes.push(r);
+    }
+    report
+}
+
+fn report_failed(r: &BuildReport) -> HashSet<String> {
+    r.nodes
+        .iter()
+        .filter(|n| matches!(n.outcome, Outcome::Failed(_) | Outcome::Skipped { .. }))
+        .map(|n| n.id.clone())
+        .collect()
+}
+
+fn first_failed_ancestor(graph: &Graph, ix: NodeIndex, failed: &HashSet<String>) -> Option<String> {
+    for d in graph.deps(ix) {
+        let id = &graph.node(d).id;
+        if failed.contains(id) {
+            return Some(id.clone());
+        }
+        if let Some(x) = first_failed_ancestor(graph, d, failed) {
+            return Some(x);
+        }
+    }
+    None
+}
+
+fn load_result(
+    store: &LocalStore,
+    graph: &Graph,
+    cache: &mut HashMap<NodeIndex, ActionResult>,
+    ix: NodeIndex,
+) -> Option<ActionResult> {
+    if let Some(r) = cache.get(&ix) {
+        return Some(r.clone());
+    }
+    let r = store.get_action(&graph.node(ix).key).ok()??;
+    cache.insert(ix, r.clone());
+    Some(r)
+}
