@@ -100,7 +100,7 @@ mod tests {
         let r = render("{provider}-{os}-k8s-{kubernetes}", |k| {
             Some(k.to_uppercase())
         });
-        assert_eq!(r.unwrap(), "PROVIDER-OS-K8S-KUBERNETES");
+        assert_eq!(r.unwrap(), "PROVIDER-OS-k8s-KUBERNETES");
         assert_eq!(render("a{{b}}c", |_| None).unwrap(), "a{b}c");
         assert_eq!(render("{ os }", |k| Some(k.into())).unwrap(), "os");
     }
