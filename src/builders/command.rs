@@ -14,6 +14,18 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
             copy_into(&f.path, &ctx.work.join(to)).map_err(io_err("copying shipped files"))?;
         }
     }
+    // Upstream outputs appear read-only under upstream/<step>/<name>.
+    for (step, r) in &ctx.upstream {
+        for o in &r.outputs {
+            if let Ok(Some(blob)) = ctx.store.blob_path(&o.digest) {
+                let link = ctx.work.join("upstream").join(step.as_str()).join(&o.name);
+                std::fs::create_dir_all(link.parent().expect("has parent"))
+                    .map_err(io_err("linking upstream outputs"))?;
+                std::os::unix::fs::symlink(blob, &link)
+                    .map_err(io_err("linking upstream outputs"))?;
+            }
+        }
+    }
     let mut env: Vec<(String, String)> = ctx
         .node
         .recipe

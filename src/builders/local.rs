@@ -101,6 +101,27 @@ fn set_times(p: &Path) -> std::io::Result<()> {
     std::fs::File::open(p)?.set_modified(t)
 }
 
+/// debugfs commands that set the ctime and atime of every inode of the tree to the fixed clock.
+fn pin_times(dir: &Path, prefix: &str, out: &mut String) -> std::io::Result<()> {
+    let here = if prefix.is_empty() { "/" } else { prefix };
+    for field in ["ctime", "atime"] {
+        out.push_str(&format!("sif \"{here}\" {field} @{FAKE_TIME}\n"));
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = format!("{prefix}/{}", e.file_name().to_string_lossy());
+        if e.file_type()?.is_dir() {
+            pin_times(&e.path(), &path, out)?;
+        } else {
+            for field in ["ctime", "atime"] {
+                out.push_str(&format!("sif \"{path}\" {field} @{FAKE_TIME}\n"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A filesystem UUID derived from the tree's content: same tree, same image.
 fn uuid_for(ctx: &StepCtx) -> String {
     let d =
@@ -147,6 +168,21 @@ pub async fn build(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         size,
     ];
     ctx.spawner.run(&mkfs, &env, &ctx.work).await?;
+    // mke2fs copies each source file's ctime and atime, which the host moves on: pin them inside
+    // the image so the same tree always gives the same bytes.
+    let mut script = String::new();
+    pin_times(&tree, "", &mut script).map_err(io_err("listing the root filesystem"))?;
+    let script_path = ctx.work.join("pin-times.debugfs");
+    std::fs::write(&script_path, script).map_err(io_err("writing the debugfs script"))?;
+    let debugfs = find_tool("debugfs")?;
+    let pin = [
+        debugfs,
+        s("-w"),
+        s("-f"),
+        script_path.to_string_lossy().into_owned(),
+        raw.to_string_lossy().into_owned(),
+    ];
+    ctx.spawner.run(&pin, &env, &ctx.work).await?;
     let convert = [
         qemu_img,
         s("convert"),

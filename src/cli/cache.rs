@@ -56,7 +56,17 @@ pub fn logs(cli: &Cli, node: &str) -> Result<(), CliError> {
 }
 
 pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
-    let store = open(cli)?;
+    let store = match open(cli) {
+        Ok(s) => s,
+        Err(CliError::Failed(m)) if m.starts_with("no cache") => {
+            println!(
+                "{}: nothing to do",
+                m.split(':').next().unwrap_or("no cache")
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
     let _lock = store
         .lock(true, |h| eprintln!("waiting for the cache lock: {h}"))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::source::{Loc, SourceMap, Spanned};
-use super::step::{BuilderKind, StepKind};
+use super::step::{BuilderKind, Consumes, StepKind};
 use crate::matrix::MatrixSpec;
 
 /// A setting, variable or parameter value. Versions and names are strings; KDL floats are
@@ -295,6 +295,8 @@ pub struct SettingDecl {
 pub struct StepDecl {
     pub kind: StepKind,
     pub builder: BuilderKind,
+    /// Which provider inputs the step takes (default: what its builder takes).
+    pub consumes: Consumes,
     pub params: BTreeMap<String, Spanned<Value>>,
     pub policy: Policy,
     pub loc: Loc,

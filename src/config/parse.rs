@@ -8,7 +8,7 @@ use kdl::KdlNode;
 use super::kdl::{Reader, args, children, name, props};
 use super::model::*;
 use super::source::{Loc, Spanned};
-use super::step::{BuilderKind, ParamType, StepKind};
+use super::step::{BuilderKind, Consumes, ParamType, StepKind};
 use crate::matrix::{Axis, MatrixSpec};
 
 /// Lexically normalises `base/rel` (no file-system access): `a/./b/../c` → `a/c`.
@@ -540,7 +540,11 @@ fn param_value(r: &mut Reader, node: &KdlNode, ty: ParamType) -> Option<Spanned<
 
 /// `step "build" builder="image-builder" [retries=1 timeout="2h" limit=2] { PARAM v… }`.
 fn step(r: &mut Reader, node: &KdlNode) -> Option<StepDecl> {
-    r.check_shape(node, &["builder", "retries", "timeout", "limit"], true);
+    r.check_shape(
+        node,
+        &["builder", "retries", "timeout", "limit", "inputs"],
+        true,
+    );
     let kind_s = r.single_string(node, "a step kind")?;
     let Some(kind) = StepKind::parse(&kind_s.value) else {
         let kinds: Vec<&str> = StepKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -587,6 +591,33 @@ fn step(r: &mut Reader, node: &KdlNode) -> Option<StepDecl> {
     if let Some(e) = node.entry("timeout") {
         policy.timeout = r.duration(e, "timeout");
     }
+    let mut consumes = builder.consumes();
+    if let Some(e) = node.entry("inputs") {
+        let s = r.string(e, "inputs")?;
+        let mut c = Consumes {
+            image_builder: consumes.image_builder,
+            ..Consumes::default()
+        };
+        for word in s.value.split([',', ' ']).filter(|w| !w.is_empty()) {
+            match word {
+                "vars" => c.vars = true,
+                "files" => c.files = true,
+                "patches" => c.patches = true,
+                "secrets" => c.secrets = true,
+                other => {
+                    r.error_at(
+                        s.loc,
+                        "kiln::config::unknown",
+                        format!("unknown input kind `{other}`"),
+                        "unknown input kind",
+                        "inputs= lists some of: vars, files, patches, secrets (e.g. inputs=\"vars,secrets\")".into(),
+                    );
+                    return None;
+                }
+            }
+        }
+        consumes = c;
+    }
     let specs = builder.params();
     let mut params = BTreeMap::new();
     for child in children(node) {
@@ -619,6 +650,7 @@ fn step(r: &mut Reader, node: &KdlNode) -> Option<StepDecl> {
     Some(StepDecl {
         kind,
         builder,
+        consumes,
         params,
         policy,
         loc: kind_s.loc,

@@ -242,7 +242,7 @@ impl<'a> Lowerer<'a> {
             .collect();
         let mut prev: Option<(StepKind, NodeIndex)> = None;
         for step in &r.module.steps {
-            let consumes = step.builder.consumes();
+            let consumes = step.consumes;
             if step.builder == BuilderKind::TemplatePatch && r.patches.is_empty() {
                 continue; // nothing to patch: the stock template is used as is
             }

@@ -1,0 +1,447 @@
+//! `kiln build` end to end: incremental runs, early cutoff, failures, retries, timeouts,
+//! interruption, concurrent builds on one cache, and secrets that must never leak.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Output, Project};
+
+/// A module of `command` steps: build writes `out.txt` from the shipped script's output,
+/// publish copies the upstream output into `published/` of the project.
+const MODULE: &str = r#"
+module "cmd" {
+    setting "publish_dir" required=#true
+    var "image_os" "{os}"
+    step "build" builder="command" {
+        argv "sh" "-c" "sh scripts/make.sh > out.txt"
+        outputs "out.txt"
+    }
+    step "publish" builder="command" inputs="vars" {
+        argv "sh" "-c" "mkdir -p {publish_dir} && cp upstream/build/out.txt {publish_dir}/{name}.txt"
+    }
+}
+"#;
+
+fn config(extra_provider: &str) -> String {
+    format!(
+        r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" {{
+    version "1.31.4"
+    containerd "2.2.0"
+}}
+matrix "m" {{
+    kubernetes "1.31"
+    provider "alpha" "beta"
+    os "one" "two"
+}}
+provider "alpha" module="cmd" {{
+    publish_dir "PUBDIR/alpha"
+    ship "alpha" to="scripts"
+}}
+provider "beta" module="cmd" {{
+    publish_dir "PUBDIR/beta"
+    ship "beta" to="scripts"
+    {extra_provider}
+}}
+"#
+    )
+}
+
+fn project(extra_provider: &str) -> Project {
+    let p = Project::new().with_file("modules/cmd.kdl", MODULE);
+    let pubdir = p.path().join("published");
+    let text = config(extra_provider).replace("PUBDIR", &pubdir.to_string_lossy());
+    p.with_file("images.kdl", &text)
+        .with_file("alpha/make.sh", "echo alpha-image $image_os\n")
+        .with_file("beta/make.sh", "echo beta-image $image_os\n")
+}
+
+/// The node ids a build ran, from its progress lines.
+fn built(out: &Output) -> Vec<String> {
+    let mut ids: Vec<String> = out
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            l.split_once("] built  ")
+                .map(|(_, rest)| rest.split(' ').next().unwrap_or("").to_string())
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn second_build_runs_nothing() {
+    let p = project("");
+    let first = p.kiln(&["build", "-j", "2"]);
+    first.expect_code(0);
+    assert_eq!(first.stdout.trim(), "8 built, 0 cached");
+    assert_eq!(
+        p.read("published/alpha/alpha-one-k8s-1.31.txt"),
+        "alpha-image one\n"
+    );
+    let second = p.kiln(&["build"]);
+    second.expect_code(0);
+    assert_eq!(second.stdout.trim(), "0 built, 8 cached");
+    let plan = p.kiln(&["plan", "--detailed-exitcode"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to build, 0 to rebuild, 8 cached"),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[test]
+fn a_changed_script_rebuilds_exactly_its_dependents_and_cutoff_holds() {
+    let p = project("");
+    p.kiln(&["build"]).expect_code(0);
+
+    // A change that alters beta's output: beta's builds and publishes run again, nothing else.
+    p.write("beta/make.sh", "echo beta-image-v2 $image_os\n");
+    let plan = p.kiln(&["plan"]);
+    assert!(
+        plan.stdout.contains(
+            "Plan: 0 to build, 2 to rebuild, 2 to rebuild if upstream output changes, 4 cached"
+        ),
+        "{}",
+        plan.stdout
+    );
+    let out = p.kiln(&["build"]);
+    out.expect_code(0);
+    assert_eq!(
+        built(&out),
+        [
+            "beta/one/1.31/build",
+            "beta/one/1.31/publish",
+            "beta/two/1.31/build",
+            "beta/two/1.31/publish"
+        ]
+    );
+    assert_eq!(
+        p.read("published/beta/beta-two-k8s-1.31.txt"),
+        "beta-image-v2 two\n"
+    );
+
+    // A change that leaves the output byte-identical (a comment): the builds rerun, the
+    // publishes are cut off.
+    p.write(
+        "alpha/make.sh",
+        "# reformatted\necho alpha-image $image_os\n",
+    );
+    let out = p.kiln(&["build"]);
+    out.expect_code(0);
+    assert_eq!(
+        built(&out),
+        ["alpha/one/1.31/build", "alpha/two/1.31/build"]
+    );
+    assert_eq!(
+        out.stdout.trim(),
+        "2 built, 4 cached, 2 unchanged after upstream rebuild"
+    );
+    assert_eq!(p.kiln(&["build"]).stdout.trim(), "0 built, 8 cached");
+}
+
+#[test]
+fn failures_skip_dependents_and_independent_branches_finish() {
+    let p = project("");
+    p.write("beta/make.sh", "echo broken >&2; exit 3\n");
+    let out = p.kiln(&["build", "-j", "1"]);
+    out.expect_code(1);
+    assert_eq!(out.stdout.trim(), "4 built, 0 cached, 2 failed, 2 skipped");
+    assert!(out.stderr.contains("beta/one/1.31/build"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("failed after 1 attempt: `sh` exited with status 3; log: "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("beta/one/1.31/publish  skipped: upstream beta/one/1.31/build failed"),
+        "{}",
+        out.stderr
+    );
+    let log = p.kiln(&["logs", "beta/one/1.31/build"]);
+    log.expect_code(0);
+    assert!(log.stdout.contains("broken"), "{}", log.stdout);
+
+    // --fail-fast: nothing new starts after the first failure.
+    let p = project("");
+    p.write("alpha/make.sh", "exit 1\n");
+    let out = p.kiln(&["build", "-j", "1", "--fail-fast"]);
+    out.expect_code(1);
+    assert!(
+        out.stdout.starts_with("0 built, 0 cached, 1 failed"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_retry_runs_with_the_debug_settings() {
+    let p = Project::new()
+        .with_file(
+            "modules/cmd.kdl",
+            r#"
+module "cmd" {
+    step "build" builder="command" retries=1 {
+        argv "sh" "-c" "echo attempt=$KILN_ATTEMPT debug=${{PACKER_LOG:-unset}}; test -f ../../seen || {{ touch ../../seen; exit 1; }}"
+        debug-env "PACKER_LOG=1"
+    }
+}
+"#,
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "p"; os "x"; }
+provider "p" module="cmd"
+"#,
+        );
+    let out = p.kiln(&["build"]);
+    out.expect_code(0);
+    let log = p.kiln(&["logs", "p/x/1.31/build"]).stdout;
+    assert!(log.contains("attempt=1 debug=unset"), "{log}");
+    assert!(log.contains("attempt 1 failed"), "{log}");
+    assert!(log.contains("attempt=2 debug=1"), "{log}");
+}
+
+#[test]
+fn a_step_that_runs_too_long_times_out() {
+    let p = Project::new()
+        .with_file(
+            "modules/cmd.kdl",
+            r#"
+module "cmd" {
+    step "build" builder="command" timeout="1s" {
+        argv "sleep" "30"
+    }
+}
+"#,
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "p"; os "x"; }
+provider "p" module="cmd"
+"#,
+        );
+    let t = Instant::now();
+    let out = p.kiln(&["build"]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("timed out after 1s"), "{}", out.stderr);
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "the sleeping child was not stopped"
+    );
+}
+
+/// A secret's value appears nowhere: not in output, logs, records, plans or any cache file.
+#[test]
+fn secrets_never_leak() {
+    const VALUE: &str = "s3cr3t-VALUE-8f1d2c";
+    let p = project("secret \"TOKEN\" env=\"KILN_TEST_TOKEN\"").env("KILN_TEST_TOKEN", VALUE);
+    p.write(
+        "beta/make.sh",
+        "echo using token $TOKEN >&2; echo beta-image\n",
+    );
+    let build = p.kiln(&["build"]);
+    build.expect_code(0);
+    let plan = p.kiln(&["plan", "--json"]);
+    let logs = p.kiln(&["logs", "beta/one/1.31/build"]);
+    assert!(logs.stdout.contains("using token ***"), "{}", logs.stdout);
+    for out in [&build, &plan, &logs] {
+        assert!(!out.stdout.contains(VALUE) && !out.stderr.contains(VALUE));
+    }
+    let mut files = 0;
+    scan(&p.path().join("cache"), VALUE, &mut files);
+    assert!(files > 10, "scanned only {files} files");
+}
+
+fn scan(dir: &Path, needle: &str, files: &mut usize) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            scan(&path, needle, files);
+        } else {
+            *files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            let hit = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(!hit, "{} contains the secret", path.display());
+        }
+    }
+}
+
+fn spawn(p: &Project, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(p.path())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// kill -9 at varied moments never leaves the cache inconsistent, and the next run finishes.
+#[test]
+fn kill_9_mid_build_always_resumes() {
+    let p = project("");
+    p.write("alpha/make.sh", "sleep 0.05; echo alpha-image $image_os\n");
+    p.write("beta/make.sh", "sleep 0.08; echo beta-image $image_os\n");
+    for i in 0..20u64 {
+        // Each round changes the inputs so there is always work to interrupt.
+        p.write("alpha/round", &i.to_string());
+        p.write("beta/round", &i.to_string());
+        let mut child = spawn(&p, &["build", "-j", "2", "--quiet"]);
+        std::thread::sleep(Duration::from_millis(5 + (i * 37) % 250));
+        let _ = child.kill();
+        let _ = child.wait();
+        p.kiln(&["cache", "verify"]).expect_code(0);
+    }
+    let out = p.kiln(&["build"]);
+    out.expect_code(0);
+    p.kiln(&["cache", "verify"]).expect_code(0);
+    assert_eq!(p.kiln(&["build"]).stdout.trim(), "0 built, 8 cached");
+}
+
+/// SIGTERM reaches the running children, nothing partial is recorded, and the next run resumes.
+#[test]
+fn sigterm_stops_children_and_records_nothing_partial() {
+    let p = project("");
+    p.write("beta/make.sh", "sleep 20; echo beta-image\n");
+    let mut child = spawn(&p, &["build", "-j", "4"]);
+    // Wait until the sleeping builds have started.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p
+        .path()
+        .join("cache/logs/beta__one__1.31__build.log")
+        .exists()
+    {
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    unsafe {
+        libc_kill(child.id() as i32, 15);
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "kiln did not stop its children"
+    );
+    assert_eq!(status.code(), Some(130));
+    p.write("beta/make.sh", "echo beta-image\n");
+    let plan = p.kiln(&["plan"]);
+    assert!(
+        plan.stdout.contains("+  beta/one/1.31/build"),
+        "{}",
+        plan.stdout
+    );
+    p.kiln(&["build"]).expect_code(0);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Two builds on one cache: the second waits for the lock, then finds everything cached;
+/// `--no-wait` fails at once instead.
+#[test]
+fn concurrent_builds_share_one_cache_safely() {
+    let p = project("");
+    p.write("alpha/make.sh", "sleep 0.3; echo alpha-image $image_os\n");
+    let first = spawn(&p, &["build", "-j", "2"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p.path().join("cache/logs").exists() {
+        assert!(Instant::now() < deadline, "the first build never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let no_wait = p.kiln(&["build", "--no-wait"]);
+    no_wait.expect_code(1);
+    assert!(
+        no_wait.stderr.contains("another kiln holds the cache"),
+        "{}",
+        no_wait.stderr
+    );
+    let second = p.kiln(&["build"]);
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0));
+    second.expect_code(0);
+    assert!(
+        second.stderr.contains("waiting for the cache lock"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(second.stdout.trim(), "0 built, 8 cached");
+    p.kiln(&["cache", "verify"]).expect_code(0);
+}
+
+/// The offline `local` provider builds real qcow2 images and validates them.
+#[test]
+fn local_example_builds_real_images() {
+    let root = crate::support::repo_root();
+    let p = Project::new()
+        .with_path(&root.join("modules/local.kdl"), "modules/local.kdl")
+        .with_path(
+            &root.join("examples/local/images.kdl"),
+            "examples/local/images.kdl",
+        )
+        .with_path(&root.join("examples/local/files"), "examples/local/files");
+    let out = p.kiln(&["-f", "examples/local/images.kdl", "build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "12 built, 0 cached");
+    let image = p
+        .path()
+        .join("examples/local/images/local-ubuntu-2404-k8s-1.31.qcow2");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    let sum = p.read("examples/local/images/local-ubuntu-2404-k8s-1.31.qcow2.sha256");
+    assert!(
+        sum.ends_with("  local-ubuntu-2404-k8s-1.31.qcow2\n"),
+        "{sum}"
+    );
+    let log = p
+        .kiln(&[
+            "-f",
+            "examples/local/images.kdl",
+            "logs",
+            "local/ubuntu-2404/1.31/validate",
+        ])
+        .stdout;
+    assert!(
+        log.contains("/etc/image-release matches the declared versions"),
+        "{log}"
+    );
+    // Images are reproducible: a forced rebuild gives the same bytes.
+    let before = p.read("examples/local/images/local-ubuntu-2404-k8s-1.31.qcow2.sha256");
+    let again = p.kiln(&[
+        "-f",
+        "examples/local/images.kdl",
+        "build",
+        "--quiet",
+        "--force",
+        "local-ubuntu-2404-k8s-1.31",
+    ]);
+    again.expect_code(0);
+    assert_eq!(again.stdout.trim(), "3 built, 9 cached");
+    assert_eq!(
+        p.read("examples/local/images/local-ubuntu-2404-k8s-1.31.qcow2.sha256"),
+        before
+    );
+}

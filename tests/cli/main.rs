@@ -1,0 +1,8 @@
+//! End-to-end tests of the `kiln` binary: each test copies a fixture into a temporary directory,
+//! runs the real binary there and compares what it prints with golden files in `tests/data/`.
+//!
+//! `KILN_BLESS=1 cargo test --test cli` rewrites the golden files; review the diff before
+//! committing it.
+
+mod build;
+mod support;
