@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
-use crate::hash::{Digest, KeyHasher};
+use crate::graph::{Content, DirEntry};
+use crate::hash::Digest;
 
 /// Files above this size are hashed with memory mapping over all cores.
 const MMAP_THRESHOLD: u64 = 16 * 1024 * 1024;
@@ -113,35 +114,29 @@ impl StatCache {
         Ok(d)
     }
 
-    /// A Merkle digest of a directory: every entry's relative path, type, executable bit and
-    /// content digest, in sorted order. Symlinks are hashed by target.
-    pub fn dir(&self, path: &Path) -> io::Result<Digest> {
-        let mut entries: Vec<(String, String)> = Vec::new();
+    /// Every file below a directory with its digest and executable bit, sorted by relative
+    /// path. Symlinks are followed.
+    pub fn dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        let mut entries = Vec::new();
         self.walk(path, String::new(), &mut entries)?;
-        entries.sort();
-        let mut h = KeyHasher::new("dir");
-        h.begin("entries", entries.len());
-        for (name, what) in &entries {
-            h.str(name).str(what);
-        }
-        Ok(h.finish())
+        entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(entries)
     }
 
-    fn walk(&self, dir: &Path, prefix: String, out: &mut Vec<(String, String)>) -> io::Result<()> {
-        let mut children: Vec<fs::DirEntry> = fs::read_dir(dir)?.collect::<io::Result<_>>()?;
-        children.sort_by_key(|e| e.file_name());
-        for e in children {
-            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
-            let ty = e.file_type()?;
-            if ty.is_symlink() {
-                out.push((name, format!("link {}", fs::read_link(e.path())?.display())));
-            } else if ty.is_dir() {
-                out.push((name.clone(), "dir".into()));
-                self.walk(&e.path(), format!("{name}/"), out)?;
+    fn walk(&self, dir: &Path, prefix: String, out: &mut Vec<DirEntry>) -> io::Result<()> {
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let rel = format!("{prefix}{}", e.file_name().to_string_lossy());
+            let meta = fs::metadata(e.path())?;
+            if meta.is_dir() {
+                self.walk(&e.path(), format!("{rel}/"), out)?;
             } else {
-                let exec = e.metadata()?.permissions().mode() & 0o111 != 0;
-                let d = self.file(&e.path())?;
-                out.push((name, format!("{} {d}", if exec { "exec" } else { "file" })));
+                let exec = meta.permissions().mode() & 0o111 != 0;
+                out.push(DirEntry {
+                    rel,
+                    digest: self.file(&e.path())?,
+                    exec,
+                });
             }
         }
         Ok(())
@@ -151,12 +146,16 @@ impl StatCache {
     pub fn digest_all(
         &self,
         paths: &[(PathBuf, bool)],
-    ) -> Result<HashMap<PathBuf, Digest>, (PathBuf, io::Error)> {
+    ) -> Result<HashMap<PathBuf, Content>, (PathBuf, io::Error)> {
         paths
             .par_iter()
             .map(|(p, is_dir)| {
-                let d = if *is_dir { self.dir(p) } else { self.file(p) };
-                d.map(|d| (p.clone(), d)).map_err(|e| (p.clone(), e))
+                let c = if *is_dir {
+                    self.dir(p).map(Content::Dir)
+                } else {
+                    self.file(p).map(Content::File)
+                };
+                c.map(|c| (p.clone(), c)).map_err(|e| (p.clone(), e))
             })
             .collect()
     }
@@ -222,17 +221,17 @@ mod tests {
     }
 
     #[test]
-    fn dir_digest_tracks_names_contents_and_mode() {
+    fn dir_listing_tracks_names_contents_and_mode() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("scripts");
-        fs::create_dir(&d).unwrap();
-        fs::write(d.join("a.sh"), "a").unwrap();
-        let c = StatCache::load(None);
-        let first = c.dir(&d).unwrap();
+        fs::create_dir_all(d.join("sub")).unwrap();
         fs::write(d.join("b.sh"), "b").unwrap();
-        let second = c.dir(&d).unwrap();
-        assert_ne!(first, second);
+        fs::write(d.join("sub/a.sh"), "a").unwrap();
         fs::set_permissions(d.join("b.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-        assert_ne!(c.dir(&d).unwrap(), second);
+        let c = StatCache::load(None);
+        let listing = c.dir(&d).unwrap();
+        let names: Vec<(&str, bool)> = listing.iter().map(|e| (e.rel.as_str(), e.exec)).collect();
+        assert_eq!(names, [("b.sh", true), ("sub/a.sh", false)]);
+        assert_eq!(listing[1].digest, Digest::of_bytes(b"a"));
     }
 }

@@ -34,7 +34,7 @@ pub struct BuildArgs {
 }
 
 pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
-    let loaded = context::load(&cli.file, &args.select)?;
+    let loaded = context::load(&cli.file, &args.select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
     let store = Arc::new(LocalStore::open(&dir).map_err(fail)?);

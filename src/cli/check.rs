@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{CliError, Select, context};
 
 pub fn run(file: &Path) -> Result<(), CliError> {
-    let loaded = context::load(file, &Select::default())?;
+    let loaded = context::load(file, &Select::default(), true)?;
     let graph = context::lower(&loaded, None)?;
     let c = &loaded.config;
     println!(

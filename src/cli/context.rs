@@ -10,15 +10,23 @@ use crate::statcache::StatCache;
 
 pub struct Loaded {
     pub config: Config,
+    /// Every cell of every matrix: ids are computed over all of them, so they do not depend on
+    /// the filters.
+    pub all: Vec<Cell>,
+    /// The cells the filters select.
     pub cells: Vec<Cell>,
     /// Whether no filter narrowed the cells (orphans are only meaningful then).
     pub whole: bool,
 }
 
-/// Loads and expands the config; prints its warnings.
-pub fn load(file: &Path, select: &Select) -> Result<Loaded, CliError> {
+/// Loads and expands the config; prints its warnings. `images` checks that the cells name
+/// declared providers and releases (everything but `kiln matrix` needs that).
+pub fn load(file: &Path, select: &Select, images: bool) -> Result<Loaded, CliError> {
     let (config, warnings) = config::load(file).map_err(CliError::Config)?;
     let (cells, more) = config::cells::expand_all(&config).map_err(CliError::Config)?;
+    if images {
+        config::cells::check_images(&config, &cells).map_err(CliError::Config)?;
+    }
     let mut all = warnings;
     all.0.extend(more.0);
     if !all.0.is_empty() {
@@ -29,10 +37,11 @@ pub fn load(file: &Path, select: &Select) -> Result<Loaded, CliError> {
         && select.provider.is_empty()
         && select.os.is_empty()
         && select.cell.is_empty();
-    let cells = filter(&config, cells, select)?;
+    let selected = filter(&config, cells.clone(), select)?;
     Ok(Loaded {
         config,
-        cells,
+        all: cells,
+        cells: selected,
         whole,
     })
 }
@@ -100,5 +109,13 @@ pub fn lower(loaded: &Loaded, cache: Option<&Path>) -> Result<Graph, CliError> {
     if cache.is_some_and(Path::exists) {
         let _ = stat.save();
     }
-    graph::lower(&loaded.config, loaded.cells.clone(), &digests).map_err(CliError::Config)
+    let graph =
+        graph::lower(&loaded.config, loaded.all.clone(), &digests).map_err(CliError::Config)?;
+    Ok(if loaded.whole {
+        graph
+    } else {
+        let names: std::collections::HashSet<&str> =
+            loaded.cells.iter().map(|c| c.name.as_str()).collect();
+        graph.select(&names)
+    })
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{CliError, Select, context};
 
 pub fn run(file: &Path, select: &Select, json: bool) -> Result<(), CliError> {
-    let loaded = context::load(file, select)?;
+    let loaded = context::load(file, select, false)?;
     if json {
         let text = serde_json::to_string_pretty(&loaded.cells)
             .map_err(|e| CliError::Failed(e.to_string()))?;

@@ -99,7 +99,7 @@ pub fn forced_ids(graph: &Graph, force: &[String]) -> Result<BTreeSet<String>, C
 }
 
 pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
-    let loaded = context::load(&cli.file, &args.select)?;
+    let loaded = context::load(&cli.file, &args.select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let graph = context::lower(&loaded, Some(&dir))?;
     let view = StoreView::open(dir)?;

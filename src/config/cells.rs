@@ -22,7 +22,33 @@ fn rule_loc(decl: &MatrixDecl, kind: RuleKind, rule: usize, prop: Option<usize>)
 fn matrix_error(config: &Config, decl: &MatrixDecl, err: &MatrixError) -> Diag {
     let s = &config.sources;
     let template_loc = decl.name_template_loc.unwrap_or(decl.loc);
-    let d = Diag::error("kiln::matrix", err.to_string());
+    // The suggestion goes in the help line, not in the message as well.
+    let message = match err {
+        MatrixError::UnknownExcludeKey { exclude, key, .. } => {
+            format!(
+                "exclude {} names `{key}`, which is not an axis",
+                exclude + 1
+            )
+        }
+        MatrixError::UnknownExcludeValue {
+            exclude,
+            axis,
+            value,
+            ..
+        } => {
+            format!(
+                "exclude {} names `{axis}={value}`, but axis `{axis}` has no value `{value}`",
+                exclude + 1
+            )
+        }
+        MatrixError::UnknownPlaceholder { placeholder, .. } => {
+            format!(
+                "name template uses `{{{placeholder}}}`, but no axis or include provides `{placeholder}`"
+            )
+        }
+        other => other.to_string(),
+    };
+    let d = Diag::error("kiln::matrix", message);
     match err {
         MatrixError::EmptyMatrix { .. } | MatrixError::AllCombinationsExcluded => d
             .label(s, decl.loc, "this matrix has no cells")
@@ -111,7 +137,8 @@ pub fn value_loc(decl: &MatrixDecl, key: &str, value: &str) -> Loc {
     decl.loc
 }
 
-/// Every matrix's cells, in declaration order, plus warnings; or every error.
+/// Every matrix's cells, in declaration order, plus warnings; or every error. Axes are generic
+/// here: what `provider` and `kubernetes` mean is checked by [`check_images`].
 pub fn expand_all(config: &Config) -> Result<(Vec<Cell>, Diags), Diags> {
     let mut diags = Diags::default();
     let mut cells = Vec::new();
@@ -126,9 +153,6 @@ pub fn expand_all(config: &Config) -> Result<(Vec<Cell>, Diags), Diags> {
             Err(e) => diags.push(matrix_error(config, decl, &e)),
         }
     }
-    if !diags.has_errors() {
-        check_cells(config, &cells, &mut diags);
-    }
     if diags.has_errors() {
         Err(diags)
     } else {
@@ -136,7 +160,18 @@ pub fn expand_all(config: &Config) -> Result<(Vec<Cell>, Diags), Diags> {
     }
 }
 
-/// Providers and releases that cells name must be declared; overrides must match real values.
+/// Before cells become images: the providers and releases they name must be declared, and
+/// provider overrides must match values some cell has.
+pub fn check_images(config: &Config, cells: &[Cell]) -> Result<(), Diags> {
+    let mut diags = Diags::default();
+    check_cells(config, cells, &mut diags);
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(())
+    }
+}
+
 fn check_cells(config: &Config, cells: &[Cell], diags: &mut Diags) {
     let s = &config.sources;
     let providers: Vec<&str> = config.providers.keys().map(String::as_str).collect();
@@ -153,15 +188,13 @@ fn check_cells(config: &Config, cells: &[Cell], diags: &mut Diags) {
             match cell.values.get(key) {
                 Some(v) if !known.contains(&v) => {
                     if reported.insert((key, v.to_string())) {
-                        let hint = match key {
-                            "provider" => format!(
-                                "declare `provider \"{v}\" {{ … }}`, or {}",
-                                did_you_mean(v, known, what)
-                            ),
-                            _ => format!(
-                                "declare `kubernetes \"{v}\" {{ version \"{v}.0\" }}`, or {}",
-                                did_you_mean(v, known, what)
-                            ),
+                        let declare = match key {
+                            "provider" => format!("declare `provider \"{v}\" {{ … }}`"),
+                            _ => format!("declare `kubernetes \"{v}\" {{ version \"{v}.0\" }}`"),
+                        };
+                        let hint = match super::diag::suggest(v, known.iter().copied()) {
+                            Some(s) => format!("did you mean `{s}`? Otherwise {declare}"),
+                            None => format!("{declare}; declared: {}", known.join(", ")),
                         };
                         diags.push(
                             Diag::error(

@@ -203,6 +203,23 @@ impl Reader<'_> {
         }
     }
 
+    /// A concurrency limit: at least 1.
+    pub fn limit(&mut self, entry: &KdlEntry) -> Option<u32> {
+        let n = self.u32(entry, "limit")?;
+        if n == 0 {
+            self.error_at(
+                self.entry_loc(entry),
+                "kiln::config::type",
+                "limit must be at least 1".into(),
+                "a limit of 0 would never run anything",
+                "write the number of nodes that may run at once, or remove the line for no limit"
+                    .into(),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
     pub fn duration(&mut self, entry: &KdlEntry, what: &str) -> Option<std::time::Duration> {
         let s = self.string(entry, what)?;
         match humantime::parse_duration(&s.value) {

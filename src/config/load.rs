@@ -55,10 +55,15 @@ fn syntax_error(sources: &SourceMap, file: FileId, err: &kdl::KdlError) -> Diag 
         Some(d) => {
             let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
             let label = d.label.clone().unwrap_or_else(|| "here".into());
-            let help = d
-                .help
-                .clone()
-                .unwrap_or_else(|| "see https://kdl.dev for the KDL 2.0 syntax".into());
+            let help = match unquoted_version(&sources.get(file).text, d.span.offset()) {
+                Some(v) => format!(
+                    "quote it: \"{v}\" (versions are strings; unquoted, KDL reads them as numbers)"
+                ),
+                None => d
+                    .help
+                    .clone()
+                    .unwrap_or_else(|| "see https://kdl.dev for the KDL 2.0 syntax".into()),
+            };
             Diag::error(
                 "kiln::config::syntax",
                 format!("KDL syntax error: {message}"),
@@ -69,6 +74,26 @@ fn syntax_error(sources: &SourceMap, file: FileId, err: &kdl::KdlError) -> Diag 
         }
         None => Diag::error("kiln::config::syntax", "KDL syntax error").with_source(src),
     }
+}
+
+/// A dotted version such as `1.31.4` written without quotes around `offset`, which KDL cannot
+/// parse as a number.
+fn unquoted_version(text: &str, offset: usize) -> Option<String> {
+    let is_part = |c: char| c.is_ascii_digit() || c == '.';
+    let offset = offset.min(text.len());
+    let start = text[..offset]
+        .rfind(|c: char| !is_part(c))
+        .map_or(0, |i| i + 1);
+    let end = text[offset..]
+        .find(|c: char| !is_part(c))
+        .map_or(text.len(), |i| offset + i);
+    let word = &text[start..end];
+    let dots = word.matches('.').count();
+    (dots >= 2
+        && word
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    .then(|| word.to_string())
 }
 
 impl Loader {

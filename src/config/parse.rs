@@ -173,7 +173,8 @@ pub fn release(r: &mut Reader, node: &KdlNode) -> Option<(Release, Option<Loc>)>
         }
     }
     let loc = r.node_loc(node);
-    if !tracked && version.is_none() {
+    // A `version` that failed to parse was reported already.
+    if !tracked && version.is_none() && !children(node).iter().any(|c| name(c) == "version") {
         r.error_at(
             series.loc,
             "kiln::config::missing",
@@ -286,7 +287,7 @@ fn policy_node(r: &mut Reader, node: &KdlNode, policy: &mut Policy) {
         return;
     };
     match n {
-        "limit" => policy.limit = r.u32(e, "limit").filter(|l| *l > 0).or(policy.limit),
+        "limit" => policy.limit = r.limit(e).or(policy.limit),
         "retries" => policy.retries = r.u32(e, "retries").or(policy.retries),
         _ => policy.timeout = r.duration(e, "timeout").or(policy.timeout),
     }
@@ -323,11 +324,20 @@ fn var(r: &mut Reader, node: &KdlNode, vars: &mut BTreeMap<String, Spanned<Value
             .map(Value::List),
     };
     if let Some(value) = value {
+        // The value's span: a placeholder error in it points there.
+        let loc = match (rest.first(), rest.last()) {
+            (Some(first), Some(last)) => {
+                let start = first.span().offset();
+                let end = last.span().offset() + last.span().len();
+                r.loc((start, end - start).into())
+            }
+            _ => vname.loc,
+        };
         if let Some(prev) = vars.get(&vname.value) {
             let what = format!("variable `{}`", vname.value);
-            r.duplicate(&what, prev.loc, vname.loc);
+            r.duplicate(&what, prev.loc, loc);
         }
-        vars.insert(vname.value, Spanned::new(value, vname.loc));
+        vars.insert(vname.value, Spanned::new(value, loc));
     }
 }
 
@@ -586,7 +596,7 @@ fn step(r: &mut Reader, node: &KdlNode) -> Option<StepDecl> {
         policy.retries = r.u32(e, "retries");
     }
     if let Some(e) = node.entry("limit") {
-        policy.limit = r.u32(e, "limit").filter(|l| *l > 0);
+        policy.limit = r.limit(e);
     }
     if let Some(e) = node.entry("timeout") {
         policy.timeout = r.duration(e, "timeout");
@@ -715,7 +725,8 @@ pub fn module(r: &mut Reader, node: &KdlNode) -> Option<Module> {
             ),
         }
     }
-    if m.steps.is_empty() {
+    // A step that failed to parse was reported already.
+    if m.steps.is_empty() && !children(node).iter().any(|c| name(c) == "step") {
         r.error_at(
             m.loc,
             "kiln::config::missing",

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::Graph;
-use super::node::{FileInput, FileRole, Node, Recipe, manifest_digest};
+use super::node::{Content, FileInput, FileRole, Node, Recipe, manifest_digest};
 use crate::config::template::{self, RenderError};
 use crate::config::{
     BuilderKind, Config, DEFAULT_IMAGE_BUILDER, Diag, Diags, Loc, Module, Override, Patch,
@@ -34,7 +34,7 @@ pub fn input_paths(config: &Config) -> Vec<(PathBuf, bool)> {
 
 struct Lowerer<'a> {
     config: &'a Config,
-    digests: &'a HashMap<PathBuf, Digest>,
+    digests: &'a HashMap<PathBuf, Content>,
     diags: Diags,
     reported: HashSet<(Loc, String)>,
     g: DiGraph<Node, ()>,
@@ -196,16 +196,14 @@ impl<'a> Lowerer<'a> {
         &mut self,
         path: &PathBuf,
         rel: &str,
-        is_dir: bool,
         role: FileRole,
         loc: Loc,
     ) -> Option<FileInput> {
         match self.digests.get(path) {
-            Some(d) => Some(FileInput {
+            Some(content) => Some(FileInput {
                 rel: rel.to_string(),
                 path: path.clone(),
-                is_dir,
-                digest: *d,
+                content: content.clone(),
                 role,
             }),
             None => {
@@ -262,7 +260,6 @@ impl<'a> Lowerer<'a> {
                     files.extend(self.file_input(
                         &p.file.path,
                         &p.file.rel,
-                        false,
                         FileRole::Patch(p.op),
                         p.file.loc,
                     ));
@@ -271,13 +268,7 @@ impl<'a> Lowerer<'a> {
             if consumes.files {
                 for s in r.files.clone() {
                     let role = FileRole::Ship { to: s.to.clone() };
-                    files.extend(self.file_input(
-                        &s.from.path,
-                        &s.from.rel,
-                        s.is_dir,
-                        role,
-                        s.from.loc,
-                    ));
+                    files.extend(self.file_input(&s.from.path, &s.from.rel, role, s.from.loc));
                 }
             }
             let recipe = Recipe {
@@ -303,7 +294,9 @@ impl<'a> Lowerer<'a> {
             let ix = match self.by_key.get(&key) {
                 Some(&ix) => {
                     let node = &mut self.g[ix];
-                    node.cells.push(cell.name.clone());
+                    if !node.cells.contains(&cell.name) {
+                        node.cells.push(cell.name.clone()); // the same cell in two matrices is one
+                    }
                     node.values
                         .retain(|(k, v)| cell.values.get(k) == Some(v.as_str()));
                     ix
@@ -378,7 +371,7 @@ fn assign_ids(g: &mut DiGraph<Node, ()>) {
 pub fn lower(
     config: &Config,
     cells: Vec<Cell>,
-    digests: &HashMap<PathBuf, Digest>,
+    digests: &HashMap<PathBuf, Content>,
 ) -> Result<Graph, Diags> {
     let mut l = Lowerer {
         config,

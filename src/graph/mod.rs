@@ -10,7 +10,7 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 pub use lower::{input_paths, lower};
-pub use node::{FileInput, FileRole, InputName, Manifest, Node, Recipe};
+pub use node::{Content, DirEntry, FileInput, FileRole, InputName, Manifest, Node, Recipe};
 pub use render::GraphFormat;
 
 use crate::matrix::Cell;
@@ -56,6 +56,31 @@ impl Graph {
 
     pub fn deps(&self, ix: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
         self.g.neighbors_directed(ix, Direction::Incoming)
+    }
+
+    /// The nodes of the named cells and everything they depend on; ids and keys unchanged.
+    pub fn select(&self, cells: &std::collections::HashSet<&str>) -> Graph {
+        let mut keep = vec![false; self.g.node_count()];
+        let mut stack: Vec<NodeIndex> = self
+            .g
+            .node_indices()
+            .filter(|ix| self.g[*ix].cells.iter().any(|c| cells.contains(c.as_str())))
+            .collect();
+        while let Some(ix) = stack.pop() {
+            if !std::mem::replace(&mut keep[ix.index()], true) {
+                stack.extend(self.deps(ix));
+            }
+        }
+        let g = self
+            .g
+            .filter_map(|ix, n| keep[ix.index()].then(|| n.clone()), |_, e| Some(*e));
+        let kept = self
+            .cells
+            .iter()
+            .filter(|c| cells.contains(c.name.as_str()))
+            .cloned()
+            .collect();
+        Graph::new(g, kept)
     }
 
     pub fn dependents(&self, ix: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {

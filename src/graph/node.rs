@@ -6,15 +6,53 @@ use std::path::PathBuf;
 use crate::config::{BuilderKind, PatchOp, Policy, Secret, StepKind, Value};
 use crate::hash::{Digest, KeyHasher};
 
+/// What a file or directory input holds, as digested by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    File(Digest),
+    /// Every file below the directory, sorted by relative path.
+    Dir(Vec<DirEntry>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Relative to the directory, with `/` separators.
+    pub rel: String,
+    pub digest: Digest,
+    pub exec: bool,
+}
+
 /// A file or directory a node reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileInput {
     /// Relative to the config root, with `/` separators: what keys and plans name.
     pub rel: String,
     pub path: PathBuf,
-    pub is_dir: bool,
-    pub digest: Digest,
+    pub content: Content,
     pub role: FileRole,
+}
+
+impl FileInput {
+    pub fn is_dir(&self) -> bool {
+        matches!(self.content, Content::Dir(_))
+    }
+
+    /// Every file this input stands for: (name as plans show it, path on disk, digest).
+    pub fn files(&self) -> Vec<(String, PathBuf, Digest)> {
+        match &self.content {
+            Content::File(d) => vec![(self.rel.clone(), self.path.clone(), *d)],
+            Content::Dir(entries) => entries
+                .iter()
+                .map(|e| {
+                    (
+                        format!("{}/{}", self.rel, e.rel),
+                        self.path.join(&e.rel),
+                        e.digest,
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,15 +121,35 @@ impl Recipe {
         for (k, v) in &self.vars {
             m.insert(InputName::Var(k.clone()), v.canonical());
         }
+        // A shipped directory is listed file by file, so a plan can name the file that changed
+        // and see files added or removed.
         for f in &self.files {
-            let role = match &f.role {
-                FileRole::Patch(op) => format!("patch:{}", op.as_str()),
-                FileRole::Ship { to } => format!("ship:{to}"),
+            let to = match &f.role {
+                FileRole::Patch(op) => {
+                    if let Content::File(d) = &f.content {
+                        m.insert(
+                            InputName::File(f.rel.clone()),
+                            format!("{d} patch:{}", op.as_str()),
+                        );
+                    }
+                    continue;
+                }
+                FileRole::Ship { to } => to,
             };
-            m.insert(
-                InputName::File(f.rel.clone()),
-                format!("{} {role}", f.digest),
-            );
+            match &f.content {
+                Content::File(d) => {
+                    m.insert(InputName::File(f.rel.clone()), format!("{d} ship:{to}"));
+                }
+                Content::Dir(entries) => {
+                    for e in entries {
+                        let exec = if e.exec { " exec" } else { "" };
+                        m.insert(
+                            InputName::File(format!("{}/{}", f.rel, e.rel)),
+                            format!("{} ship:{to}/{}{exec}", e.digest, e.rel),
+                        );
+                    }
+                }
+            }
         }
         for (k, v) in &self.tools {
             m.insert(InputName::Tool(k.clone()), v.clone());

@@ -5,4 +5,5 @@
 //! committing it.
 
 mod build;
+mod config;
 mod support;
