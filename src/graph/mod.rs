@@ -71,9 +71,10 @@ impl Graph {
                 stack.extend(self.deps(ix));
             }
         }
-        let g = self
-            .g
-            .filter_map(|ix, n| keep[ix.index()].then(|| n.clone()), |_, e| Some(*e));
+        let g = self.g.filter_map(
+            |ix, n| keep[ix.index()].then(|| n.clone()),
+            |_, &()| Some(()),
+        );
         let kept = self
             .cells
             .iter()
