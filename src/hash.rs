@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Bumped whenever the key encoding changes, so old cache entries are never mistaken for new ones.
-pub const KEY_ENCODING_VERSION: &str = "kiln-key-v1";
+pub const KEY_ENCODING_VERSION: &str = "kiln-key-v2";
 
 /// A blake3 digest: the address of a blob, the key of a node, the digest of an input file.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,20 +1,28 @@
-//! Graph + what the cache holds → a plan: for every node, an action and the typed reasons for it.
-//! Pure: the cache is seen through [`CacheView`], which the caller backs with a store.
+//! Graph + what the cache holds → a plan: for every node an action and the typed reasons for
+//! it, each recorded where the decision is made. Pure: the cache and the current input files
+//! are seen through [`CacheView`], which the caller backs with a store and the file system.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use petgraph::graph::NodeIndex;
 
-use crate::graph::Graph;
+use crate::graph::{Graph, Node};
 use crate::hash::Digest;
 
-/// What the planner may ask of the cache.
+/// Inputs larger than this get no inline diff in a plan.
+pub const DIFF_LIMIT: usize = 64 * 1024;
+
+/// What the planner may ask of the world.
 pub trait CacheView {
     /// Whether a result for this key is stored.
     fn has_result(&self, key: &Digest) -> bool;
     /// The last result recorded for a logical id: its key and input manifest (`None` when the
     /// entry is gone or corrupt).
     fn last(&self, id: &str) -> Option<LastResult>;
+    /// A stored blob (old versions of small input files are kept, for diffs).
+    fn blob(&self, digest: &Digest) -> Option<Vec<u8>>;
+    /// The current content of an input file.
+    fn read(&self, path: &std::path::Path) -> Option<Vec<u8>>;
 }
 
 #[derive(Debug, Clone)]
@@ -23,27 +31,87 @@ pub struct LastResult {
     pub manifest: Option<BTreeMap<String, String>>,
 }
 
-/// Why a node must run. Recorded where the decision is made.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// Why a node must run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DirtyReason {
     /// The previous result for this id is gone from the cache, or its entry is corrupt.
     ResultMissing,
-    /// An input of the node changed: a variable, parameter, file, tool pin or the step itself.
-    InputChanged {
-        input: String,
+    VarChanged {
+        name: String,
         old: Option<String>,
         new: Option<String>,
     },
-    /// An upstream node will run; its outputs may differ.
-    UpstreamRebuilt { dep: String },
-    /// An upstream node has a new result (built since this node's last run).
-    UpstreamChanged { dep: String },
-    /// Requested with --force.
+    ParamChanged {
+        name: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    ToolChanged {
+        name: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    /// The step kind or builder of the node changed.
+    StepChanged {
+        what: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    /// A file's content or destination changed; `diff` is a unified diff for small text files.
+    FileChanged {
+        path: String,
+        diff: Option<String>,
+    },
+    FileAdded {
+        path: String,
+    },
+    FileRemoved {
+        path: String,
+    },
+    /// An upstream node will run. `because` is the chain down to the root cause, nearest first.
+    UpstreamRebuilt {
+        dep: String,
+        because: Vec<String>,
+    },
+    /// An upstream node has a new result since this node last ran.
+    UpstreamChanged {
+        dep: String,
+    },
     Forced,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+impl DirtyReason {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unset)".into());
+        match self {
+            DirtyReason::ResultMissing => "the recorded result is missing or corrupt".into(),
+            DirtyReason::VarChanged { name, old, new } => {
+                format!("variable {name}: {} → {}", show(old), show(new))
+            }
+            DirtyReason::ParamChanged { name, old, new } => {
+                format!("parameter {name}: {} → {}", show(old), show(new))
+            }
+            DirtyReason::ToolChanged { name, old, new } => {
+                format!("tool {name}: {} → {}", show(old), show(new))
+            }
+            DirtyReason::StepChanged { what, old, new } => {
+                format!("{what}: {} → {}", show(old), show(new))
+            }
+            DirtyReason::FileChanged { path, .. } => format!("{path} changed"),
+            DirtyReason::FileAdded { path } => format!("{path} added"),
+            DirtyReason::FileRemoved { path } => format!("{path} removed"),
+            DirtyReason::UpstreamRebuilt { because, .. } => {
+                format!("upstream: {}", because.join(" ← "))
+            }
+            DirtyReason::UpstreamChanged { dep } => format!("upstream {dep} has a new result"),
+            DirtyReason::Forced => "forced with --force".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// The result for this key is in the cache.
@@ -70,6 +138,22 @@ impl Action {
             Action::RebuildIfUpstreamChanges { .. } => "~?",
         }
     }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Action::Cached => "cached (local)",
+            Action::New => "new",
+            Action::Rebuild { .. } => "rebuild",
+            Action::RebuildIfUpstreamChanges { .. } => "rebuild if upstream output changes",
+        }
+    }
+
+    pub fn reasons(&self) -> &[DirtyReason] {
+        match self {
+            Action::Rebuild { reasons } | Action::RebuildIfUpstreamChanges { reasons } => reasons,
+            _ => &[],
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +164,7 @@ pub struct Plan {
     pub orphans: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub new: usize,
     pub rebuild: usize,
@@ -95,24 +179,28 @@ impl Plan {
     }
 
     pub fn summary(&self) -> Summary {
-        let mut s = Summary {
-            orphan: self.orphans.len(),
-            ..Summary::default()
-        };
-        for a in self.actions.values() {
-            match a {
-                Action::Cached => s.cached += 1,
-                Action::New => s.new += 1,
-                Action::Rebuild { .. } => s.rebuild += 1,
-                Action::RebuildIfUpstreamChanges { .. } => s.maybe += 1,
-            }
-        }
-        s
+        summarize(self.actions.values(), self.orphans.len())
     }
 
     pub fn has_work(&self) -> bool {
         self.actions.values().any(Action::will_run)
     }
+}
+
+pub fn summarize<'a>(actions: impl Iterator<Item = &'a Action>, orphans: usize) -> Summary {
+    let mut s = Summary {
+        orphan: orphans,
+        ..Summary::default()
+    };
+    for a in actions {
+        match a {
+            Action::Cached => s.cached += 1,
+            Action::New => s.new += 1,
+            Action::Rebuild { .. } => s.rebuild += 1,
+            Action::RebuildIfUpstreamChanges { .. } => s.maybe += 1,
+        }
+    }
+    s
 }
 
 impl Summary {
@@ -136,68 +224,137 @@ impl Summary {
     }
 }
 
-/// The differences between a recorded manifest and the current one, dependencies aside.
+/// A unified diff of two small UTF-8 texts, or `None`.
+fn text_diff(old: &[u8], new: &[u8], path: &str) -> Option<String> {
+    if old.len() > DIFF_LIMIT || new.len() > DIFF_LIMIT {
+        return None;
+    }
+    let (old, new) = (
+        std::str::from_utf8(old).ok()?,
+        std::str::from_utf8(new).ok()?,
+    );
+    let diff = similar::TextDiff::from_lines(old, new);
+    Some(
+        diff.unified_diff()
+            .context_radius(2)
+            .header(&format!("a/{path}"), &format!("b/{path}"))
+            .to_string(),
+    )
+}
+
+/// The first token of a file manifest value is its digest.
+fn file_digest(v: &str) -> Option<Digest> {
+    v.split(' ').next()?.parse().ok()
+}
+
+/// Typed differences between a recorded manifest and the current one, dependencies aside.
 fn input_changes(
+    node: &Node,
     old: &BTreeMap<String, String>,
     new: &BTreeMap<String, String>,
+    view: &dyn CacheView,
 ) -> Vec<DirtyReason> {
     let keys: BTreeSet<&String> = old
         .keys()
         .chain(new.keys())
         .filter(|k| !k.starts_with("dep:"))
         .collect();
-    keys.into_iter()
-        .filter(|k| old.get(*k) != new.get(*k))
-        .map(|k| DirtyReason::InputChanged {
-            input: k.clone(),
-            old: old.get(k).cloned(),
-            new: new.get(k).cloned(),
-        })
-        .collect()
+    let mut out = Vec::new();
+    for k in keys {
+        let (o, n) = (old.get(k).cloned(), new.get(k).cloned());
+        if o == n {
+            continue;
+        }
+        let reason = if let Some(name) = k.strip_prefix("var:") {
+            DirtyReason::VarChanged {
+                name: name.into(),
+                old: o,
+                new: n,
+            }
+        } else if let Some(name) = k.strip_prefix("param:") {
+            DirtyReason::ParamChanged {
+                name: name.into(),
+                old: o,
+                new: n,
+            }
+        } else if let Some(name) = k.strip_prefix("tool:") {
+            DirtyReason::ToolChanged {
+                name: name.into(),
+                old: o,
+                new: n,
+            }
+        } else if let Some(path) = k.strip_prefix("file:") {
+            match (&o, &n) {
+                (None, Some(_)) => DirtyReason::FileAdded { path: path.into() },
+                (Some(_), None) => DirtyReason::FileRemoved { path: path.into() },
+                (Some(o), Some(_)) => {
+                    let current = node
+                        .recipe
+                        .files
+                        .iter()
+                        .flat_map(|f| f.files())
+                        .find(|(name, _, _)| name == path)
+                        .map(|(_, p, _)| p);
+                    let diff = match (
+                        file_digest(o).and_then(|d| view.blob(&d)),
+                        current.and_then(|p| view.read(&p)),
+                    ) {
+                        (Some(old), Some(new)) => text_diff(&old, &new, path),
+                        _ => None,
+                    };
+                    DirtyReason::FileChanged {
+                        path: path.into(),
+                        diff,
+                    }
+                }
+                (None, None) => continue,
+            }
+        } else {
+            DirtyReason::StepChanged {
+                what: k.clone(),
+                old: o,
+                new: n,
+            }
+        };
+        out.push(reason);
+    }
+    out
 }
 
-/// Plans every node of `graph`. `forced` ids always run; `whole` says the graph holds the whole
-/// config, so records of undeclared ids are orphans.
+/// Plans every node of `graph`. `forced` ids always run; `recorded_ids` are the ids with a
+/// record; `whole` says the graph holds the whole config, so records of undeclared ids are
+/// orphans.
 pub fn plan(
     graph: &Graph,
-    cache: &dyn CacheView,
+    view: &dyn CacheView,
     forced: &BTreeSet<String>,
     recorded_ids: &[String],
     whole: bool,
 ) -> Plan {
     let mut actions: HashMap<NodeIndex, Action> = HashMap::with_capacity(graph.len());
+    // Per node that runs: the chain from it to the root cause, for "upstream" reasons.
+    let mut cause: HashMap<NodeIndex, Vec<String>> = HashMap::new();
     for ix in graph.order() {
         let node = graph.node(ix);
         let forced_here = forced.contains(&node.id);
-        if !forced_here && cache.has_result(&node.key) {
+        if !forced_here && view.has_result(&node.key) {
             actions.insert(ix, Action::Cached);
             continue;
         }
-        let Some(last) = cache.last(&node.id) else {
-            actions.insert(
-                ix,
-                if forced_here {
-                    Action::Rebuild {
-                        reasons: vec![DirtyReason::Forced],
-                    }
-                } else {
-                    Action::New
-                },
-            );
-            continue;
-        };
+        let last = view.last(&node.id);
         let mut reasons = Vec::new();
         if forced_here {
             reasons.push(DirtyReason::Forced);
         }
-        let current: BTreeMap<String, String> = node
-            .manifest
-            .iter()
-            .map(|(k, v)| (k.label(), v.clone()))
-            .collect();
-        let own = match &last.manifest {
-            Some(m) => input_changes(m, &current),
-            None => vec![DirtyReason::ResultMissing],
+        let own = match &last {
+            None => Vec::new(),
+            Some(LastResult {
+                manifest: Some(m), ..
+            }) => {
+                let current = node.manifest_labels();
+                input_changes(node, m, &current, view)
+            }
+            Some(LastResult { manifest: None, .. }) => vec![DirtyReason::ResultMissing],
         };
         let own_unchanged = own.is_empty();
         reasons.extend(own);
@@ -206,10 +363,15 @@ pub fn plan(
             let dep = graph.node(d);
             if actions[&d].will_run() {
                 upstream_runs = true;
+                let mut because = vec![dep.id.clone()];
+                because.extend(cause.get(&d).into_iter().flatten().skip(1).cloned());
                 reasons.push(DirtyReason::UpstreamRebuilt {
                     dep: dep.id.clone(),
+                    because,
                 });
-            } else if let Some(m) = &last.manifest
+            } else if let Some(LastResult {
+                manifest: Some(m), ..
+            }) = &last
                 && m.get(&format!("dep:{}", dep.step)) != Some(&dep.key.to_hex())
             {
                 reasons.push(DirtyReason::UpstreamChanged {
@@ -217,13 +379,30 @@ pub fn plan(
                 });
             }
         }
-        if reasons.is_empty() && last.key == node.key {
+        if last.as_ref().is_some_and(|l| l.key == node.key) && reasons.is_empty() {
             reasons.push(DirtyReason::ResultMissing);
         }
-        let action = if own_unchanged && upstream_runs && !forced_here {
-            Action::RebuildIfUpstreamChanges { reasons }
-        } else {
-            Action::Rebuild { reasons }
+        let chain = match reasons
+            .iter()
+            .find(|r| !matches!(r, DirtyReason::UpstreamRebuilt { .. }))
+        {
+            Some(r) => vec![node.id.clone(), r.describe()],
+            None => match reasons.first() {
+                Some(DirtyReason::UpstreamRebuilt { because, .. }) => {
+                    std::iter::once(node.id.clone())
+                        .chain(because.iter().cloned())
+                        .collect()
+                }
+                _ => vec![node.id.clone(), "new".into()],
+            },
+        };
+        cause.insert(ix, chain);
+        let action = match last {
+            None if !forced_here => Action::New,
+            _ if own_unchanged && upstream_runs && !forced_here => {
+                Action::RebuildIfUpstreamChanges { reasons }
+            }
+            _ => Action::Rebuild { reasons },
         };
         actions.insert(ix, action);
     }

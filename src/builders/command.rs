@@ -9,7 +9,7 @@ use crate::graph::FileRole;
 pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let p = &ctx.node.recipe.params;
     let argv = p.get("argv").map(Value::as_list).unwrap_or_default();
-    for f in &ctx.node.recipe.files {
+    for f in ctx.node.recipe.files.iter() {
         if let FileRole::Ship { to } = &f.role {
             copy_into(&f.path, &ctx.work.join(to)).map_err(io_err("copying shipped files"))?;
         }

@@ -82,7 +82,7 @@ fn stage_tree(ctx: &StepCtx, tree: &Path) -> Result<(), StepError> {
         std::fs::create_dir_all(&dir).map_err(&err)?;
         std::fs::write(dir.join("hosts.toml"), hosts_toml(host, url)).map_err(&err)?;
     }
-    for f in &ctx.node.recipe.files {
+    for f in ctx.node.recipe.files.iter() {
         if let FileRole::Ship { to } = &f.role {
             copy_into(&f.path, &tree.join(to.trim_start_matches('/'))).map_err(&err)?;
         }

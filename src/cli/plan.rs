@@ -8,7 +8,7 @@ use clap::Args;
 use super::{Cli, CliError, Select, context};
 use crate::graph::Graph;
 use crate::hash::Digest;
-use crate::plan::{self, Action, CacheView, DirtyReason, LastResult, Plan};
+use crate::plan::{self, Action, CacheView, LastResult, Plan};
 use crate::store::{LocalStore, Record};
 
 #[derive(Args, Debug)]
@@ -63,6 +63,14 @@ impl CacheView for StoreView {
         self.keys.contains(key)
     }
 
+    fn blob(&self, digest: &Digest) -> Option<Vec<u8>> {
+        self.store.as_ref()?.get_blob(digest).ok().flatten()
+    }
+
+    fn read(&self, path: &std::path::Path) -> Option<Vec<u8>> {
+        std::fs::read(path).ok()
+    }
+
     fn last(&self, id: &str) -> Option<LastResult> {
         let rec = self.records.get(id)?;
         let manifest = self
@@ -84,7 +92,7 @@ pub fn forced_ids(graph: &Graph, force: &[String]) -> Result<BTreeSet<String>, C
         let mut hit = false;
         for ix in graph.order() {
             let n = graph.node(ix);
-            if &n.id == f || n.cells.contains(f) {
+            if &n.id == f || n.cells.iter().any(|c| **c == **f) {
                 out.insert(n.id.clone());
                 hit = true;
             }
@@ -119,19 +127,6 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn reason_text(r: &DirtyReason) -> String {
-    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
-    match r {
-        DirtyReason::ResultMissing => "the recorded result is missing or corrupt".into(),
-        DirtyReason::InputChanged { input, old, new } => {
-            format!("{input}: {} → {}", show(old), show(new))
-        }
-        DirtyReason::UpstreamRebuilt { dep } => format!("upstream {dep} rebuilds"),
-        DirtyReason::UpstreamChanged { dep } => format!("upstream {dep} has a new result"),
-        DirtyReason::Forced => "forced with --force".into(),
-    }
-}
-
 fn status(a: &Action) -> &'static str {
     match a {
         Action::Cached => "cached",
@@ -162,7 +157,7 @@ pub fn render_text(graph: &Graph, plan: &Plan) -> String {
         ));
         if let Action::Rebuild { reasons } | Action::RebuildIfUpstreamChanges { reasons } = a {
             for r in reasons {
-                out.push_str(&format!("     · {}\n", reason_text(r)));
+                out.push_str(&format!("     · {}\n", r.describe()));
             }
         }
     }

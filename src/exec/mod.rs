@@ -177,12 +177,7 @@ fn result_for(
         dep_outputs: job.dep_outputs.clone(),
         outputs,
         facts,
-        manifest: job
-            .node
-            .manifest
-            .iter()
-            .map(|(k, v)| (k.label(), v.clone()))
-            .collect(),
+        manifest: job.node.manifest_labels(),
         attempts,
         started_unix_ms: started,
         duration_ms: took.as_millis() as u64,
@@ -212,12 +207,7 @@ fn try_cutoff(sh: &Shared, job: &Job) -> Option<ActionResult> {
     }
     let mut r = prev;
     r.key = job.node.key;
-    r.manifest = job
-        .node
-        .manifest
-        .iter()
-        .map(|(k, v)| (k.label(), v.clone()))
-        .collect();
+    r.manifest = job.node.manifest_labels();
     Some(r)
 }
 
@@ -428,7 +418,7 @@ pub async fn execute(
     ready.reverse(); // pop() takes them in graph order
 
     let mut running: JoinSet<(NodeIndex, Duration, JobOutcome)> = JoinSet::new();
-    let mut per_provider: HashMap<String, u32> = HashMap::new();
+    let mut per_provider: HashMap<std::sync::Arc<str>, u32> = HashMap::new();
     let mut stop = false;
     loop {
         let cancelled = *cancel_rx.borrow();

@@ -2,11 +2,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::Graph;
-use super::node::{Content, FileInput, FileRole, Node, Recipe, manifest_digest};
+use super::node::{
+    Content, FileInput, FileRole, Files, Node, Recipe, Tools, Vars, files_section, node_key,
+    tools_section, vars_section,
+};
 use crate::config::template::{self, RenderError};
 use crate::config::{
     BuilderKind, Config, DEFAULT_IMAGE_BUILDER, Diag, Diags, Loc, Module, Override, Patch,
@@ -14,9 +18,6 @@ use crate::config::{
 };
 use crate::hash::Digest;
 use crate::matrix::Cell;
-
-/// The key domain: bump it with the node model.
-const KEY_DOMAIN: &str = "node";
 
 /// Every file and directory the config names, to be digested before lowering.
 pub fn input_paths(config: &Config) -> Vec<(PathBuf, bool)> {
@@ -39,6 +40,10 @@ struct Lowerer<'a> {
     reported: HashSet<(Loc, String)>,
     g: DiGraph<Node, ()>,
     by_key: HashMap<Digest, NodeIndex>,
+    /// Per node: the cell values its id is made from (those all its cells share).
+    id_values: Vec<Vec<(String, String)>>,
+    tools: Arc<Tools>,
+    empty: (Arc<Vars>, Arc<Tools>),
 }
 
 /// Everything a cell's nodes are made from, after provider, overrides and cell values merge.
@@ -221,23 +226,17 @@ impl<'a> Lowerer<'a> {
 
     fn lower_cell(&mut self, cell: &Cell) {
         let Some(r) = self.resolve(cell) else { return };
-        let tools: BTreeMap<String, String> = [(
-            "image-builder".to_string(),
-            self.config
-                .tools
-                .get("image-builder")
-                .map_or(DEFAULT_IMAGE_BUILDER.to_string(), |t| match &t.image {
-                    Some(image) => format!("{} {image}", t.version),
-                    None => t.version.clone(),
-                }),
-        )]
-        .into();
         let vars: BTreeMap<String, Value> = r
             .vars
             .clone()
             .iter()
             .map(|(k, (v, loc))| (k.clone(), self.render_value(v, *loc, cell, &r)))
             .collect();
+        let vars = Arc::new(vars_section(vars));
+        let secrets: Arc<[crate::config::Secret]> = r.secrets.clone().into();
+        let provider: Arc<str> = r.provider.name.as_str().into();
+        let cell_name: Arc<str> = cell.name.as_str().into();
+        let mut files_by_use: HashMap<(bool, bool), Arc<Files>> = HashMap::new();
         let mut prev: Option<(StepKind, NodeIndex)> = None;
         for step in &r.module.steps {
             let consumes = step.consumes;
@@ -254,23 +253,37 @@ impl<'a> Lowerer<'a> {
                     )
                 })
                 .collect();
-            let mut files = Vec::new();
-            if consumes.patches {
-                for p in r.patches.clone() {
-                    files.extend(self.file_input(
-                        &p.file.path,
-                        &p.file.rel,
-                        FileRole::Patch(p.op),
-                        p.file.loc,
-                    ));
+            let use_key = (consumes.patches, consumes.files);
+            let files = match files_by_use.get(&use_key) {
+                Some(f) => f.clone(),
+                None => {
+                    let mut files = Vec::new();
+                    if consumes.patches {
+                        for p in r.patches.clone() {
+                            files.extend(self.file_input(
+                                &p.file.path,
+                                &p.file.rel,
+                                FileRole::Patch(p.op),
+                                p.file.loc,
+                            ));
+                        }
+                    }
+                    if consumes.files {
+                        for s in r.files.clone() {
+                            let role = FileRole::Ship { to: s.to.clone() };
+                            files.extend(self.file_input(
+                                &s.from.path,
+                                &s.from.rel,
+                                role,
+                                s.from.loc,
+                            ));
+                        }
+                    }
+                    let f = Arc::new(files_section(files));
+                    files_by_use.insert(use_key, f.clone());
+                    f
                 }
-            }
-            if consumes.files {
-                for s in r.files.clone() {
-                    let role = FileRole::Ship { to: s.to.clone() };
-                    files.extend(self.file_input(&s.from.path, &s.from.rel, role, s.from.loc));
-                }
-            }
+            };
             let recipe = Recipe {
                 step: step.kind,
                 builder: step.builder,
@@ -278,26 +291,26 @@ impl<'a> Lowerer<'a> {
                 vars: if consumes.vars {
                     vars.clone()
                 } else {
-                    BTreeMap::new()
+                    self.empty.0.clone()
                 },
                 files,
                 tools: if consumes.image_builder {
-                    tools.clone()
+                    self.tools.clone()
                 } else {
-                    BTreeMap::new()
+                    self.empty.1.clone()
                 },
             };
             let deps: Vec<(StepKind, Digest)> =
                 prev.iter().map(|(k, ix)| (*k, self.g[*ix].key)).collect();
-            let manifest = recipe.manifest(&deps);
-            let key = manifest_digest(KEY_DOMAIN, &manifest, true);
+            let recipe_digest = recipe.digest();
+            let key = node_key(recipe_digest, &deps);
             let ix = match self.by_key.get(&key) {
                 Some(&ix) => {
                     let node = &mut self.g[ix];
-                    if !node.cells.contains(&cell.name) {
-                        node.cells.push(cell.name.clone()); // the same cell in two matrices is one
+                    if !node.cells.contains(&cell_name) {
+                        node.cells.push(cell_name.clone()); // the same cell in two matrices is one
                     }
-                    node.values
+                    self.id_values[ix.index()]
                         .retain(|(k, v)| cell.values.get(k) == Some(v.as_str()));
                     ix
                 }
@@ -306,21 +319,21 @@ impl<'a> Lowerer<'a> {
                         id: String::new(),
                         step: step.kind,
                         builder: step.builder,
-                        provider: r.provider.name.clone(),
-                        cells: vec![cell.name.clone()],
-                        recipe_digest: manifest_digest(KEY_DOMAIN, &manifest, false),
+                        provider: provider.clone(),
+                        cells: vec![cell_name.clone()],
                         recipe,
-                        manifest,
+                        deps,
                         secrets: if consumes.secrets {
-                            r.secrets.clone()
+                            secrets.clone()
                         } else {
-                            Vec::new()
+                            Arc::from([])
                         },
                         policy: r.policy.then(step.policy),
                         key,
-                        values: id_values(cell),
+                        recipe_digest,
                     };
                     let ix = self.g.add_node(node);
+                    self.id_values.push(id_values(cell));
                     self.by_key.insert(key, ix);
                     if let Some((_, p)) = prev {
                         self.g.add_edge(p, ix, ());
@@ -350,11 +363,11 @@ fn id_values(cell: &Cell) -> Vec<(String, String)> {
 }
 
 /// Ids from the values all sharers have in common; a clash falls back to the full cell name.
-fn assign_ids(g: &mut DiGraph<Node, ()>) {
-    let mut taken: HashSet<String> = HashSet::new();
+fn assign_ids(g: &mut DiGraph<Node, ()>, values: &[Vec<(String, String)>]) {
+    let mut taken: HashSet<String> = HashSet::with_capacity(g.node_count());
     for ix in g.node_indices() {
         let node = &g[ix];
-        let base: Vec<&str> = node.values.iter().map(|(_, v)| v.as_str()).collect();
+        let base: Vec<&str> = values[ix.index()].iter().map(|(_, v)| v.as_str()).collect();
         let mut id = format!("{}/{}", base.join("/"), node.step);
         if taken.contains(&id) {
             id = format!("{}/{}", node.cells[0], node.step);
@@ -373,6 +386,13 @@ pub fn lower(
     cells: Vec<Cell>,
     digests: &HashMap<PathBuf, Content>,
 ) -> Result<Graph, Diags> {
+    let pin = config
+        .tools
+        .get("image-builder")
+        .map_or(DEFAULT_IMAGE_BUILDER.to_string(), |t| match &t.image {
+            Some(image) => format!("{} {image}", t.version),
+            None => t.version.clone(),
+        });
     let mut l = Lowerer {
         config,
         digests,
@@ -380,6 +400,12 @@ pub fn lower(
         reported: HashSet::new(),
         g: DiGraph::new(),
         by_key: HashMap::new(),
+        id_values: Vec::new(),
+        tools: Arc::new(tools_section([("image-builder".to_string(), pin)].into())),
+        empty: (
+            Arc::new(vars_section(BTreeMap::new())),
+            Arc::new(tools_section(BTreeMap::new())),
+        ),
     };
     for cell in &cells {
         l.lower_cell(cell);
@@ -387,6 +413,6 @@ pub fn lower(
     if l.diags.has_errors() {
         return Err(l.diags);
     }
-    assign_ids(&mut l.g);
+    assign_ids(&mut l.g, &l.id_values);
     Ok(Graph::new(l.g, cells))
 }

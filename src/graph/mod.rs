@@ -64,7 +64,7 @@ impl Graph {
         let mut stack: Vec<NodeIndex> = self
             .g
             .node_indices()
-            .filter(|ix| self.g[*ix].cells.iter().any(|c| cells.contains(c.as_str())))
+            .filter(|ix| self.g[*ix].cells.iter().any(|c| cells.contains(&**c)))
             .collect();
         while let Some(ix) = stack.pop() {
             if !std::mem::replace(&mut keep[ix.index()], true) {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::config::{BuilderKind, PatchOp, Policy, Secret, StepKind, Value};
 use crate::hash::{Digest, KeyHasher};
@@ -99,18 +100,118 @@ impl InputName {
 /// key does not depend on declaration order.
 pub type Manifest = BTreeMap<InputName, String>;
 
+/// A part of a recipe shared by many nodes (a cell's variables, a provider's files, the tool
+/// pins): its manifest entries and their digest are computed once.
+#[derive(Debug)]
+pub struct Section<T> {
+    pub value: T,
+    pub entries: Vec<(InputName, String)>,
+    pub digest: Digest,
+}
+
+impl<T> Section<T> {
+    pub fn new(what: &str, value: T, mut entries: Vec<(InputName, String)>) -> Section<T> {
+        entries.sort();
+        let mut h = KeyHasher::new(what);
+        h.begin("entries", entries.len());
+        for (k, v) in &entries {
+            h.str(&k.label()).str(v);
+        }
+        Section {
+            value,
+            entries,
+            digest: h.finish(),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Section<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+pub type Vars = Section<BTreeMap<String, Value>>;
+pub type Files = Section<Vec<FileInput>>;
+pub type Tools = Section<BTreeMap<String, String>>;
+
+pub fn vars_section(vars: BTreeMap<String, Value>) -> Vars {
+    let entries = vars
+        .iter()
+        .map(|(k, v)| (InputName::Var(k.clone()), v.canonical()))
+        .collect();
+    Section::new("vars", vars, entries)
+}
+
+pub fn tools_section(tools: BTreeMap<String, String>) -> Tools {
+    let entries = tools
+        .iter()
+        .map(|(k, v)| (InputName::Tool(k.clone()), v.clone()))
+        .collect();
+    Section::new("tools", tools, entries)
+}
+
+/// A shipped directory is listed file by file, so a plan can name the file that changed and
+/// see files added or removed.
+pub fn files_section(files: Vec<FileInput>) -> Files {
+    let mut entries = Vec::new();
+    for f in &files {
+        match (&f.content, &f.role) {
+            (Content::File(d), FileRole::Patch(op)) => {
+                entries.push((
+                    InputName::File(f.rel.clone()),
+                    format!("{d} patch:{}", op.as_str()),
+                ));
+            }
+            (Content::File(d), FileRole::Ship { to }) => {
+                entries.push((InputName::File(f.rel.clone()), format!("{d} ship:{to}")));
+            }
+            (Content::Dir(list), role) => {
+                let to = match role {
+                    FileRole::Ship { to } => to.as_str(),
+                    FileRole::Patch(_) => "",
+                };
+                for e in list {
+                    let exec = if e.exec { " exec" } else { "" };
+                    entries.push((
+                        InputName::File(format!("{}/{}", f.rel, e.rel)),
+                        format!("{} ship:{to}/{}{exec}", e.digest, e.rel),
+                    ));
+                }
+            }
+        }
+    }
+    Section::new("files", files, entries)
+}
+
 /// What a node's key is computed from. Secrets are not here: they never reach a key.
 #[derive(Debug, Clone)]
 pub struct Recipe {
     pub step: StepKind,
     pub builder: BuilderKind,
     pub params: BTreeMap<String, Value>,
-    pub vars: BTreeMap<String, Value>,
-    pub files: Vec<FileInput>,
-    pub tools: BTreeMap<String, String>,
+    pub vars: Arc<Vars>,
+    pub files: Arc<Files>,
+    pub tools: Arc<Tools>,
 }
 
 impl Recipe {
+    /// The digest of the node's own inputs (no dependencies): early cutoff compares it.
+    pub fn digest(&self) -> Digest {
+        let mut h = KeyHasher::new("recipe");
+        h.str(self.step.as_str()).str(self.builder.as_str());
+        h.begin("params", self.params.len());
+        for (k, v) in &self.params {
+            h.str(k).str(&v.canonical());
+        }
+        h.digest(&self.vars.digest)
+            .digest(&self.files.digest)
+            .digest(&self.tools.digest);
+        h.finish()
+    }
+
+    /// Every named input, with the dependencies' keys.
     pub fn manifest(&self, deps: &[(StepKind, Digest)]) -> Manifest {
         let mut m = Manifest::new();
         m.insert(InputName::Step, self.step.to_string());
@@ -118,41 +219,8 @@ impl Recipe {
         for (k, v) in &self.params {
             m.insert(InputName::Param(k.clone()), v.canonical());
         }
-        for (k, v) in &self.vars {
-            m.insert(InputName::Var(k.clone()), v.canonical());
-        }
-        // A shipped directory is listed file by file, so a plan can name the file that changed
-        // and see files added or removed.
-        for f in &self.files {
-            let to = match &f.role {
-                FileRole::Patch(op) => {
-                    if let Content::File(d) = &f.content {
-                        m.insert(
-                            InputName::File(f.rel.clone()),
-                            format!("{d} patch:{}", op.as_str()),
-                        );
-                    }
-                    continue;
-                }
-                FileRole::Ship { to } => to,
-            };
-            match &f.content {
-                Content::File(d) => {
-                    m.insert(InputName::File(f.rel.clone()), format!("{d} ship:{to}"));
-                }
-                Content::Dir(entries) => {
-                    for e in entries {
-                        let exec = if e.exec { " exec" } else { "" };
-                        m.insert(
-                            InputName::File(format!("{}/{}", f.rel, e.rel)),
-                            format!("{} ship:{to}/{}{exec}", e.digest, e.rel),
-                        );
-                    }
-                }
-            }
-        }
-        for (k, v) in &self.tools {
-            m.insert(InputName::Tool(k.clone()), v.clone());
+        for section in [&self.vars.entries, &self.files.entries, &self.tools.entries] {
+            m.extend(section.iter().cloned());
         }
         for (kind, key) in deps {
             m.insert(InputName::Dep(*kind), key.to_hex());
@@ -161,13 +229,13 @@ impl Recipe {
     }
 }
 
-/// The key over a manifest; the recipe digest is the same over its non-dependency entries.
-pub fn manifest_digest(domain: &str, m: &Manifest, with_deps: bool) -> Digest {
-    let mut h = KeyHasher::new(domain);
-    let entries: Vec<_> = m.iter().filter(|(k, _)| with_deps || !k.is_dep()).collect();
-    h.begin("manifest", entries.len());
-    for (k, v) in entries {
-        h.str(&k.label()).str(v);
+/// A node's key: its recipe digest and its dependencies' keys.
+pub fn node_key(recipe: Digest, deps: &[(StepKind, Digest)]) -> Digest {
+    let mut h = KeyHasher::new("node");
+    h.digest(&recipe);
+    h.begin("deps", deps.len());
+    for (kind, key) in deps {
+        h.str(kind.as_str()).digest(key);
     }
     h.finish()
 }
@@ -178,17 +246,31 @@ pub struct Node {
     pub id: String,
     pub step: StepKind,
     pub builder: BuilderKind,
-    pub provider: String,
+    pub provider: Arc<str>,
     /// Names of the cells this node belongs to (several when shared).
-    pub cells: Vec<String>,
+    pub cells: Vec<Arc<str>>,
     pub recipe: Recipe,
-    pub manifest: Manifest,
-    pub secrets: Vec<Secret>,
+    /// The keys of the upstream steps, by step kind.
+    pub deps: Vec<(StepKind, Digest)>,
+    pub secrets: Arc<[Secret]>,
     pub policy: Policy,
-    /// Content hash over the manifest, dependency keys included.
+    /// Content hash over the recipe and the dependency keys.
     pub key: Digest,
-    /// Content hash over the manifest without dependency keys (for early cutoff).
+    /// Content hash over the recipe alone (for early cutoff).
     pub recipe_digest: Digest,
-    /// The cell values the id was made from (shared by all of `cells`).
-    pub values: Vec<(String, String)>,
+}
+
+impl Node {
+    /// Every named input with its value or digest, as `kiln explain` shows and records keep.
+    pub fn manifest(&self) -> Manifest {
+        self.recipe.manifest(&self.deps)
+    }
+
+    /// The manifest with string labels, as stored in result records.
+    pub fn manifest_labels(&self) -> BTreeMap<String, String> {
+        self.manifest()
+            .into_iter()
+            .map(|(k, v)| (k.label(), v))
+            .collect()
+    }
 }
