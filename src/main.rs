@@ -1,5 +1,9 @@
 use clap::Parser;
 
+// kiln allocates many small strings and maps while lowering large matrices.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = kiln::cli::Cli::parse();
     if let Err(e) = kiln::cli::run(cli) {

@@ -8,7 +8,6 @@ use super::{StepCtx, StepOutput, copy_into, io_err};
 use crate::config::Value;
 use crate::exec::process::StepError;
 use crate::graph::FileRole;
-use crate::hash::Digest;
 
 pub const IMAGE: &str = "image.qcow2";
 const RELEASE_FILE: &str = "etc/image-release";
@@ -122,11 +121,9 @@ fn pin_times(dir: &Path, prefix: &str, out: &mut String) -> std::io::Result<()> 
     Ok(())
 }
 
-/// A filesystem UUID derived from the tree's content: same tree, same image.
+/// A filesystem UUID derived from the node's recipe: same inputs, same image.
 fn uuid_for(ctx: &StepCtx) -> String {
-    let d =
-        Digest::of_bytes(format!("{}{:?}", release_file(ctx), ctx.node.recipe.files).as_bytes())
-            .to_hex();
+    let d = ctx.node.recipe_digest.to_hex();
     format!(
         "{}-{}-4{}-8{}-{}",
         &d[0..8],

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::plan::{StoreView, forced_ids};
+use super::plan::{SavedPlan, StoreView, config_digest, forced_ids};
 use super::{Cli, CliError, Select, context};
 use crate::builders::Builtin;
 use crate::exec::{self, BuildOptions, Outcome, Progress};
@@ -31,10 +31,21 @@ pub struct BuildArgs {
     /// No progress lines, only the summary.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Execute exactly this saved plan (`kiln plan -o FILE`); refuse if anything changed since.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["force", "matrix", "kubernetes", "provider", "os", "cell"])]
+    pub plan: Option<std::path::PathBuf>,
 }
 
 pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
-    let loaded = context::load(&cli.file, &args.select, true)?;
+    let saved = args.plan.as_deref().map(SavedPlan::read).transpose()?;
+    let select = match &saved {
+        Some(s) => Select {
+            cell: s.cells.clone(),
+            ..Select::default()
+        },
+        None => args.select.clone(),
+    };
+    let loaded = context::load(&cli.file, &select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
     let store = Arc::new(LocalStore::open(&dir).map_err(fail)?);
@@ -45,8 +56,14 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         .map_err(fail)?;
     let graph = context::lower(&loaded, Some(&dir))?;
     let view = StoreView::open(dir.clone())?;
-    let forced: BTreeSet<String> = forced_ids(&graph, &args.force)?;
+    let forced: BTreeSet<String> = match &saved {
+        Some(s) => s.forced.iter().cloned().collect(),
+        None => forced_ids(&graph, &args.force)?,
+    };
     let plan = plan::plan(&graph, &view, &forced, &[], false);
+    if let (Some(saved), Some(path)) = (&saved, &args.plan) {
+        saved.check(config_digest(&loaded.config), &graph, &plan, path)?;
+    }
     for w in store.take_warnings() {
         eprintln!("warning: {w}");
     }

@@ -4,9 +4,11 @@ mod build;
 mod cache;
 mod check;
 mod context;
+mod explain;
 mod graph;
 mod matrix;
 mod plan;
+mod render;
 mod report;
 
 use std::path::PathBuf;
@@ -60,6 +62,11 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Run every node the plan marks, in dependency order, and record the results.
     Build(build::BuildArgs),
+    /// Show one node's key, inputs, and why it would run.
+    Explain {
+        /// The node id, as `kiln plan` prints it.
+        node: String,
+    },
     /// Print a node's last log.
     Logs {
         /// The node id, as `kiln plan` prints it.
@@ -98,6 +105,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Plan(ref args) => plan::run(&cli, args),
         Command::Build(ref args) => build::run(&cli, args),
         Command::Logs { ref node } => cache::logs(&cli, node),
+        Command::Explain { ref node } => explain::run(&cli, node),
         Command::Cache(ref cmd) => cache::run(&cli, cmd),
     }
 }

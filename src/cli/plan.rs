@@ -1,23 +1,39 @@
-//! `kiln plan`: every node with its action and the reasons for it.
+//! `kiln plan`: every node with its action and the reasons for it; `-o` saves the plan for
+//! `kiln build --plan`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
+use super::render::{self, Style};
 use super::{Cli, CliError, Select, context};
 use crate::graph::Graph;
 use crate::hash::Digest;
-use crate::plan::{self, Action, CacheView, LastResult, Plan};
+use crate::plan::{self, CacheView, LastResult, Plan};
 use crate::store::{LocalStore, Record};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub select: Select,
-    /// Print the plan as JSON.
+    /// How to print the plan.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: PlanFormat,
+    /// Shorthand for --format json.
     #[arg(long)]
     pub json: bool,
+    /// Save the plan (JSON) for `kiln build --plan FILE`.
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
     /// Rebuild this node id or every node of this cell, even if cached (repeatable).
     #[arg(long, value_name = "NODE|CELL")]
     pub force: Vec<String>,
@@ -56,19 +72,20 @@ impl StoreView {
     pub fn recorded_ids(&self) -> Vec<String> {
         self.records.keys().cloned().collect()
     }
+
+    /// What an orphaned id published, from its last result.
+    pub fn published(&self, id: &str) -> BTreeMap<String, String> {
+        self.records
+            .get(id)
+            .and_then(|r| self.store.as_ref()?.get_action(&r.key).ok().flatten())
+            .map(|a| a.facts)
+            .unwrap_or_default()
+    }
 }
 
 impl CacheView for StoreView {
     fn has_result(&self, key: &Digest) -> bool {
         self.keys.contains(key)
-    }
-
-    fn blob(&self, digest: &Digest) -> Option<Vec<u8>> {
-        self.store.as_ref()?.get_blob(digest).ok().flatten()
-    }
-
-    fn read(&self, path: &std::path::Path) -> Option<Vec<u8>> {
-        std::fs::read(path).ok()
     }
 
     fn last(&self, id: &str) -> Option<LastResult> {
@@ -82,6 +99,14 @@ impl CacheView for StoreView {
             key: rec.key,
             manifest,
         })
+    }
+
+    fn blob(&self, digest: &Digest) -> Option<Vec<u8>> {
+        self.store.as_ref()?.get_blob(digest).ok().flatten()
+    }
+
+    fn read(&self, path: &std::path::Path) -> Option<Vec<u8>> {
+        std::fs::read(path).ok()
     }
 }
 
@@ -106,6 +131,16 @@ pub fn forced_ids(graph: &Graph, force: &[String]) -> Result<BTreeSet<String>, C
     Ok(out)
 }
 
+/// A digest over every config file read (images.kdl, modules, images.lock): a saved plan is
+/// only valid for the config it was made from.
+pub fn config_digest(config: &crate::config::Config) -> Digest {
+    let mut h = crate::hash::KeyHasher::new("config");
+    for f in config.sources.files() {
+        h.str(&f.name).str(&f.text);
+    }
+    h.finish()
+}
+
 pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &args.select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
@@ -113,91 +148,151 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let view = StoreView::open(dir)?;
     let forced = forced_ids(&graph, &args.force)?;
     let plan = plan::plan(&graph, &view, &forced, &view.recorded_ids(), loaded.whole);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&graph, &plan)).expect("plan JSON")
-        );
+    let orphans: Vec<(String, BTreeMap<String, String>)> = plan
+        .orphans
+        .iter()
+        .map(|id| (id.clone(), view.published(id)))
+        .collect();
+    let cells: Vec<String> = if loaded.whole {
+        Vec::new()
     } else {
-        print!("{}", render_text(&graph, &plan));
+        loaded.cells.iter().map(|c| c.name.clone()).collect()
+    };
+    let json = || {
+        let mut v = render::json(
+            &graph,
+            &plan,
+            &orphans,
+            config_digest(&loaded.config),
+            &cells,
+        );
+        v["forced"] = serde_json::json!(forced);
+        v
+    };
+    if let Some(path) = &args.out {
+        let text = serde_json::to_string_pretty(&json()).expect("plan JSON") + "\n";
+        std::fs::write(path, text)
+            .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
     }
-    if args.detailed_exitcode && plan.has_work() {
+    let format = if args.json {
+        PlanFormat::Json
+    } else {
+        args.format
+    };
+    let text = match format {
+        PlanFormat::Json => serde_json::to_string_pretty(&json()).expect("plan JSON") + "\n",
+        PlanFormat::Markdown => render::markdown(&graph, &plan, &orphans),
+        PlanFormat::Text => {
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            render::text(&graph, &plan, &orphans, Style { color })
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+    let work = plan.has_work();
+    // Freeing a large graph costs time and changes nothing: the process ends here.
+    std::mem::forget((graph, plan, view, loaded));
+    if args.detailed_exitcode && work {
         return Err(CliError::Exit(2));
     }
     Ok(())
 }
 
-fn status(a: &Action) -> &'static str {
-    match a {
-        Action::Cached => "cached",
-        Action::New => "new",
-        Action::Rebuild { .. } => "rebuild",
-        Action::RebuildIfUpstreamChanges { .. } => "rebuild if upstream output changes",
-    }
+/// The parts of a saved plan `kiln build --plan` checks.
+#[derive(serde::Deserialize)]
+pub struct SavedPlan {
+    pub format_version: u32,
+    pub config_digest: Digest,
+    pub cells: Vec<String>,
+    #[serde(default)]
+    pub forced: Vec<String>,
+    pub nodes: Vec<SavedNode>,
 }
 
-pub fn render_text(graph: &Graph, plan: &Plan) -> String {
-    let order = graph.order();
-    let width = order
-        .iter()
-        .map(|ix| graph.node(*ix).id.len())
-        .max()
-        .unwrap_or(0);
-    let mut out = String::new();
-    for ix in order {
-        let n = graph.node(ix);
-        let a = plan.action(ix);
-        out.push_str(&format!(
-            "{:2} {:width$}  {:8}  {}  {}\n",
-            a.symbol(),
-            n.id,
-            n.step.as_str(),
-            n.key.short(),
-            status(a)
-        ));
-        if let Action::Rebuild { reasons } | Action::RebuildIfUpstreamChanges { reasons } = a {
-            for r in reasons {
-                out.push_str(&format!("     · {}\n", r.describe()));
+#[derive(serde::Deserialize)]
+pub struct SavedNode {
+    pub id: String,
+    pub key: Digest,
+    pub action: String,
+}
+
+impl SavedPlan {
+    pub fn read(path: &std::path::Path) -> Result<SavedPlan, CliError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::Usage(format!("cannot read the plan {}: {e}", path.display()))
+        })?;
+        let plan: SavedPlan = serde_json::from_str(&text).map_err(|e| {
+            CliError::Usage(format!(
+                "{} is not a saved kiln plan: {e}; make one with `kiln plan -o FILE`",
+                path.display()
+            ))
+        })?;
+        if plan.format_version != render::PLAN_FORMAT_VERSION {
+            return Err(CliError::Usage(format!(
+                "{} is a plan of format {}, this kiln reads format {}; plan again with this kiln",
+                path.display(),
+                plan.format_version,
+                render::PLAN_FORMAT_VERSION
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// Refuses when anything differs from what was saved: the config, an input (a key), or the
+    /// cache (an action).
+    pub fn check(
+        &self,
+        config: Digest,
+        graph: &Graph,
+        plan: &Plan,
+        path: &std::path::Path,
+    ) -> Result<(), CliError> {
+        let stale = |why: String| {
+            CliError::Failed(format!(
+                "the saved plan {} is stale: {why}; run `kiln plan -o {}` again",
+                path.display(),
+                path.display()
+            ))
+        };
+        if config != self.config_digest {
+            return Err(stale(
+                "the config (images.kdl, its modules or images.lock) changed since it was saved"
+                    .into(),
+            ));
+        }
+        if self.nodes.len() != graph.len() {
+            return Err(stale(format!(
+                "it has {} nodes, the config now gives {}",
+                self.nodes.len(),
+                graph.len()
+            )));
+        }
+        for saved in &self.nodes {
+            let Some(ix) = graph.find(&saved.id) else {
+                return Err(stale(format!("node {} is no longer declared", saved.id)));
+            };
+            let node = graph.node(ix);
+            if node.key != saved.key {
+                return Err(stale(format!(
+                    "an input of {} changed (key {} → {})",
+                    saved.id,
+                    saved.key.short(),
+                    node.key.short()
+                )));
+            }
+            let now = serde_json::to_value(plan.action(ix)).ok();
+            let now = now
+                .as_ref()
+                .and_then(|v| v["action"].as_str())
+                .unwrap_or_default();
+            if now != saved.action {
+                return Err(stale(format!(
+                    "the cache changed: {} was `{}`, is now `{now}`",
+                    saved.id, saved.action
+                )));
             }
         }
+        Ok(())
     }
-    for o in &plan.orphans {
-        out.push_str(&format!(
-            "-  {o}  orphan: declared no more (its artifacts are kept)\n"
-        ));
-    }
-    out.push_str(&plan.summary().line());
-    out.push('\n');
-    out
-}
-
-fn to_json(graph: &Graph, plan: &Plan) -> serde_json::Value {
-    let nodes: Vec<serde_json::Value> = graph
-        .order()
-        .into_iter()
-        .map(|ix| {
-            let n = graph.node(ix);
-            let mut deps: Vec<&str> = graph.deps(ix).map(|d| graph.node(d).id.as_str()).collect();
-            deps.sort_unstable();
-            let mut v = serde_json::json!({
-                "id": n.id,
-                "step": n.step,
-                "builder": n.builder,
-                "cells": n.cells,
-                "key": n.key,
-                "deps": deps,
-            });
-            let a = serde_json::to_value(plan.action(ix)).expect("action JSON");
-            if let (Some(obj), serde_json::Value::Object(a)) = (v.as_object_mut(), a) {
-                obj.extend(a);
-            }
-            v
-        })
-        .collect();
-    serde_json::json!({
-        "version": 1,
-        "nodes": nodes,
-        "orphans": plan.orphans,
-        "summary": plan.summary(),
-    })
 }

@@ -41,7 +41,16 @@ impl Value {
 
     /// A canonical, typed spelling for keys and manifests (`"x"`, `3`, `true`, `["a","b"]`).
     pub fn canonical(&self) -> String {
-        self.to_json().to_string()
+        let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
+        match self {
+            Value::Str(s) => quote(s),
+            Value::Int(i) => i.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::List(l) => format!(
+                "[{}]",
+                l.iter().map(|s| quote(s)).collect::<Vec<_>>().join(",")
+            ),
+        }
     }
 
     pub fn as_list(&self) -> Vec<String> {

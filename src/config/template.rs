@@ -67,21 +67,45 @@ pub fn placeholders(template: &str) -> Result<Vec<&str>, TemplateError> {
 }
 
 /// Renders a template; `lookup` returns `None` for an unknown placeholder, which is returned as
-/// the error so the caller can point at it.
+/// the error so the caller can point at it. One pass, no intermediate list: templates are
+/// rendered for every node of a large matrix.
 pub fn render<'t, F>(template: &'t str, mut lookup: F) -> Result<String, RenderError<'t>>
 where
     F: FnMut(&str) -> Option<String>,
 {
-    let mut out = String::with_capacity(template.len());
-    for seg in parse(template).map_err(RenderError::Syntax)? {
-        match seg {
-            Segment::Text(t) => out.push_str(t),
-            Segment::Placeholder(p) => match lookup(p) {
-                Some(v) => out.push_str(&v),
-                None => return Err(RenderError::Unknown(p)),
-            },
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    let mut offset = 0;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let brace = &rest[i..i + 1];
+        if rest[i + 1..].starts_with(brace) {
+            out.push_str(brace);
+            rest = &rest[i + 2..];
+            offset += i + 2;
+            continue;
         }
+        if brace == "}" {
+            out.push('}');
+            rest = &rest[i + 1..];
+            offset += i + 1;
+            continue;
+        }
+        let Some(end) = rest[i + 1..].find('}') else {
+            return Err(RenderError::Syntax(TemplateError::Unclosed(offset + i)));
+        };
+        let name = rest[i + 1..i + 1 + end].trim();
+        if name.is_empty() {
+            return Err(RenderError::Syntax(TemplateError::Empty(offset + i)));
+        }
+        match lookup(name) {
+            Some(v) => out.push_str(&v),
+            None => return Err(RenderError::Unknown(name)),
+        }
+        rest = &rest[i + end + 2..];
+        offset += i + end + 2;
     }
+    out.push_str(rest);
     Ok(out)
 }
 
@@ -103,6 +127,25 @@ mod tests {
         assert_eq!(r.unwrap(), "PROVIDER-OS-k8s-KUBERNETES");
         assert_eq!(render("a{{b}}c", |_| None).unwrap(), "a{b}c");
         assert_eq!(render("{ os }", |k| Some(k.into())).unwrap(), "os");
+    }
+
+    #[test]
+    fn render_agrees_with_parse() {
+        for t in ["a{b}c", "{{x}}", "}{a}", "plain", "{a}{b}", "x}y"] {
+            let via_parse: String = parse(t)
+                .unwrap()
+                .into_iter()
+                .map(|s| match s {
+                    Segment::Text(x) => x.to_string(),
+                    Segment::Placeholder(p) => format!("<{p}>"),
+                })
+                .collect();
+            assert_eq!(
+                render(t, |p| Some(format!("<{p}>"))).unwrap(),
+                via_parse,
+                "{t}"
+            );
+        }
     }
 
     #[test]

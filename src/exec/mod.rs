@@ -185,6 +185,19 @@ fn result_for(
     }
 }
 
+/// Keeps small input files in the content store, so a later plan can show what changed in them.
+fn keep_inputs(store: &LocalStore, node: &Node) {
+    for f in node.recipe.files.iter() {
+        for (_, path, digest) in f.files() {
+            let small =
+                std::fs::metadata(&path).is_ok_and(|m| m.len() as usize <= crate::plan::DIFF_LIMIT);
+            if small && !store.has_blob(&digest) {
+                let _ = store.put_file(&path);
+            }
+        }
+    }
+}
+
 fn record(store: &LocalStore, r: &ActionResult) -> Result<(), String> {
     store.put_action(r).map_err(|e| e.to_string())?;
     store
@@ -314,6 +327,7 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
                     t0.elapsed(),
                     log_digest,
                 );
+                keep_inputs(&sh.store, node);
                 return match record(&sh.store, &r) {
                     Ok(()) => ended(Outcome::Built, attempt, Some(log_file), Some(r)),
                     Err(e) => ended(Outcome::Failed(e), attempt, Some(log_file), None),

@@ -1,20 +1,24 @@
 //! Cells → step nodes. Pure: file digests are handed in, computed by the caller.
+//!
+//! Lowering runs in two phases: every cell's recipes are resolved and hashed in parallel (cells
+//! are independent), then nodes are chained and shared by key in matrix order.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use petgraph::graph::{DiGraph, NodeIndex};
+use rayon::prelude::*;
 
 use super::Graph;
 use super::node::{
-    Content, FileInput, FileRole, Files, Node, Recipe, Tools, Vars, files_section, node_key,
+    Content, FileInput, FileRole, Files, Node, Recipe, Table, Tools, Vars, files_section, node_key,
     tools_section, vars_section,
 };
 use crate::config::template::{self, RenderError};
 use crate::config::{
-    BuilderKind, Config, DEFAULT_IMAGE_BUILDER, Diag, Diags, Loc, Module, Override, Patch,
-    Provider, Secret, Ship, Spanned, StepKind, Value,
+    BuilderKind, Config, DEFAULT_IMAGE_BUILDER, Diag, Diags, Loc, Module, Override, Patch, Policy,
+    Provider, Release, Secret, Ship, StepKind, Value,
 };
 use crate::hash::Digest;
 use crate::matrix::Cell;
@@ -33,52 +37,37 @@ pub fn input_paths(config: &Config) -> Vec<(PathBuf, bool)> {
     out
 }
 
-struct Lowerer<'a> {
-    config: &'a Config,
-    digests: &'a HashMap<PathBuf, Content>,
-    diags: Diags,
-    reported: HashSet<(Loc, String)>,
-    g: DiGraph<Node, ()>,
-    by_key: HashMap<Digest, NodeIndex>,
-    /// Per node: the cell values its id is made from (those all its cells share).
-    id_values: Vec<Vec<(String, String)>>,
-    tools: Arc<Tools>,
-    empty: (Arc<Vars>, Arc<Tools>),
-}
-
-/// Everything a cell's nodes are made from, after provider, overrides and cell values merge.
-struct Resolved<'a> {
-    provider: &'a Provider,
-    module: &'a Module,
-    settings: BTreeMap<String, Value>,
-    vars: BTreeMap<String, (Value, Option<Loc>)>,
-    patches: Vec<&'a Patch>,
-    files: Vec<&'a Ship>,
-    secrets: Vec<Secret>,
-    policy: crate::config::Policy,
-}
-
 fn matches(o: &Override, cell: &Cell) -> bool {
     o.when
         .iter()
         .all(|(k, v)| cell.values.get(&k.value) == Some(v.value.as_str()))
 }
 
-impl<'a> Lowerer<'a> {
-    fn resolve(&self, cell: &Cell) -> Option<Resolved<'a>> {
-        let config = self.config;
-        let provider = config.providers.get(cell.values.get("provider")?)?;
-        let module = config.modules.get(&provider.module.value)?;
-        let release = config.releases.get(cell.values.get("kubernetes")?)?;
-        let overrides: Vec<&Override> = provider
-            .overrides
-            .iter()
-            .filter(|o| matches(o, cell))
-            .collect();
-        let bodies: Vec<_> = std::iter::once(&provider.body)
-            .chain(overrides.iter().map(|o| &o.body))
-            .collect();
+/// What cells of one provider, release and set of matching overrides share, resolved once.
+struct Base<'a> {
+    module: &'a Module,
+    release: &'a Release,
+    settings: BTreeMap<String, Value>,
+    /// Unrendered variables, with where each was written (release variables have no place).
+    vars: Vec<(String, Value, Option<Loc>)>,
+    patches: Vec<&'a Patch>,
+    files: Vec<&'a Ship>,
+    secrets: Arc<[Secret]>,
+    policy: Policy,
+    provider_name: Arc<str>,
+}
 
+impl<'a> Base<'a> {
+    fn new(
+        config: &'a Config,
+        provider: &'a Provider,
+        release: &'a Release,
+        overrides: &[usize],
+    ) -> Option<Base<'a>> {
+        let module = config.modules.get(&provider.module.value)?;
+        let bodies: Vec<_> = std::iter::once(&provider.body)
+            .chain(overrides.iter().map(|i| &provider.overrides[*i].body))
+            .collect();
         let mut settings: BTreeMap<String, Value> = module
             .settings
             .values()
@@ -87,86 +76,112 @@ impl<'a> Lowerer<'a> {
         for b in &bodies {
             settings.extend(b.settings.iter().map(|(k, v)| (k.clone(), v.value.clone())));
         }
-        for (k, v) in cell.values.iter() {
-            if module.settings.contains_key(k) {
-                settings.insert(k.to_string(), Value::Str(v.to_string()));
-            }
-        }
-
         let mut vars: BTreeMap<String, (Value, Option<Loc>)> = release
             .variables()
             .into_iter()
             .map(|(k, v)| (k, (v, None)))
             .collect();
-        let spanned = |m: &BTreeMap<String, Spanned<Value>>| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), (v.value.clone(), Some(v.loc))))
-                .collect::<Vec<_>>()
-        };
-        vars.extend(spanned(&module.vars));
-        for b in &bodies {
-            vars.extend(spanned(&b.vars));
+        for m in std::iter::once(&module.vars).chain(bodies.iter().map(|b| &b.vars)) {
+            vars.extend(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), (v.value.clone(), Some(v.loc)))),
+            );
         }
-
         let mut files: Vec<&Ship> = Vec::new();
+        let mut secrets: Vec<Secret> = Vec::new();
         for b in &bodies {
             for s in &b.files {
                 files.retain(|f| f.to != s.to); // an override replaces what ships to the same place
                 files.push(s);
             }
-        }
-        let mut secrets: Vec<Secret> = Vec::new();
-        for b in &bodies {
             for s in &b.secrets {
                 secrets.retain(|x| x.name != s.name);
                 secrets.push(s.clone());
             }
         }
-        let policy = bodies.iter().fold(module.policy, |p, b| p.then(b.policy));
-        Some(Resolved {
-            provider,
+        Some(Base {
             module,
+            release,
             settings,
-            vars,
+            vars: vars.into_iter().map(|(k, (v, l))| (k, v, l)).collect(),
             patches: bodies.iter().flat_map(|b| b.patches.iter()).collect(),
             files,
-            secrets,
-            policy,
+            secrets: secrets.into(),
+            policy: bodies.iter().fold(module.policy, |p, b| p.then(b.policy)),
+            provider_name: provider.name.as_str().into(),
         })
     }
+}
 
-    /// Renders `{placeholder}`s from the cell's values, the settings, and a few release facts.
-    fn render(&mut self, text: &str, loc: Option<Loc>, cell: &Cell, r: &Resolved) -> String {
-        let release = cell
-            .values
-            .get("kubernetes")
-            .and_then(|k| self.config.releases.get(k));
+/// A template problem, reported once per place and placeholder.
+struct TemplateProblem {
+    loc: Loc,
+    what: String,
+    message: String,
+    help: String,
+}
+
+/// One step of one cell, resolved and hashed, not yet placed in the graph.
+struct StepPlan {
+    kind: StepKind,
+    builder: BuilderKind,
+    recipe: Recipe,
+    recipe_digest: Digest,
+    secrets: Arc<[Secret]>,
+    policy: Policy,
+}
+
+struct CellPlan {
+    steps: Vec<StepPlan>,
+    problems: Vec<TemplateProblem>,
+}
+
+/// Read-only context of the parallel phase.
+struct Ctx<'a> {
+    digests: &'a HashMap<PathBuf, Content>,
+    tools: Arc<Tools>,
+    no_vars: Arc<Vars>,
+    no_tools: Arc<Tools>,
+}
+
+impl Ctx<'_> {
+    fn render(
+        &self,
+        text: &str,
+        loc: Option<Loc>,
+        cell: &Cell,
+        base: &Base,
+        settings: &BTreeMap<String, Value>,
+        problems: &mut Vec<TemplateProblem>,
+    ) -> String {
         let lookup = |p: &str| -> Option<String> {
             if let Some(v) = cell.values.get(p) {
                 return Some(v.to_string());
             }
-            if let Some(v) = r.settings.get(p) {
+            if let Some(v) = settings.get(p) {
                 return Some(v.render());
             }
             match p {
                 "name" => Some(cell.name.clone()),
-                "kubernetes_version" => release.map(|r| r.version.clone()),
+                "kubernetes_version" => Some(base.release.version.clone()),
                 _ => None,
             }
         };
         match template::render(text, lookup) {
             Ok(s) => s,
             Err(e) => {
-                let loc = loc.unwrap_or(r.module.loc);
-                let (msg, help) = match e {
+                let loc = loc.unwrap_or(base.module.loc);
+                let (what, message, help) = match e {
                     RenderError::Unknown(p) => {
-                        let mut known: Vec<String> =
-                            cell.values.keys().map(str::to_string).collect();
-                        known.extend(r.settings.keys().cloned());
-                        known.extend(["name".into(), "kubernetes_version".into()]);
-                        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                        let mut known: Vec<&str> = cell.values.keys().collect();
+                        known.extend(settings.keys().map(String::as_str));
+                        known.extend(["name", "kubernetes_version"]);
                         (
-                            format!("unknown placeholder `{{{p}}}` (in cell `{}`)", cell.name),
+                            p.to_string(),
+                            format!(
+                                "unknown placeholder `{{{p}}}` (first in cell `{}`)",
+                                cell.name
+                            ),
                             format!(
                                 "{}; placeholders name cell values, module settings, `name` or `kubernetes_version`",
                                 crate::config::diag::did_you_mean(p, &known, "placeholder")
@@ -174,175 +189,156 @@ impl<'a> Lowerer<'a> {
                         )
                     }
                     RenderError::Syntax(e) => (
+                        e.to_string(),
                         format!("invalid template: {e}"),
                         "write {{ or }} for a literal brace".into(),
                     ),
                 };
-                if self.reported.insert((loc, msg.clone())) {
-                    let d = Diag::error("kiln::config::placeholder", msg)
-                        .label(&self.config.sources, loc, "in this template")
-                        .help(help);
-                    self.diags.push(d);
-                }
+                problems.push(TemplateProblem {
+                    loc,
+                    what,
+                    message,
+                    help,
+                });
                 String::new()
             }
         }
     }
 
-    fn render_value(&mut self, v: &Value, loc: Option<Loc>, cell: &Cell, r: &Resolved) -> Value {
+    fn render_value(
+        &self,
+        v: &Value,
+        loc: Option<Loc>,
+        cell: &Cell,
+        base: &Base,
+        settings: &BTreeMap<String, Value>,
+        problems: &mut Vec<TemplateProblem>,
+    ) -> Value {
         match v {
-            Value::Str(s) => Value::Str(self.render(s, loc, cell, r)),
-            Value::List(l) => Value::List(l.iter().map(|s| self.render(s, loc, cell, r)).collect()),
+            Value::Str(s) => Value::Str(self.render(s, loc, cell, base, settings, problems)),
+            Value::List(l) => Value::List(
+                l.iter()
+                    .map(|s| self.render(s, loc, cell, base, settings, problems))
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }
 
-    fn file_input(
-        &mut self,
-        path: &PathBuf,
-        rel: &str,
-        role: FileRole,
-        loc: Loc,
-    ) -> Option<FileInput> {
-        match self.digests.get(path) {
-            Some(content) => Some(FileInput {
-                rel: rel.to_string(),
-                path: path.clone(),
-                content: content.clone(),
-                role,
-            }),
-            None => {
-                let d = Diag::error(
-                    "kiln::config::file-not-found",
-                    format!("cannot read `{rel}`"),
-                )
-                .label(&self.config.sources, loc, "named here")
-                .help("check that the file exists and is readable");
-                self.diags.push(d);
-                None
+    fn files(&self, base: &Base, patches: bool, ships: bool) -> Result<Files, (String, Loc)> {
+        let mut files = Vec::new();
+        let mut add =
+            |path: &PathBuf, rel: &str, role: FileRole, loc: Loc| match self.digests.get(path) {
+                Some(content) => {
+                    files.push(FileInput {
+                        rel: rel.to_string(),
+                        path: path.clone(),
+                        content: content.clone(),
+                        role,
+                    });
+                    Ok(())
+                }
+                None => Err((rel.to_string(), loc)),
+            };
+        if patches {
+            for p in &base.patches {
+                add(&p.file.path, &p.file.rel, FileRole::Patch(p.op), p.file.loc)?;
             }
         }
+        if ships {
+            for s in &base.files {
+                add(
+                    &s.from.path,
+                    &s.from.rel,
+                    FileRole::Ship { to: s.to.clone() },
+                    s.from.loc,
+                )?;
+            }
+        }
+        Ok(files_section(files))
     }
 
-    fn lower_cell(&mut self, cell: &Cell) {
-        let Some(r) = self.resolve(cell) else { return };
-        let vars: BTreeMap<String, Value> = r
+    /// Resolves and hashes the steps of one cell.
+    fn plan_cell(
+        &self,
+        cell: &Cell,
+        base: &Base,
+        files: &HashMap<(bool, bool), Arc<Files>>,
+    ) -> CellPlan {
+        let mut problems = Vec::new();
+        // Cell values that name a module setting override it for this cell.
+        let mut own = None;
+        for (k, v) in cell.values.iter() {
+            if base.module.settings.contains_key(k) {
+                own.get_or_insert_with(|| base.settings.clone())
+                    .insert(k.to_string(), Value::Str(v.to_string()));
+            }
+        }
+        let settings = own.as_ref().unwrap_or(&base.settings);
+        let vars: Table = base
             .vars
-            .clone()
             .iter()
-            .map(|(k, (v, loc))| (k.clone(), self.render_value(v, *loc, cell, &r)))
+            .map(|(k, v, loc)| {
+                (
+                    k.clone(),
+                    self.render_value(v, *loc, cell, base, settings, &mut problems),
+                )
+            })
             .collect();
         let vars = Arc::new(vars_section(vars));
-        let secrets: Arc<[crate::config::Secret]> = r.secrets.clone().into();
-        let provider: Arc<str> = r.provider.name.as_str().into();
-        let cell_name: Arc<str> = cell.name.as_str().into();
-        let mut files_by_use: HashMap<(bool, bool), Arc<Files>> = HashMap::new();
-        let mut prev: Option<(StepKind, NodeIndex)> = None;
-        for step in &r.module.steps {
-            let consumes = step.consumes;
-            if step.builder == BuilderKind::TemplatePatch && r.patches.is_empty() {
+        let mut steps = Vec::with_capacity(base.module.steps.len());
+        for step in &base.module.steps {
+            if step.builder == BuilderKind::TemplatePatch && base.patches.is_empty() {
                 continue; // nothing to patch: the stock template is used as is
             }
-            let params: BTreeMap<String, Value> = step
+            let c = step.consumes;
+            let params: Table = step
                 .params
                 .iter()
                 .map(|(k, v)| {
                     (
                         k.clone(),
-                        self.render_value(&v.value, Some(v.loc), cell, &r),
+                        self.render_value(
+                            &v.value,
+                            Some(v.loc),
+                            cell,
+                            base,
+                            settings,
+                            &mut problems,
+                        ),
                     )
                 })
                 .collect();
-            let use_key = (consumes.patches, consumes.files);
-            let files = match files_by_use.get(&use_key) {
-                Some(f) => f.clone(),
-                None => {
-                    let mut files = Vec::new();
-                    if consumes.patches {
-                        for p in r.patches.clone() {
-                            files.extend(self.file_input(
-                                &p.file.path,
-                                &p.file.rel,
-                                FileRole::Patch(p.op),
-                                p.file.loc,
-                            ));
-                        }
-                    }
-                    if consumes.files {
-                        for s in r.files.clone() {
-                            let role = FileRole::Ship { to: s.to.clone() };
-                            files.extend(self.file_input(
-                                &s.from.path,
-                                &s.from.rel,
-                                role,
-                                s.from.loc,
-                            ));
-                        }
-                    }
-                    let f = Arc::new(files_section(files));
-                    files_by_use.insert(use_key, f.clone());
-                    f
-                }
-            };
             let recipe = Recipe {
                 step: step.kind,
                 builder: step.builder,
                 params,
-                vars: if consumes.vars {
+                vars: if c.vars {
                     vars.clone()
                 } else {
-                    self.empty.0.clone()
+                    self.no_vars.clone()
                 },
-                files,
-                tools: if consumes.image_builder {
+                files: files[&(c.patches, c.files)].clone(),
+                tools: if c.image_builder {
                     self.tools.clone()
                 } else {
-                    self.empty.1.clone()
+                    self.no_tools.clone()
                 },
             };
-            let deps: Vec<(StepKind, Digest)> =
-                prev.iter().map(|(k, ix)| (*k, self.g[*ix].key)).collect();
-            let recipe_digest = recipe.digest();
-            let key = node_key(recipe_digest, &deps);
-            let ix = match self.by_key.get(&key) {
-                Some(&ix) => {
-                    let node = &mut self.g[ix];
-                    if !node.cells.contains(&cell_name) {
-                        node.cells.push(cell_name.clone()); // the same cell in two matrices is one
-                    }
-                    self.id_values[ix.index()]
-                        .retain(|(k, v)| cell.values.get(k) == Some(v.as_str()));
-                    ix
-                }
-                None => {
-                    let node = Node {
-                        id: String::new(),
-                        step: step.kind,
-                        builder: step.builder,
-                        provider: provider.clone(),
-                        cells: vec![cell_name.clone()],
-                        recipe,
-                        deps,
-                        secrets: if consumes.secrets {
-                            secrets.clone()
-                        } else {
-                            Arc::from([])
-                        },
-                        policy: r.policy.then(step.policy),
-                        key,
-                        recipe_digest,
-                    };
-                    let ix = self.g.add_node(node);
-                    self.id_values.push(id_values(cell));
-                    self.by_key.insert(key, ix);
-                    if let Some((_, p)) = prev {
-                        self.g.add_edge(p, ix, ());
-                    }
-                    ix
-                }
-            };
-            prev = Some((step.kind, ix));
+            steps.push(StepPlan {
+                kind: step.kind,
+                builder: step.builder,
+                recipe_digest: recipe.digest(),
+                recipe,
+                secrets: if c.secrets {
+                    base.secrets.clone()
+                } else {
+                    Arc::from([])
+                },
+                policy: base.policy.then(step.policy),
+            });
         }
+        CellPlan { steps, problems }
     }
 }
 
@@ -362,12 +358,23 @@ fn id_values(cell: &Cell) -> Vec<(String, String)> {
     out
 }
 
+/// Per node: the cell it was first lowered for, and which of that cell's id values (as bits
+/// over [`id_values`]) every cell sharing the node has too.
+type IdSource = (usize, u64);
+
 /// Ids from the values all sharers have in common; a clash falls back to the full cell name.
-fn assign_ids(g: &mut DiGraph<Node, ()>, values: &[Vec<(String, String)>]) {
+fn assign_ids(g: &mut DiGraph<Node, ()>, cells: &[Cell], sources: &[IdSource]) {
     let mut taken: HashSet<String> = HashSet::with_capacity(g.node_count());
     for ix in g.node_indices() {
         let node = &g[ix];
-        let base: Vec<&str> = values[ix.index()].iter().map(|(_, v)| v.as_str()).collect();
+        let (cell, mask) = sources[ix.index()];
+        let values = id_values(&cells[cell]);
+        let base: Vec<&str> = values
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i >= 64 || mask & (1 << i) != 0)
+            .map(|(_, (_, v))| v.as_str())
+            .collect();
         let mut id = format!("{}/{}", base.join("/"), node.step);
         if taken.contains(&id) {
             id = format!("{}/{}", node.cells[0], node.step);
@@ -380,7 +387,12 @@ fn assign_ids(g: &mut DiGraph<Node, ()>, values: &[Vec<(String, String)>]) {
     }
 }
 
-/// Lowers the selected cells to a graph. `digests` holds every path of [`input_paths`].
+type BaseKey = (String, String, Vec<usize>);
+/// A base's file sections, by (patches, shipped files) taken.
+type FilesByUse = HashMap<(bool, bool), Arc<Files>>;
+
+/// Lowers cells to a graph. `digests` holds every path of [`input_paths`]. Cells must name
+/// declared providers and releases (see `config::cells::check_images`).
 pub fn lower(
     config: &Config,
     cells: Vec<Cell>,
@@ -393,26 +405,147 @@ pub fn lower(
             Some(image) => format!("{} {image}", t.version),
             None => t.version.clone(),
         });
-    let mut l = Lowerer {
-        config,
+    let ctx = Ctx {
         digests,
-        diags: Diags::default(),
-        reported: HashSet::new(),
-        g: DiGraph::new(),
-        by_key: HashMap::new(),
-        id_values: Vec::new(),
         tools: Arc::new(tools_section([("image-builder".to_string(), pin)].into())),
-        empty: (
-            Arc::new(vars_section(BTreeMap::new())),
-            Arc::new(tools_section(BTreeMap::new())),
-        ),
+        no_vars: Arc::new(vars_section(Table::default())),
+        no_tools: Arc::new(tools_section(BTreeMap::new())),
     };
+    let mut diags = Diags::default();
+
+    // What cells share: one base and one set of file sections per provider, release and overrides.
+    let mut bases: HashMap<BaseKey, (Base, FilesByUse)> = HashMap::new();
+    let mut cell_base: Vec<Option<BaseKey>> = Vec::with_capacity(cells.len());
     for cell in &cells {
-        l.lower_cell(cell);
+        let (Some(p), Some(k)) = (cell.values.get("provider"), cell.values.get("kubernetes"))
+        else {
+            cell_base.push(None);
+            continue;
+        };
+        let (Some(provider), Some(release)) = (config.providers.get(p), config.releases.get(k))
+        else {
+            cell_base.push(None);
+            continue;
+        };
+        let overrides: Vec<usize> = provider
+            .overrides
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| matches(o, cell))
+            .map(|(i, _)| i)
+            .collect();
+        let key = (p.to_string(), k.to_string(), overrides);
+        if !bases.contains_key(&key) {
+            let Some(base) = Base::new(config, provider, release, &key.2) else {
+                cell_base.push(None);
+                continue;
+            };
+            let mut files = HashMap::new();
+            for use_key in [(false, false), (false, true), (true, false), (true, true)] {
+                match ctx.files(&base, use_key.0, use_key.1) {
+                    Ok(f) => {
+                        files.insert(use_key, Arc::new(f));
+                    }
+                    Err((rel, loc)) => {
+                        diags.push(
+                            Diag::error(
+                                "kiln::config::file-not-found",
+                                format!("cannot read `{rel}`"),
+                            )
+                            .label(&config.sources, loc, "named here")
+                            .help("check that the file exists and is readable"),
+                        );
+                        break;
+                    }
+                }
+            }
+            bases.insert(key.clone(), (base, files));
+        }
+        cell_base.push(Some(key));
     }
-    if l.diags.has_errors() {
-        return Err(l.diags);
+    if diags.has_errors() {
+        return Err(diags);
     }
-    assign_ids(&mut l.g, &l.id_values);
-    Ok(Graph::new(l.g, cells))
+
+    let plans: Vec<Option<CellPlan>> = cells
+        .par_iter()
+        .zip(cell_base.par_iter())
+        .map(|(cell, key)| {
+            let (base, files) = bases.get(key.as_ref()?)?;
+            Some(ctx.plan_cell(cell, base, files))
+        })
+        .collect();
+
+    let mut reported: HashSet<(Loc, String)> = HashSet::new();
+    let mut g: DiGraph<Node, ()> = DiGraph::with_capacity(cells.len() * 4, cells.len() * 4);
+    let mut by_key: HashMap<Digest, NodeIndex> = HashMap::with_capacity(cells.len() * 4);
+    let mut shared_vars: HashMap<Digest, Arc<Vars>> = HashMap::new();
+    let mut sources: Vec<IdSource> = Vec::with_capacity(cells.len() * 4);
+    for (ci, ((cell, plan), key)) in cells.iter().zip(plans).zip(&cell_base).enumerate() {
+        let (Some(plan), Some(key)) = (plan, key) else {
+            continue;
+        };
+        for p in plan.problems {
+            if reported.insert((p.loc, p.what)) {
+                diags.push(
+                    Diag::error("kiln::config::placeholder", p.message)
+                        .label(&config.sources, p.loc, "in this template")
+                        .help(p.help),
+                );
+            }
+        }
+        let provider = bases[key].0.provider_name.clone();
+        let cell_name: Arc<str> = cell.name.as_str().into();
+        let mut prev: Option<(StepKind, NodeIndex)> = None;
+        for mut step in plan.steps {
+            let deps: Vec<(StepKind, Digest)> =
+                prev.iter().map(|(k, ix)| (*k, g[*ix].key)).collect();
+            let key = node_key(step.recipe_digest, &deps);
+            let ix = match by_key.get(&key) {
+                Some(&ix) => {
+                    let node = &mut g[ix];
+                    if !node.cells.contains(&cell_name) {
+                        node.cells.push(cell_name.clone()); // the same cell in two matrices is one
+                    }
+                    let (first, mask) = &mut sources[ix.index()];
+                    for (i, (k, v)) in id_values(&cells[*first]).iter().enumerate().take(64) {
+                        if cell.values.get(k) != Some(v.as_str()) {
+                            *mask &= !(1 << i);
+                        }
+                    }
+                    ix
+                }
+                None => {
+                    // Cells with equal variables share one copy.
+                    let v = step.recipe.vars.clone();
+                    step.recipe.vars = shared_vars.entry(v.digest).or_insert(v).clone();
+                    let ix = g.add_node(Node {
+                        id: String::new(),
+                        step: step.kind,
+                        builder: step.builder,
+                        provider: provider.clone(),
+                        cells: vec![cell_name.clone()],
+                        recipe: step.recipe,
+                        deps,
+                        secrets: step.secrets,
+                        policy: step.policy,
+                        key,
+                        recipe_digest: step.recipe_digest,
+                    });
+                    sources.push((ci, u64::MAX));
+                    by_key.insert(key, ix);
+                    if let Some((_, p)) = prev {
+                        g.add_edge(p, ix, ());
+                    }
+                    ix
+                }
+            };
+            prev = Some((step.kind, ix));
+        }
+    }
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    assign_ids(&mut g, &cells, &sources);
+    Ok(Graph::new(g, cells))
 }

@@ -10,7 +10,7 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 pub use lower::{input_paths, lower};
-pub use node::{Content, DirEntry, FileInput, FileRole, InputName, Manifest, Node, Recipe};
+pub use node::{Content, DirEntry, FileInput, FileRole, InputName, Manifest, Node, Recipe, Table};
 pub use render::GraphFormat;
 
 use crate::matrix::Cell;

@@ -101,27 +101,35 @@ impl InputName {
 pub type Manifest = BTreeMap<InputName, String>;
 
 /// A part of a recipe shared by many nodes (a cell's variables, a provider's files, the tool
-/// pins): its manifest entries and their digest are computed once.
+/// pins): its digest is computed once; its manifest entries when a manifest is asked for.
 #[derive(Debug)]
 pub struct Section<T> {
     pub value: T,
-    pub entries: Vec<(InputName, String)>,
     pub digest: Digest,
+    entries: fn(&T) -> Vec<(InputName, String)>,
 }
 
 impl<T> Section<T> {
-    pub fn new(what: &str, value: T, mut entries: Vec<(InputName, String)>) -> Section<T> {
-        entries.sort();
+    fn new(what: &str, value: T, entries: fn(&T) -> Vec<(InputName, String)>) -> Section<T> {
+        let mut list = entries(&value);
+        list.sort();
         let mut h = KeyHasher::new(what);
-        h.begin("entries", entries.len());
-        for (k, v) in &entries {
+        h.begin("entries", list.len());
+        for (k, v) in &list {
             h.str(&k.label()).str(v);
         }
         Section {
             value,
-            entries,
             digest: h.finish(),
+            entries,
         }
+    }
+
+    /// The section's manifest entries, sorted.
+    pub fn entries(&self) -> Vec<(InputName, String)> {
+        let mut list = (self.entries)(&self.value);
+        list.sort();
+        list
     }
 }
 
@@ -132,31 +140,70 @@ impl<T> std::ops::Deref for Section<T> {
     }
 }
 
-pub type Vars = Section<BTreeMap<String, Value>>;
+/// A small sorted name → value table: far lighter than a `BTreeMap` for the handful of
+/// parameters and variables every node carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table(Box<[(String, Value)]>);
+
+impl Table {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, Value)> for Table {
+    /// Sorted by name; a later duplicate wins.
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Table {
+        let map: BTreeMap<String, Value> = iter.into_iter().collect();
+        Table(map.into_iter().collect())
+    }
+}
+
+pub type Vars = Section<Table>;
 pub type Files = Section<Vec<FileInput>>;
 pub type Tools = Section<BTreeMap<String, String>>;
 
-pub fn vars_section(vars: BTreeMap<String, Value>) -> Vars {
-    let entries = vars
-        .iter()
-        .map(|(k, v)| (InputName::Var(k.clone()), v.canonical()))
-        .collect();
-    Section::new("vars", vars, entries)
+pub fn vars_section(vars: Table) -> Vars {
+    Section::new("vars", vars, |vars| {
+        vars.iter()
+            .map(|(k, v)| (InputName::Var(k.clone()), v.canonical()))
+            .collect()
+    })
 }
 
 pub fn tools_section(tools: BTreeMap<String, String>) -> Tools {
-    let entries = tools
-        .iter()
-        .map(|(k, v)| (InputName::Tool(k.clone()), v.clone()))
-        .collect();
-    Section::new("tools", tools, entries)
+    Section::new("tools", tools, |tools| {
+        tools
+            .iter()
+            .map(|(k, v)| (InputName::Tool(k.clone()), v.clone()))
+            .collect()
+    })
 }
 
 /// A shipped directory is listed file by file, so a plan can name the file that changed and
 /// see files added or removed.
 pub fn files_section(files: Vec<FileInput>) -> Files {
+    Section::new("files", files, file_entries)
+}
+
+fn file_entries(files: &Vec<FileInput>) -> Vec<(InputName, String)> {
     let mut entries = Vec::new();
-    for f in &files {
+    for f in files {
         match (&f.content, &f.role) {
             (Content::File(d), FileRole::Patch(op)) => {
                 entries.push((
@@ -182,7 +229,7 @@ pub fn files_section(files: Vec<FileInput>) -> Files {
             }
         }
     }
-    Section::new("files", files, entries)
+    entries
 }
 
 /// What a node's key is computed from. Secrets are not here: they never reach a key.
@@ -190,7 +237,7 @@ pub fn files_section(files: Vec<FileInput>) -> Files {
 pub struct Recipe {
     pub step: StepKind,
     pub builder: BuilderKind,
-    pub params: BTreeMap<String, Value>,
+    pub params: Table,
     pub vars: Arc<Vars>,
     pub files: Arc<Files>,
     pub tools: Arc<Tools>,
@@ -202,7 +249,7 @@ impl Recipe {
         let mut h = KeyHasher::new("recipe");
         h.str(self.step.as_str()).str(self.builder.as_str());
         h.begin("params", self.params.len());
-        for (k, v) in &self.params {
+        for (k, v) in self.params.iter() {
             h.str(k).str(&v.canonical());
         }
         h.digest(&self.vars.digest)
@@ -216,12 +263,12 @@ impl Recipe {
         let mut m = Manifest::new();
         m.insert(InputName::Step, self.step.to_string());
         m.insert(InputName::Builder, self.builder.to_string());
-        for (k, v) in &self.params {
+        for (k, v) in self.params.iter() {
             m.insert(InputName::Param(k.clone()), v.canonical());
         }
-        for section in [&self.vars.entries, &self.files.entries, &self.tools.entries] {
-            m.extend(section.iter().cloned());
-        }
+        m.extend(self.vars.entries());
+        m.extend(self.files.entries());
+        m.extend(self.tools.entries());
         for (kind, key) in deps {
             m.insert(InputName::Dep(*kind), key.to_hex());
         }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::LocalStore;
 use super::error::{EntryKind, Result, StoreError};
-use super::fs::{self, FanoutEntry, fanout_path};
+use super::fs::{self, fanout_path};
 use super::types::ActionResult;
 use crate::hash::Digest;
 
@@ -43,13 +43,36 @@ impl LocalStore {
 
     /// The keys of every action entry, from directory listings alone (no entry is read).
     pub fn action_keys(&self) -> Result<HashSet<Digest>> {
-        Ok(fs::walk_fanout(&self.ac)?
-            .into_iter()
-            .filter_map(|e| match e {
-                FanoutEntry::Entry { digest, .. } => Some(digest),
-                FanoutEntry::Stray { .. } => None,
+        use rayon::prelude::*;
+        // A planner calls this once for tens of thousands of nodes: list the 256 fan-out
+        // directories in parallel and parse names without building paths.
+        let prefixes: Vec<std::fs::DirEntry> = match std::fs::read_dir(&self.ac) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(StoreError::io("list", &self.ac)(e)),
+        };
+        let lists: Vec<Vec<Digest>> = prefixes
+            .par_iter()
+            .map(|p| {
+                let Ok(rd) = std::fs::read_dir(p.path()) else {
+                    return Vec::new();
+                };
+                rd.filter_map(|e| {
+                    let e = e.ok()?;
+                    let name = e.file_name();
+                    let name = name.to_str()?;
+                    let lower_hex = name.len() == 64
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                    if lower_hex { name.parse().ok() } else { None }
+                })
+                .collect()
             })
-            .collect())
+            .collect();
+        let mut keys = HashSet::with_capacity(lists.iter().map(Vec::len).sum());
+        keys.extend(lists.into_iter().flatten());
+        Ok(keys)
     }
 
     /// Removes the entry stored under `key`; returns whether there was one.

@@ -325,12 +325,13 @@ fn repo_plan_goldens() {
     let out = p.kiln(&["plan"]);
     out.expect_code(0);
     assert_eq!(out.stderr, "");
+    // Nodes are grouped under their cells (indented); every one is new.
+    let nodes: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(nodes.len(), 37, "{}", out.stdout);
     assert!(
-        out.stdout
-            .lines()
-            .filter(|l| !l.is_empty())
-            .take(37)
-            .all(|l| l.starts_with("+ ") && l.ends_with(" new")),
+        nodes
+            .iter()
+            .all(|l| l.starts_with("  +  ") && l.ends_with(" new")),
         "every node is new against an empty cache:\n{}",
         out.stdout
     );

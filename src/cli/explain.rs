@@ -1,0 +1,93 @@
+//! `kiln explain NODE`: one node's key, its full input manifest, and its diff against the last
+//! recorded result. Secrets appear by name and source only.
+
+use std::collections::BTreeSet;
+
+use super::plan::StoreView;
+use super::{Cli, CliError, Select, context};
+use crate::config::SecretSource;
+use crate::plan::{self, CacheView};
+
+pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
+    let loaded = context::load(&cli.file, &Select::default(), true)?;
+    let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
+    let graph = context::lower(&loaded, Some(&dir))?;
+    let Some(ix) = graph.find(id) else {
+        let ids: Vec<&str> = graph
+            .order()
+            .into_iter()
+            .map(|ix| graph.node(ix).id.as_str())
+            .collect();
+        return Err(CliError::Usage(format!(
+            "no node `{id}`; {}",
+            crate::config::diag::did_you_mean(id, &ids, "node")
+        )));
+    };
+    let view = StoreView::open(dir)?;
+    let plan = plan::plan(&graph, &view, &BTreeSet::new(), &[], false);
+    let n = graph.node(ix);
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<9} {v}\n"));
+    line("node", n.id.clone());
+    line("step", format!("{} (builder {})", n.step, n.builder));
+    line("key", n.key.to_hex());
+    line("recipe", n.recipe_digest.to_hex());
+    line("cells", n.cells.join(", "));
+    for d in graph.deps(ix) {
+        let dep = graph.node(d);
+        line("depends", format!("{} ({})", dep.id, dep.key.short()));
+    }
+    let p = n.policy;
+    line(
+        "policy",
+        format!(
+            "retries={} timeout={} limit={}",
+            p.retries.unwrap_or(0),
+            p.timeout
+                .map_or("none".into(), |t| humantime::format_duration(t).to_string()),
+            p.limit.map_or("none".into(), |l| l.to_string())
+        ),
+    );
+    for s in n.secrets.iter() {
+        let from = match &s.source {
+            SecretSource::Env(v) => format!("environment variable {v}"),
+            SecretSource::File(f) => format!("file {}", f.display()),
+        };
+        line(
+            "secret",
+            format!(
+                "{} from {from} (value never shown, hashed or stored)",
+                s.name
+            ),
+        );
+    }
+    out.push_str("inputs\n");
+    let manifest = n.manifest_labels();
+    let width = manifest.keys().map(String::len).max().unwrap_or(0);
+    for (k, v) in &manifest {
+        out.push_str(&format!("  {k:<width$}  {v}\n"));
+    }
+    let action = plan.action(ix);
+    out.push_str(&format!(
+        "plan      {} {}\n",
+        action.symbol(),
+        action.label()
+    ));
+    match view.last(&n.id) {
+        Some(last) if last.key != n.key => {
+            out.push_str(&format!("last      {} (recorded)\n", last.key.short()))
+        }
+        Some(_) => out.push_str("last      the recorded result has this key\n"),
+        None => out.push_str("last      no recorded result\n"),
+    }
+    for r in action.reasons() {
+        out.push_str(&format!("  · {}\n", r.describe()));
+        if let plan::DirtyReason::FileChanged { diff: Some(d), .. } = r {
+            for l in d.lines() {
+                out.push_str(&format!("      {l}\n"));
+            }
+        }
+    }
+    print!("{out}");
+    Ok(())
+}

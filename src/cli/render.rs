@@ -1,0 +1,234 @@
+//! Plan renderings: text for people (grouped by cell, colour on a terminal), JSON for machines
+//! (a documented, versioned schema; also the saved-plan format), markdown for pull requests.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write;
+
+use petgraph::graph::NodeIndex;
+
+use crate::graph::Graph;
+use crate::hash::Digest;
+use crate::plan::{Action, Plan, Summary, summarize};
+
+/// The version of the plan JSON schema (docs/plan-json.md).
+pub const PLAN_FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Copy)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn action(&self, a: &Action, text: &str) -> String {
+        let code = match a {
+            Action::New => "32",
+            Action::Rebuild { .. } => "33",
+            Action::RebuildIfUpstreamChanges { .. } => "36",
+            Action::Cached => "2",
+        };
+        self.paint(code, text)
+    }
+}
+
+/// Nodes grouped under the first cell (in matrix order) that has them.
+fn by_cell(graph: &Graph) -> Vec<(String, Vec<NodeIndex>)> {
+    let mut groups: Vec<(String, Vec<NodeIndex>)> = graph
+        .cells
+        .iter()
+        .map(|c| (c.name.clone(), Vec::new()))
+        .collect();
+    let pos: BTreeMap<&str, usize> = graph
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let mut seen = HashSet::new();
+    for ix in graph.order() {
+        let node = graph.node(ix);
+        let first = node.cells.iter().filter_map(|c| pos.get(&**c)).min();
+        if let Some(&i) = first
+            && seen.insert(ix)
+        {
+            groups[i].1.push(ix);
+        }
+    }
+    groups.retain(|(_, nodes)| !nodes.is_empty());
+    groups
+}
+
+fn reason_lines(a: &Action, indent: &str, out: &mut String) {
+    for r in a.reasons() {
+        let _ = writeln!(out, "{indent}· {}", r.describe());
+        if let crate::plan::DirtyReason::FileChanged { diff: Some(d), .. } = r {
+            for line in d.lines() {
+                let _ = writeln!(out, "{indent}    {line}");
+            }
+        }
+    }
+}
+
+pub fn text(
+    graph: &Graph,
+    plan: &Plan,
+    orphans: &[(String, BTreeMap<String, String>)],
+    style: Style,
+) -> String {
+    let width = graph
+        .order()
+        .iter()
+        .map(|ix| graph.node(*ix).id.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::with_capacity(graph.len() * (width + 48));
+    for (cell, nodes) in by_cell(graph) {
+        let _ = writeln!(out, "{}", style.paint("1", &cell));
+        for ix in nodes {
+            let n = graph.node(ix);
+            let a = plan.action(ix);
+            let line = format!(
+                "{:2} {:width$}  {:8}  {}  {}",
+                a.symbol(),
+                n.id,
+                n.step.as_str(),
+                n.key.short(),
+                a.label()
+            );
+            let _ = writeln!(out, "  {}", style.action(a, &line));
+            reason_lines(a, "       ", &mut out);
+        }
+    }
+    for (id, facts) in orphans {
+        let artifacts: Vec<String> = facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let what = if artifacts.is_empty() {
+            String::new()
+        } else {
+            format!("; published: {}", artifacts.join(" "))
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            style.paint(
+                "31",
+                &format!("-  {id}  orphan: declared no more, kept{what}")
+            )
+        );
+    }
+    out.push_str(&plan.summary().line());
+    out.push('\n');
+    out
+}
+
+pub fn json(
+    graph: &Graph,
+    plan: &Plan,
+    orphans: &[(String, BTreeMap<String, String>)],
+    config_digest: Digest,
+    cells: &[String],
+) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = graph
+        .order()
+        .into_iter()
+        .map(|ix| {
+            let n = graph.node(ix);
+            let mut deps: Vec<&str> = graph.deps(ix).map(|d| graph.node(d).id.as_str()).collect();
+            deps.sort_unstable();
+            let mut v = serde_json::json!({
+                "id": n.id,
+                "step": n.step,
+                "builder": n.builder,
+                "cells": n.cells,
+                "key": n.key,
+                "deps": deps,
+            });
+            let a = serde_json::to_value(plan.action(ix)).expect("action JSON");
+            if let (Some(obj), serde_json::Value::Object(a)) = (v.as_object_mut(), a) {
+                obj.extend(a);
+            }
+            if let Some(obj) = v.as_object_mut() {
+                obj.entry("reasons")
+                    .or_insert_with(|| serde_json::json!([]));
+            }
+            v
+        })
+        .collect();
+    let orphans: Vec<serde_json::Value> = orphans
+        .iter()
+        .map(|(id, facts)| serde_json::json!({ "id": id, "published": facts }))
+        .collect();
+    serde_json::json!({
+        "format_version": PLAN_FORMAT_VERSION,
+        "config_digest": config_digest,
+        "cells": cells,
+        "summary": plan.summary(),
+        "nodes": nodes,
+        "orphans": orphans,
+    })
+}
+
+fn counts_row(s: &Summary) -> String {
+    format!("{} | {} | {} | {}", s.new, s.rebuild, s.maybe, s.cached)
+}
+
+pub fn markdown(
+    graph: &Graph,
+    plan: &Plan,
+    orphans: &[(String, BTreeMap<String, String>)],
+) -> String {
+    let mut out = String::from("## kiln plan\n\n");
+    let _ = writeln!(out, "**{}**\n", plan.summary().line());
+    let groups = by_cell(graph);
+    out.push_str("| cell | + new | ~ rebuild | ~? if upstream changes | = cached |\n| --- | ---: | ---: | ---: | ---: |\n");
+    for (cell, nodes) in &groups {
+        let s = summarize(nodes.iter().map(|ix| plan.action(*ix)), 0);
+        let _ = writeln!(out, "| `{cell}` | {} |", counts_row(&s));
+    }
+    out.push('\n');
+    for (cell, nodes) in &groups {
+        let running: Vec<&NodeIndex> = nodes
+            .iter()
+            .filter(|ix| plan.action(**ix).will_run())
+            .collect();
+        if running.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "<details><summary><code>{cell}</code>: {} to run</summary>\n\n```diff",
+            running.len()
+        );
+        for ix in running {
+            let n = graph.node(*ix);
+            let a = plan.action(*ix);
+            let sign = if matches!(a, Action::New) { "+" } else { "!" };
+            let _ = writeln!(
+                out,
+                "{sign} {} ({}, {}): {}",
+                n.id,
+                n.step,
+                n.key.short(),
+                a.label()
+            );
+            let mut reasons = String::new();
+            reason_lines(a, "    ", &mut reasons);
+            out.push_str(&reasons);
+        }
+        out.push_str("```\n\n</details>\n\n");
+    }
+    if !orphans.is_empty() {
+        out.push_str("Orphans (declared no more; their artifacts are kept):\n\n");
+        for (id, facts) in orphans {
+            let artifacts: Vec<String> = facts.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+            let _ = writeln!(out, "- `{id}` {}", artifacts.join(" "));
+        }
+    }
+    out
+}
