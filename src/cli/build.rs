@@ -79,7 +79,10 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         jobs,
         fail_fast: args.fail_fast,
         root: loaded.config.root.clone(),
-        progress: Progress { quiet: args.quiet },
+        progress: Progress::new(
+            args.quiet,
+            plan.actions.values().filter(|a| a.will_run()).count(),
+        ),
     };
     let report = runtime.block_on(exec::execute(
         &graph,

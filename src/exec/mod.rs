@@ -537,6 +537,7 @@ pub async fn execute(
         }
     }
     signals.abort();
+    sh.progress.done();
     let cancelled = *cancel_rx.borrow();
     // Whatever never ran: skipped behind a failure, or not started.
     let mut report = BuildReport {
