@@ -445,3 +445,97 @@ fn local_example_builds_real_images() {
         before
     );
 }
+
+/// A missing image tool is a clear error naming the package to install.
+#[test]
+fn a_missing_tool_names_its_package() {
+    let root = crate::support::repo_root();
+    let mut p = Project::new()
+        .with_path(&root.join("modules/local.kdl"), "modules/local.kdl")
+        .with_path(
+            &root.join("examples/local/images.kdl"),
+            "examples/local/images.kdl",
+        )
+        .with_path(&root.join("examples/local/files"), "examples/local/files");
+    let empty = p.path().join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    p.set_env("PATH", &empty.to_string_lossy());
+    let out = p.kiln(&[
+        "-f",
+        "examples/local/images.kdl",
+        "build",
+        "--quiet",
+        "--cell",
+        "local-flatcar-k8s-1.31",
+    ]);
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("`qemu-img` is not installed: install the qemu-utils package"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `cache verify` finds a corrupt blob, `--repair` removes it, and the next build redoes what
+/// needed it; `cache gc` keeps the last results of each node and frees the rest.
+#[test]
+fn cache_verify_repair_and_gc() {
+    let p = project("");
+    p.kiln(&["build", "--quiet"]).expect_code(0);
+    // Corrupt the stored output of one build.
+    let mut blobs = Vec::new();
+    collect_files(&p.path().join("cache/cas"), &mut blobs);
+    let victim = blobs
+        .iter()
+        .find(|b| std::fs::read_to_string(b).is_ok_and(|t| t == "alpha-image one\n"))
+        .expect("the output blob");
+    let mut perms = std::fs::metadata(victim).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(victim, perms).unwrap();
+    std::fs::write(victim, "tampered\n").unwrap();
+    let verify = p.kiln(&["cache", "verify"]);
+    verify.expect_code(1);
+    assert!(verify.stdout.contains("problem"), "{}", verify.stdout);
+    p.kiln(&["cache", "verify", "--repair"]).expect_code(0);
+    p.kiln(&["cache", "verify"]).expect_code(0);
+    let rebuilt = p.kiln(&["build", "--quiet"]);
+    rebuilt.expect_code(0);
+    assert!(
+        rebuilt.stdout.starts_with("1 built") || rebuilt.stdout.starts_with("2 built"),
+        "{}",
+        rebuilt.stdout
+    );
+    assert_eq!(
+        p.read("published/alpha/alpha-one-k8s-1.31.txt"),
+        "alpha-image one\n"
+    );
+
+    // Two generations of alpha's results; gc --keep-last 1 drops the older one.
+    p.write("alpha/make.sh", "echo alpha-image-2 $image_os\n");
+    p.kiln(&["build", "--quiet"]).expect_code(0);
+    let dry = p.kiln(&["cache", "gc", "--keep-last", "1", "--dry-run"]);
+    dry.expect_code(0);
+    assert!(
+        dry.stdout.starts_with("dry run: 4 results"),
+        "{}",
+        dry.stdout
+    );
+    let gc = p.kiln(&["cache", "gc", "--keep-last", "1"]);
+    gc.expect_code(0);
+    assert!(gc.stdout.starts_with("4 results"), "{}", gc.stdout);
+    p.kiln(&["cache", "verify"]).expect_code(0);
+    assert_eq!(p.kiln(&["build"]).stdout.trim(), "0 built, 8 cached");
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
