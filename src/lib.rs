@@ -10,3 +10,4 @@ pub mod matrix;
 pub mod plan;
 pub mod statcache;
 pub mod store;
+pub mod template;

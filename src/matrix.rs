@@ -19,6 +19,8 @@ use std::fmt;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use crate::template::{Segment, TemplateError};
+
 /// The name template used when a matrix declares none.
 pub const DEFAULT_NAME_TEMPLATE: &str = "{provider}-{os}-k8s-{kubernetes}";
 
@@ -391,59 +393,22 @@ fn validate_exclude_against_axes(
     Ok(())
 }
 
-/// A parsed piece of a name template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Literal(String),
-    Placeholder(String),
-}
-
-fn parse_template(template: &str) -> Result<Vec<Piece>, MatrixError> {
-    let unbalanced = |offset| MatrixError::UnbalancedTemplate {
-        template: template.to_string(),
-        offset,
-    };
-    let mut pieces = Vec::new();
-    let mut literal = String::new();
-    let mut chars = template.char_indices().peekable();
-    while let Some((offset, c)) = chars.next() {
-        match c {
-            '{' | '}' if chars.peek().map(|&(_, next)| next) == Some(c) => {
-                chars.next();
-                literal.push(c);
-            }
-            '}' => return Err(unbalanced(offset)),
-            '{' => {
-                let mut key = String::new();
-                loop {
-                    match chars.next() {
-                        Some((_, '}')) => break,
-                        Some((_, '{')) | None => return Err(unbalanced(offset)),
-                        Some((_, ch)) => key.push(ch),
-                    }
-                }
-                if key.is_empty() {
-                    return Err(MatrixError::EmptyPlaceholder {
-                        template: template.to_string(),
-                        offset,
-                    });
-                }
-                if !literal.is_empty() {
-                    pieces.push(Piece::Literal(std::mem::take(&mut literal)));
-                }
-                pieces.push(Piece::Placeholder(key));
-            }
-            _ => literal.push(c),
-        }
-    }
-    if !literal.is_empty() {
-        pieces.push(Piece::Literal(literal));
-    }
-    Ok(pieces)
+/// The name template, parsed; errors point into the template.
+fn parse_template(template: &str) -> Result<Vec<Segment<'_>>, MatrixError> {
+    crate::template::parse(template).map_err(|e| match e {
+        TemplateError::Unbalanced(offset) => MatrixError::UnbalancedTemplate {
+            template: template.to_string(),
+            offset,
+        },
+        TemplateError::Empty(offset) => MatrixError::EmptyPlaceholder {
+            template: template.to_string(),
+            offset,
+        },
+    })
 }
 
 /// Every placeholder must be provided by an axis or an include, or no cell could ever use it.
-fn check_placeholders(spec: &MatrixSpec, pieces: &[Piece]) -> Result<(), MatrixError> {
+fn check_placeholders(spec: &MatrixSpec, pieces: &[Segment]) -> Result<(), MatrixError> {
     let known: Vec<&str> = spec
         .axes
         .iter()
@@ -451,13 +416,13 @@ fn check_placeholders(spec: &MatrixSpec, pieces: &[Piece]) -> Result<(), MatrixE
         .chain(spec.includes.iter().flatten().map(|(k, _)| k.as_str()))
         .collect();
     let placeholders = pieces.iter().filter_map(|piece| match piece {
-        Piece::Placeholder(key) => Some(key),
-        Piece::Literal(_) => None,
+        Segment::Placeholder(key) => Some(*key),
+        Segment::Text(_) => None,
     });
     for key in placeholders {
-        if !known.contains(&key.as_str()) {
+        if !known.contains(&key) {
             return Err(MatrixError::UnknownPlaceholder {
-                placeholder: key.clone(),
+                placeholder: key.to_string(),
                 suggestion: suggest(key, known.iter().copied()),
             });
         }
@@ -547,12 +512,12 @@ fn apply_includes(
 
 /// The cell's name from the template, or, when the cell lacks a key the template uses, its own
 /// values joined with `-`.
-fn render_name(pieces: &[Piece], values: &Values) -> String {
+fn render_name(pieces: &[Segment], values: &Values) -> String {
     let mut name = String::new();
     for piece in pieces {
         match piece {
-            Piece::Literal(text) => name.push_str(text),
-            Piece::Placeholder(key) => match values.get(key) {
+            Segment::Text(text) => name.push_str(text),
+            Segment::Placeholder(key) => match values.get(key) {
                 Some(value) => name.push_str(value),
                 None => return values.iter().map(|(_, v)| v).collect::<Vec<_>>().join("-"),
             },
@@ -563,7 +528,7 @@ fn render_name(pieces: &[Piece], values: &Values) -> String {
 
 fn name_cells(
     matrix: &str,
-    pieces: &[Piece],
+    pieces: &[Segment],
     all_values: Vec<Values>,
 ) -> Result<Vec<Cell>, MatrixError> {
     let mut seen: HashMap<String, usize> = HashMap::new();

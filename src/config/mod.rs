@@ -8,7 +8,6 @@ pub mod model;
 mod parse;
 pub mod source;
 pub mod step;
-pub mod template;
 
 pub use diag::{Diag, Diags};
 pub use load::{LOCK_FILE, load};

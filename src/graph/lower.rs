@@ -15,13 +15,13 @@ use super::node::{
     Content, FileInput, FileRole, Files, Node, Recipe, Table, Tools, Vars, files_section, node_key,
     tools_section, vars_section,
 };
-use crate::config::template::{self, RenderError};
 use crate::config::{
     BuilderKind, Config, DEFAULT_IMAGE_BUILDER, Diag, Diags, Loc, Module, Override, Patch, Policy,
     Provider, Release, Secret, Ship, StepKind, Value,
 };
 use crate::hash::Digest;
 use crate::matrix::Cell;
+use crate::template::{self, RenderError};
 
 /// Every file and directory the config names, to be digested before lowering.
 pub fn input_paths(config: &Config) -> Vec<(PathBuf, bool)> {

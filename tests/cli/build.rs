@@ -49,6 +49,24 @@ provider "beta" module="cmd" {{
     )
 }
 
+/// One cell whose module has the given step.
+fn one_step(step: &str) -> Project {
+    Project::new()
+        .with_file(
+            "modules/cmd.kdl",
+            &format!("module \"cmd\" {{\n    {step}\n}}\n"),
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "p"; os "x"; }
+provider "p" module="cmd"
+"#,
+        )
+}
+
 fn project(extra_provider: &str) -> Project {
     let p = Project::new().with_file("modules/cmd.kdl", MODULE);
     let pubdir = p.path().join("published");
@@ -183,27 +201,12 @@ fn failures_skip_dependents_and_independent_branches_finish() {
 
 #[test]
 fn a_retry_runs_with_the_debug_settings() {
-    let p = Project::new()
-        .with_file(
-            "modules/cmd.kdl",
-            r#"
-module "cmd" {
-    step "build" builder="command" retries=1 {
+    let p = one_step(
+        r#"step "build" builder="command" retries=1 {
         argv "sh" "-c" "echo attempt=$KILN_ATTEMPT debug=${{PACKER_LOG:-unset}}; test -f ../../seen || {{ touch ../../seen; exit 1; }}"
         debug-env "PACKER_LOG=1"
-    }
-}
-"#,
-        )
-        .with_file(
-            "images.kdl",
-            r#"
-import "modules/cmd.kdl"
-kubernetes "1.31" { version "1.31.4"; }
-matrix "m" { kubernetes "1.31"; provider "p"; os "x"; }
-provider "p" module="cmd"
-"#,
-        );
+    }"#,
+    );
     let out = p.kiln(&["build"]);
     out.expect_code(0);
     let log = p.kiln(&["logs", "p/x/1.31/build"]).stdout;
@@ -214,26 +217,7 @@ provider "p" module="cmd"
 
 #[test]
 fn a_step_that_runs_too_long_times_out() {
-    let p = Project::new()
-        .with_file(
-            "modules/cmd.kdl",
-            r#"
-module "cmd" {
-    step "build" builder="command" timeout="1s" {
-        argv "sleep" "30"
-    }
-}
-"#,
-        )
-        .with_file(
-            "images.kdl",
-            r#"
-import "modules/cmd.kdl"
-kubernetes "1.31" { version "1.31.4"; }
-matrix "m" { kubernetes "1.31"; provider "p"; os "x"; }
-provider "p" module="cmd"
-"#,
-        );
+    let p = one_step(r#"step "build" builder="command" timeout="1s" { argv "sleep" "30"; }"#);
     let t = Instant::now();
     let out = p.kiln(&["build"]);
     out.expect_code(1);

@@ -1,4 +1,5 @@
-//! `{placeholder}` templates used in module parameters, variables and cell names.
+//! `{placeholder}` templates: cell names, module parameters, variables. `{{` and `}}` are
+//! literal braces; a lone brace is an error.
 
 /// A piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -9,8 +10,8 @@ pub enum Segment<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
-    #[error("unclosed `{{` at byte {0}")]
-    Unclosed(usize),
+    #[error("unbalanced brace at byte {0}")]
+    Unbalanced(usize),
     #[error("empty placeholder `{{}}` at byte {0}")]
     Empty(usize),
 }
@@ -31,15 +32,11 @@ pub fn parse(template: &str) -> Result<Vec<Segment<'_>>, TemplateError> {
             offset += i + 2;
             continue;
         }
-        if brace == "}" {
-            // A lone closing brace is literal text, as in most template languages.
-            out.push(Segment::Text(brace));
-            rest = &rest[i + 1..];
-            offset += i + 1;
-            continue;
-        }
-        let Some(end) = rest[i + 1..].find('}') else {
-            return Err(TemplateError::Unclosed(offset + i));
+        let end = rest[i + 1..]
+            .find(['{', '}'])
+            .filter(|e| brace == "{" && rest[i + 1 + e..].starts_with('}'));
+        let Some(end) = end else {
+            return Err(TemplateError::Unbalanced(offset + i));
         };
         let name = rest[i + 1..i + 1 + end].trim();
         if name.is_empty() {
@@ -85,14 +82,11 @@ where
             offset += i + 2;
             continue;
         }
-        if brace == "}" {
-            out.push('}');
-            rest = &rest[i + 1..];
-            offset += i + 1;
-            continue;
-        }
-        let Some(end) = rest[i + 1..].find('}') else {
-            return Err(RenderError::Syntax(TemplateError::Unclosed(offset + i)));
+        let end = rest[i + 1..]
+            .find(['{', '}'])
+            .filter(|e| brace == "{" && rest[i + 1 + e..].starts_with('}'));
+        let Some(end) = end else {
+            return Err(RenderError::Syntax(TemplateError::Unbalanced(offset + i)));
         };
         let name = rest[i + 1..i + 1 + end].trim();
         if name.is_empty() {
@@ -131,7 +125,7 @@ mod tests {
 
     #[test]
     fn render_agrees_with_parse() {
-        for t in ["a{b}c", "{{x}}", "}{a}", "plain", "{a}{b}", "x}y"] {
+        for t in ["a{b}c", "{{x}}", "}}{a}", "plain", "{a}{b}", "x}}y"] {
             let via_parse: String = parse(t)
                 .unwrap()
                 .into_iter()
@@ -150,7 +144,9 @@ mod tests {
 
     #[test]
     fn reports_errors() {
-        assert_eq!(parse("ab{cd"), Err(TemplateError::Unclosed(2)));
+        assert_eq!(parse("ab{cd"), Err(TemplateError::Unbalanced(2)));
+        assert_eq!(parse("a}b"), Err(TemplateError::Unbalanced(1)));
+        assert_eq!(parse("{a{b}}"), Err(TemplateError::Unbalanced(0)));
         assert_eq!(parse("ab{}"), Err(TemplateError::Empty(2)));
         assert_eq!(
             render("x-{nope}", |_| None),
