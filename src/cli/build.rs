@@ -55,7 +55,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         })
         .map_err(fail)?;
     let graph = context::lower(&loaded, Some(&dir))?;
-    let view = StoreView::open(dir.clone())?;
+    let view = StoreView::open(dir.clone(), &graph)?;
     let forced: BTreeSet<String> = match &saved {
         Some(s) => s.forced.iter().cloned().collect(),
         None => forced_ids(&graph, &args.force)?,

@@ -50,7 +50,10 @@ pub struct StoreView {
 }
 
 impl StoreView {
-    pub fn open(dir: PathBuf) -> Result<StoreView, CliError> {
+    /// Opens the cache and checks the result entry of every node of `graph` that has one (in
+    /// parallel): a corrupt entry is moved aside and reported, and counts as missing, so the
+    /// plan and the build agree.
+    pub fn open(dir: PathBuf, graph: &Graph) -> Result<StoreView, CliError> {
         if !dir.exists() {
             return Ok(StoreView {
                 store: None,
@@ -60,7 +63,23 @@ impl StoreView {
         }
         let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
         let store = LocalStore::open(&dir).map_err(fail)?;
-        let keys = store.action_keys().map_err(fail)?;
+        let listed = store.action_keys().map_err(fail)?;
+        let wanted: Vec<Digest> = graph
+            .order()
+            .into_iter()
+            .map(|ix| graph.node(ix).key)
+            .filter(|k| listed.contains(k))
+            .collect();
+        let keys = {
+            use rayon::prelude::*;
+            wanted
+                .into_par_iter()
+                .filter(|k| matches!(store.get_action(k), Ok(Some(_))))
+                .collect()
+        };
+        for w in store.take_warnings() {
+            eprintln!("warning: {w}");
+        }
         let records = store.load_records().map_err(fail)?;
         Ok(StoreView {
             store: Some(store),
@@ -136,7 +155,9 @@ pub fn forced_ids(graph: &Graph, force: &[String]) -> Result<BTreeSet<String>, C
 pub fn config_digest(config: &crate::config::Config) -> Digest {
     let mut h = crate::hash::KeyHasher::new("config");
     for f in config.sources.files() {
-        h.str(&f.name).str(&f.text);
+        // Named relative to the config root, so `-f ./images.kdl` and `-f images.kdl` agree.
+        let name = f.path.strip_prefix(&config.root).unwrap_or(&f.path);
+        h.str(&name.to_string_lossy()).str(&f.text);
     }
     h.finish()
 }
@@ -145,7 +166,7 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &args.select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let graph = context::lower(&loaded, Some(&dir))?;
-    let view = StoreView::open(dir)?;
+    let view = StoreView::open(dir, &graph)?;
     let forced = forced_ids(&graph, &args.force)?;
     let plan = plan::plan(&graph, &view, &forced, &view.recorded_ids(), loaded.whole);
     let orphans: Vec<(String, BTreeMap<String, String>)> = plan

@@ -6,4 +6,5 @@
 
 mod build;
 mod config;
+mod plan;
 mod support;

@@ -1,0 +1,1 @@
+echo "alpha checked $1" > check.txt

@@ -1,0 +1,1 @@
+echo "beta checked $1" > check.txt
