@@ -80,6 +80,16 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         fail_fast: args.fail_fast,
         root: loaded.config.root.clone(),
         progress: Progress { quiet: args.quiet },
+        image_builder: loaded
+            .config
+            .tools
+            .get("image-builder")
+            .map(|t| crate::imagebuilder::Install {
+                source: t.source.clone(),
+                image: t.image.clone(),
+                engine: t.engine,
+            })
+            .unwrap_or_default(),
     };
     let report = runtime.block_on(exec::execute(
         &graph,

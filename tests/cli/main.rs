@@ -6,4 +6,5 @@
 
 mod build;
 mod config;
+mod image_builder;
 mod support;
