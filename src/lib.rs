@@ -6,6 +6,7 @@ pub mod config;
 pub mod exec;
 pub mod graph;
 pub mod hash;
+pub mod imagebuilder;
 pub mod matrix;
 pub mod plan;
 pub mod statcache;

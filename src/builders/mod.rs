@@ -2,6 +2,7 @@
 //! facts; the executor stores them. Tests swap the runner through the [`Runner`] trait.
 
 mod command;
+mod image_builder;
 mod local;
 mod upload;
 
@@ -23,6 +24,8 @@ pub struct StepCtx {
     pub work: PathBuf,
     /// The config root: relative bucket paths resolve against it.
     pub root: PathBuf,
+    /// Where image-builder is: a checkout, a container image, and the engine to run it with.
+    pub image_builder: Arc<crate::imagebuilder::Install>,
     /// Results of every upstream node, nearest first.
     pub upstream: Vec<(StepKind, ActionResult)>,
     pub store: Arc<LocalStore>,
@@ -81,8 +84,10 @@ impl Runner for Builtin {
                 (BuilderKind::Local, StepKind::Validate) => local::validate(ctx).await,
                 (BuilderKind::Local, _) => local::build(ctx).await,
                 (BuilderKind::Upload, _) => upload::run(ctx).await,
+                (BuilderKind::TemplatePatch, _) => image_builder::patch(ctx).await,
+                (BuilderKind::ImageBuilder, _) => image_builder::run(ctx).await,
                 (other, _) => Err(StepError::Failed(format!(
-                    "the `{other}` builder cannot run in this version of kiln (it plans and checks such nodes, but builds only `command`, `local` and `upload` steps)"
+                    "the `{other}` builder cannot run in this version of kiln (it plans and checks such nodes, but builds only `command`, `local`, `upload`, `template-patch` and `image-builder` steps)"
                 ))),
             }
         })

@@ -187,7 +187,7 @@ impl Loader {
                 self.load_file(path, display, Some(target.loc));
             }
             "tool" => {
-                if let Some(t) = parse::tool(&mut self.reader(file), node) {
+                if let Some(t) = parse::tool(&mut self.reader(file), node, dir) {
                     if let Some(prev) = self.tools.get(&t.name) {
                         let (a, b) = (prev.loc, t.loc);
                         self.reader(file)

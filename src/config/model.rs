@@ -80,7 +80,13 @@ pub struct Tool {
     pub version: String,
     /// The container image, pinned by digest, when the tool runs in a container.
     pub image: Option<String>,
+    /// `source=`: a local checkout (relative to the file that names it). Not part of any key.
+    pub source: Option<std::path::PathBuf>,
+    /// `engine="make"|"docker"|"podman"`: how to run it. Not part of any key.
+    pub engine: Option<crate::imagebuilder::Engine>,
     pub loc: Loc,
+    /// Where the version was written.
+    pub version_loc: Loc,
 }
 
 /// The default image-builder pin when the config names none.

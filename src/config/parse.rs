@@ -62,8 +62,10 @@ pub fn config_path(
     })
 }
 
-pub fn tool(r: &mut Reader, node: &KdlNode) -> Option<Tool> {
-    r.check_shape(node, &["image"], false);
+/// `tool "NAME" "VERSION" [image="REF"] [source="PATH"] [engine="make"|"docker"|"podman"]`;
+/// `source` is relative to `dir`, the directory of the file that names it.
+pub fn tool(r: &mut Reader, node: &KdlNode, dir: &Path) -> Option<Tool> {
+    r.check_shape(node, &["image", "source", "engine"], false);
     let mut a = args(node);
     let (Some(n), Some(v)) = (a.next(), a.next()) else {
         r.missing(
@@ -79,11 +81,37 @@ pub fn tool(r: &mut Reader, node: &KdlNode) -> Option<Tool> {
         Some(e) => Some(r.string(e, "image")?.value),
         None => None,
     };
+    let source = match node.entry("source") {
+        Some(e) => Some(join_normalized(dir, &r.string(e, "source")?.value)),
+        None => None,
+    };
+    let engine = match node.entry("engine") {
+        Some(e) => {
+            let s = r.string(e, "engine")?;
+            match crate::imagebuilder::Engine::parse(&s.value) {
+                Some(engine) => Some(engine),
+                None => {
+                    r.error_at(
+                        s.loc,
+                        "kiln::config::unknown",
+                        format!("unknown engine `{}`", s.value),
+                        "unknown engine",
+                        "use engine=\"make\" (a local checkout, with source=), \"docker\" or \"podman\" (the image, with image=)".into(),
+                    );
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
     Some(Tool {
         name: name.value,
         version: version.value,
         image,
+        source,
+        engine,
         loc: r.node_loc(node),
+        version_loc: version.loc,
     })
 }
 
@@ -293,8 +321,15 @@ fn policy_node(r: &mut Reader, node: &KdlNode, policy: &mut Policy) {
     }
 }
 
+/// `var "NAME" VALUE… [flag=#true]`. A flag variable goes on packer's command line
+/// (`-var NAME=VALUE`) instead of into the var file; it is stored under
+/// [`crate::imagebuilder::FLAG_PREFIX`].
 fn var(r: &mut Reader, node: &KdlNode, vars: &mut BTreeMap<String, Spanned<Value>>) {
-    r.check_shape(node, &[], false);
+    r.check_shape(node, &["flag"], false);
+    let flag = match node.entry("flag") {
+        Some(e) => r.bool(e, "flag").unwrap_or(false),
+        None => false,
+    };
     let mut a = args(node);
     let Some(n) = a.next() else {
         r.missing(
@@ -333,11 +368,16 @@ fn var(r: &mut Reader, node: &KdlNode, vars: &mut BTreeMap<String, Spanned<Value
             }
             _ => vname.loc,
         };
-        if let Some(prev) = vars.get(&vname.value) {
+        let key = if flag {
+            format!("{}{}", crate::imagebuilder::FLAG_PREFIX, vname.value)
+        } else {
+            vname.value.clone()
+        };
+        if let Some(prev) = vars.get(&key) {
             let what = format!("variable `{}`", vname.value);
             r.duplicate(&what, prev.loc, loc);
         }
-        vars.insert(vname.value, Spanned::new(value, loc));
+        vars.insert(key, Spanned::new(value, loc));
     }
 }
 

@@ -30,6 +30,8 @@ pub struct BuildOptions {
     /// The config root (relative buckets resolve against it).
     pub root: PathBuf,
     pub progress: Progress,
+    /// Where image-builder is at run time (`tool "image-builder" … source= image= engine=`).
+    pub image_builder: crate::imagebuilder::Install,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +131,7 @@ struct Shared {
     cancel: watch::Receiver<bool>,
     root: PathBuf,
     progress: Progress,
+    image_builder: Arc<crate::imagebuilder::Install>,
 }
 
 /// How one node's run ended.
@@ -280,6 +283,7 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
             node: node.clone(),
             work: work.clone(),
             root: sh.root.clone(),
+            image_builder: sh.image_builder.clone(),
             upstream: job.upstream.clone(),
             store: sh.store.clone(),
             secrets: secrets.clone(),
@@ -388,6 +392,7 @@ pub async fn execute(
         cancel: cancel_rx.clone(),
         root: opts.root.clone(),
         progress: opts.progress.clone(),
+        image_builder: Arc::new(opts.image_builder.clone()),
     });
 
     let order = graph.order();

@@ -20,6 +20,7 @@ use crate::config::{
     Provider, Release, Secret, Ship, StepKind, Value,
 };
 use crate::hash::Digest;
+use crate::imagebuilder;
 use crate::matrix::Cell;
 use crate::template::{self, RenderError};
 
@@ -113,8 +114,10 @@ impl<'a> Base<'a> {
     }
 }
 
-/// A template problem, reported once per place and placeholder.
+/// A template or image-builder problem, reported once per place and subject.
 struct TemplateProblem {
+    code: &'static str,
+    label: &'static str,
     loc: Loc,
     what: String,
     message: String,
@@ -142,6 +145,8 @@ struct Ctx<'a> {
     tools: Arc<Tools>,
     no_vars: Arc<Vars>,
     no_tools: Arc<Tools>,
+    /// The data of the pinned image-builder version (`None`: not shipped, reported once).
+    image_builder: Option<&'static imagebuilder::Data>,
 }
 
 impl Ctx<'_> {
@@ -195,6 +200,8 @@ impl Ctx<'_> {
                     ),
                 };
                 problems.push(TemplateProblem {
+                    code: "kiln::config::placeholder",
+                    label: "in this template",
                     loc,
                     what,
                     message,
@@ -309,6 +316,11 @@ impl Ctx<'_> {
                     )
                 })
                 .collect();
+            if step.builder == BuilderKind::ImageBuilder
+                && let Some(data) = self.image_builder
+            {
+                check_image_builder(data, step, &params, base, &mut problems);
+            }
             let recipe = Recipe {
                 step: step.kind,
                 builder: step.builder,
@@ -339,6 +351,73 @@ impl Ctx<'_> {
             });
         }
         CellPlan { steps, problems }
+    }
+}
+
+/// An image-builder step against the pinned version's data: its rendered make target must exist,
+/// and every variable it writes into its var file must be declared by image-builder's
+/// `packer/config/*.json` or by the target's `packer/<dir>/` templates and var files.
+fn check_image_builder(
+    data: &imagebuilder::Data,
+    step: &crate::config::StepDecl,
+    params: &Table,
+    base: &Base,
+    problems: &mut Vec<TemplateProblem>,
+) {
+    let Some(target) = params.get("target").map(Value::render) else {
+        return;
+    };
+    let loc = step.params.get("target").map_or(step.loc, |p| p.loc);
+    if !data.has_target(&target) {
+        let help = match data.suggest_target(&target) {
+            Some(s) => format!(
+                "did you mean `{s}`? `make` targets are `build-<provider>-<os>` and `validate-<provider>-<os>` as image-builder's images/capi/Makefile defines them"
+            ),
+            None => format!(
+                "image-builder {} defines {} build-*/validate-* targets; none is close to this one",
+                data.version,
+                data.targets.len()
+            ),
+        };
+        problems.push(TemplateProblem {
+            code: "kiln::image-builder::unknown-target",
+            label: "renders to an unknown make target",
+            loc,
+            what: format!("target {target}"),
+            message: format!(
+                "image-builder {} has no make target `{target}`",
+                data.version
+            ),
+            help,
+        });
+        return;
+    }
+    let Some(dir) = data.template_dir(&target) else {
+        return; // no variable data for this template family: nothing to check against
+    };
+    for (name, _, vloc) in &base.vars {
+        if name.starts_with(imagebuilder::FLAG_PREFIX) || data.declares(dir, name) {
+            continue;
+        }
+        let help = match data.suggest_variable(dir, name) {
+            Some(s) => format!(
+                "did you mean `{s}`? A variable packer does not declare is an error, not a no-op; to pass a variable a template patch uses, write `var \"{name}\" … flag=#true` (it goes into PACKER_FLAGS as -var)"
+            ),
+            None => format!(
+                "neither packer/config/*.json nor packer/{dir}/ declares it; to pass a variable a template patch uses, write `var \"{name}\" … flag=#true` (it goes into PACKER_FLAGS as -var)"
+            ),
+        };
+        problems.push(TemplateProblem {
+            code: "kiln::image-builder::unknown-variable",
+            label: "not declared by image-builder",
+            loc: vloc.unwrap_or(base.release.loc),
+            what: format!("var {name} {dir}"),
+            message: format!(
+                "image-builder {} does not declare variable `{name}` for `{target}`",
+                data.version
+            ),
+            help,
+        });
     }
 }
 
@@ -398,20 +477,52 @@ pub fn lower(
     cells: Vec<Cell>,
     digests: &HashMap<PathBuf, Content>,
 ) -> Result<Graph, Diags> {
-    let pin = config
-        .tools
-        .get("image-builder")
-        .map_or(DEFAULT_IMAGE_BUILDER.to_string(), |t| match &t.image {
-            Some(image) => format!("{} {image}", t.version),
-            None => t.version.clone(),
+    let tool = config.tools.get("image-builder");
+    let pin = tool.map_or(DEFAULT_IMAGE_BUILDER.to_string(), |t| match &t.image {
+        Some(image) => format!("{} {image}", t.version),
+        None => t.version.clone(),
+    });
+    let mut diags = Diags::default();
+    let version = tool.map_or(DEFAULT_IMAGE_BUILDER, |t| t.version.as_str());
+    let image_builder = imagebuilder::data(version);
+    let uses_image_builder = config.modules.values().any(|m| {
+        m.steps.iter().any(|s| {
+            matches!(
+                s.builder,
+                BuilderKind::ImageBuilder | BuilderKind::TemplatePatch
+            )
+        })
+    });
+    if image_builder.is_none() && uses_image_builder {
+        let known = imagebuilder::versions();
+        let help = match crate::config::diag::suggest(version, known.iter().copied()) {
+            Some(s) => format!(
+                "did you mean `{s}`? kiln ships image-builder data (make targets, variables) for: {}",
+                known.join(", ")
+            ),
+            None => format!(
+                "kiln ships image-builder data (make targets, variables) for: {}; pin one of them",
+                known.join(", ")
+            ),
+        };
+        let d = Diag::error(
+            "kiln::image-builder::unknown-version",
+            format!("kiln knows nothing about image-builder `{version}`"),
+        );
+        diags.push(match tool {
+            Some(t) => d
+                .label(&config.sources, t.version_loc, "no data for this version")
+                .help(help),
+            None => d.help(help),
         });
+    }
     let ctx = Ctx {
         digests,
         tools: Arc::new(tools_section([("image-builder".to_string(), pin)].into())),
         no_vars: Arc::new(vars_section(Table::default())),
         no_tools: Arc::new(tools_section(BTreeMap::new())),
+        image_builder,
     };
-    let mut diags = Diags::default();
 
     // What cells share: one base and one set of file sections per provider, release and overrides.
     let mut bases: HashMap<BaseKey, (Base, FilesByUse)> = HashMap::new();
@@ -488,8 +599,8 @@ pub fn lower(
         for p in plan.problems {
             if reported.insert((p.loc, p.what)) {
                 diags.push(
-                    Diag::error("kiln::config::placeholder", p.message)
-                        .label(&config.sources, p.loc, "in this template")
+                    Diag::error(p.code, p.message)
+                        .label(&config.sources, p.loc, p.label)
                         .help(p.help),
                 );
             }

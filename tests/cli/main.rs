@@ -6,5 +6,6 @@
 
 mod build;
 mod config;
+mod image_builder;
 mod plan;
 mod support;

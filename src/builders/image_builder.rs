@@ -1,0 +1,354 @@
+//! `template-patch` and `image-builder`: kubernetes-sigs/image-builder, from a local checkout
+//! (`make -C …/images/capi TARGET`) or from its container image pinned by digest (`docker run` /
+//! `podman run`), with the same inputs either way:
+//!
+//! - the patched packer template (the `template-patch` node's `template.json`) in place of
+//!   `packer/<provider>/packer.json`;
+//! - shipped files and directories at their `to=` path under `images/capi` (in the container,
+//!   `/home/imagebuilder`);
+//! - one JSON var file with the node's variables, passed in `PACKER_VAR_FILES`; `flag=#true`
+//!   variables go into `PACKER_FLAGS` as `-var 'NAME=VALUE'`;
+//! - secrets in the child's environment only (the container gets `--env NAME`, never a value);
+//! - `PACKER_LOG=1` on retries.
+//!
+//! A local checkout is never modified: each node stages a copy of its `images/capi`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{StepCtx, StepOutput, copy_into, io_err, local::IMAGE};
+use crate::config::{StepKind, Value};
+use crate::exec::process::StepError;
+use crate::graph::FileRole;
+use crate::imagebuilder::{self, Engine, FLAG_PREFIX, Install};
+
+/// The patched template a `template-patch` node outputs.
+pub const TEMPLATE: &str = "template.json";
+/// image-builder's home in its container image.
+const HOME: &str = "/home/imagebuilder";
+
+fn engine(install: &Install) -> Result<Engine, StepError> {
+    install.engine().ok_or_else(|| {
+        StepError::Failed(
+            "image-builder is not set up: give `tool \"image-builder\" …` a source=\"PATH\" (a checkout of kubernetes-sigs/image-builder) or an image=\"REF@sha256:…\"".into(),
+        )
+    })
+}
+
+fn source(install: &Install) -> Result<&Path, StepError> {
+    install.source.as_deref().ok_or_else(|| {
+        StepError::Failed(
+            "engine \"make\" needs `source=\"PATH\"` on `tool \"image-builder\"`: a checkout of kubernetes-sigs/image-builder".into(),
+        )
+    })
+}
+
+fn image(install: &Install) -> Result<&str, StepError> {
+    install.image.as_deref().ok_or_else(|| {
+        StepError::Failed(
+            "engines \"docker\" and \"podman\" need `image=\"REF@sha256:…\"` on `tool \"image-builder\"`".into(),
+        )
+    })
+}
+
+fn param(ctx: &StepCtx, name: &str) -> Result<String, StepError> {
+    ctx.node
+        .recipe
+        .params
+        .get(name)
+        .map(Value::render)
+        .ok_or_else(|| StepError::Failed(format!("the step has no `{name}` parameter")))
+}
+
+/// `template-patch`: reads `images/capi/<template>` from the checkout or the image, applies the
+/// provider's patches in order and outputs the result as `template.json`.
+pub async fn patch(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+    let template = param(ctx, "template")?;
+    let install = &*ctx.image_builder;
+    let text = match engine(install)? {
+        Engine::Make => {
+            let path = source(install)?.join("images/capi").join(&template);
+            std::fs::read_to_string(&path).map_err(|e| {
+                StepError::Failed(format!(
+                    "cannot read {}: {e}; source= must be a checkout of kubernetes-sigs/image-builder (the directory holding images/capi)",
+                    path.display()
+                ))
+            })?
+        }
+        e @ (Engine::Docker | Engine::Podman) => {
+            let image = image(install)?;
+            let bin = e.as_str().to_string();
+            let name = format!(
+                "kiln-{}-{}-{}",
+                ctx.node.key.short(),
+                std::process::id(),
+                ctx.attempt
+            );
+            let stock = ctx.work.join("stock.json");
+            let sp = &ctx.spawner;
+            let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            sp.run(
+                &argv(&[&bin, "create", "--name", &name, image]),
+                &[],
+                &ctx.work,
+            )
+            .await?;
+            let copied = sp
+                .run(
+                    &argv(&[
+                        &bin,
+                        "cp",
+                        &format!("{name}:{HOME}/{template}"),
+                        &stock.to_string_lossy(),
+                    ]),
+                    &[],
+                    &ctx.work,
+                )
+                .await;
+            let removed = sp.run(&argv(&[&bin, "rm", &name]), &[], &ctx.work).await;
+            copied?;
+            removed?;
+            std::fs::read_to_string(&stock).map_err(io_err("reading the template"))?
+        }
+    };
+    let mut doc: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| StepError::Failed(format!("{template} is not JSON: {e}")))?;
+    for f in ctx.node.recipe.files.iter() {
+        let FileRole::Patch(op) = f.role else {
+            continue;
+        };
+        let patch_text = std::fs::read_to_string(&f.path).map_err(io_err(&f.rel))?;
+        let p: serde_json::Value = serde_json::from_str(&patch_text)
+            .map_err(|e| StepError::Failed(format!("{} is not JSON: {e}", f.rel)))?;
+        imagebuilder::apply_patch(&mut doc, &p, op)
+            .map_err(|e| StepError::Failed(format!("{} (op={}): {e}", f.rel, op.as_str())))?;
+        ctx.spawner.log.line(&format!(
+            "applied {} (op={}) to {template}",
+            f.rel,
+            op.as_str()
+        ));
+    }
+    let out = ctx.work.join(TEMPLATE);
+    let mut pretty = serde_json::to_string_pretty(&doc).expect("JSON serializes");
+    pretty.push('\n');
+    std::fs::write(&out, pretty).map_err(io_err("writing the patched template"))?;
+    let mut result = StepOutput::default();
+    result.outputs.push((TEMPLATE.into(), out));
+    result.facts.insert("template".into(), template);
+    Ok(result)
+}
+
+/// Quotes a word for the shell that `make` hands PACKER_FLAGS to.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The var file of a node: every variable but the flag ones, rendered as packer wants them
+/// (strings; lists comma-separated).
+pub fn var_file(ctx: &StepCtx) -> BTreeMap<String, String> {
+    ctx.node
+        .recipe
+        .vars
+        .iter()
+        .filter(|(k, _)| !k.starts_with(FLAG_PREFIX))
+        .map(|(k, v)| (k.clone(), v.render()))
+        .collect()
+}
+
+/// `PACKER_FLAGS`: `-var 'NAME=VALUE'` for every `flag=#true` variable.
+pub fn packer_flags(ctx: &StepCtx) -> String {
+    ctx.node
+        .recipe
+        .vars
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix(FLAG_PREFIX)?;
+            Some(format!(
+                "-var {}",
+                shell_quote(&format!("{name}={}", v.render()))
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The `template-patch` output upstream, with the template path it replaces.
+fn patched_template(ctx: &StepCtx) -> Result<Option<(PathBuf, String)>, StepError> {
+    for (step, r) in &ctx.upstream {
+        if *step == StepKind::Patch
+            && r.outputs.iter().any(|o| o.name == TEMPLATE)
+            && let Some(t) = r.facts.get("template")
+        {
+            return Ok(Some((ctx.upstream_file(TEMPLATE)?, t.clone())));
+        }
+    }
+    Ok(None)
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), StepError> {
+    let mut text = serde_json::to_string_pretty(value).expect("JSON serializes");
+    text.push('\n');
+    std::fs::write(path, text).map_err(io_err("writing the var file"))
+}
+
+/// `image-builder`: `make TARGET` (a `validate-…` or `build-…` target) in a staged checkout or
+/// in the container; a build's packer manifest becomes facts, a qemu build's disk image its
+/// `image.qcow2` output.
+pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+    let target = param(ctx, "target")?;
+    let install = &*ctx.image_builder;
+    let engine = engine(install)?;
+    let version = ctx
+        .node
+        .recipe
+        .tools
+        .get("image-builder")
+        .and_then(|pin| pin.split_whitespace().next())
+        .unwrap_or(crate::config::DEFAULT_IMAGE_BUILDER);
+    let dir = imagebuilder::data(version).and_then(|d| d.template_dir(&target).map(|t| (d, t)));
+    let template = patched_template(ctx)?;
+    let kiln = ctx.work.join("kiln");
+    std::fs::create_dir_all(&kiln).map_err(io_err("creating the work directory"))?;
+    let (container, inside) = match engine {
+        Engine::Make => (false, kiln.to_string_lossy().into_owned()),
+        _ => (true, format!("{HOME}/kiln")),
+    };
+    let mut vars = var_file(ctx);
+    // Where packer's manifest post-processor writes, for templates that have one.
+    if let Some((data, dir)) = dir
+        && data.declares(dir, "manifest_output")
+        && !vars.contains_key("manifest_output")
+    {
+        vars.insert("manifest_output".into(), format!("{inside}/manifest.json"));
+    }
+    let var_path = kiln.join("vars.json");
+    write_json(&var_path, &vars)?;
+    let mut packer_env: Vec<(String, String)> =
+        vec![("PACKER_VAR_FILES".into(), format!("{inside}/vars.json"))];
+    let flags = packer_flags(ctx);
+    if !flags.is_empty() {
+        packer_env.push(("PACKER_FLAGS".into(), flags));
+    }
+    if ctx.is_retry() {
+        packer_env.push(("PACKER_LOG".into(), "1".into()));
+    }
+    let output_dir;
+    if container {
+        let image = image(install)?;
+        output_dir = ctx.work.join("output");
+        std::fs::create_dir_all(&output_dir).map_err(io_err("creating the output directory"))?;
+        let mut argv: Vec<String> = vec![engine.as_str().into(), "run".into(), "--rm".into()];
+        for (k, v) in &packer_env {
+            argv.extend(["--env".into(), format!("{k}={v}")]);
+        }
+        for (name, _) in &ctx.secrets {
+            argv.extend(["--env".into(), name.clone()]); // the value comes from our environment
+        }
+        let mut mount = |from: &Path, to: &str, ro: bool| {
+            let ro = if ro { ":ro" } else { "" };
+            argv.extend([
+                "-v".into(),
+                format!("{}:{HOME}/{to}{ro}", from.to_string_lossy()),
+            ]);
+        };
+        mount(&kiln, "kiln", false);
+        mount(&output_dir, "output", false);
+        if let Some((path, rel)) = &template {
+            let local = kiln.join("packer.json");
+            std::fs::copy(path, &local).map_err(io_err("staging the patched template"))?;
+            mount(&local, rel, true);
+        }
+        for f in ctx.node.recipe.files.iter() {
+            if let FileRole::Ship { to } = &f.role {
+                mount(&f.path, to.trim_end_matches('/'), true);
+            }
+        }
+        argv.extend([image.to_string(), target.clone()]);
+        let env: Vec<(String, String)> = ctx.secrets.clone();
+        ctx.spawner.run(&argv, &env, &ctx.work).await?;
+    } else {
+        let src = source(install)?.join("images/capi");
+        if !src.is_dir() {
+            return Err(StepError::Failed(format!(
+                "{} does not exist; source= must be a checkout of kubernetes-sigs/image-builder (the directory holding images/capi)",
+                src.display()
+            )));
+        }
+        let capi = ctx.work.join("capi");
+        copy_into(&src, &capi).map_err(io_err("staging the image-builder checkout"))?;
+        if let Some((path, rel)) = &template {
+            std::fs::copy(path, capi.join(rel)).map_err(io_err("placing the patched template"))?;
+        }
+        for f in ctx.node.recipe.files.iter() {
+            if let FileRole::Ship { to } = &f.role {
+                copy_into(&f.path, &capi.join(to)).map_err(io_err("copying shipped files"))?;
+            }
+        }
+        output_dir = capi.join("output");
+        let argv: Vec<String> = vec![
+            "make".into(),
+            "-C".into(),
+            capi.to_string_lossy().into_owned(),
+            target.clone(),
+        ];
+        let mut env = packer_env;
+        env.extend(ctx.secrets.iter().cloned());
+        ctx.spawner.run(&argv, &env, &ctx.work).await?;
+    }
+    let mut out = StepOutput::default();
+    if ctx.node.step != StepKind::Build {
+        return Ok(out);
+    }
+    let manifest = kiln.join("manifest.json");
+    if manifest.is_file() {
+        let text = std::fs::read_to_string(&manifest).map_err(io_err("reading manifest.json"))?;
+        out.facts =
+            imagebuilder::manifest_facts(&text).map_err(|e| StepError::Failed(e.to_string()))?;
+    }
+    let semver = vars.get("kubernetes_semver").cloned().unwrap_or_default();
+    if let Some((rel, path)) = find_image(&output_dir, &semver) {
+        out.facts.insert("image".into(), rel);
+        out.outputs.push((IMAGE.into(), path));
+    }
+    for (k, v) in &out.facts {
+        ctx.spawner.log.line(&format!("fact {k}={v}"));
+    }
+    Ok(out)
+}
+
+/// A qemu build's disk image: `output/<build_name>-kube-<semver>/<build_name>-kube-<semver>`
+/// (or the only file in that directory).
+fn find_image(output: &Path, semver: &str) -> Option<(String, PathBuf)> {
+    if semver.is_empty() {
+        return None;
+    }
+    let suffix = format!("-kube-{semver}");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(output)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
+        })
+        .collect();
+    dirs.sort();
+    let dir = dirs.pop()?;
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    let named = dir.join(&name);
+    let file = if named.is_file() {
+        named
+    } else {
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        match files.as_slice() {
+            [one] => one.clone(),
+            _ => return None,
+        }
+    };
+    let rel = format!("output/{name}/{}", file.file_name()?.to_string_lossy());
+    Some((rel, file))
+}

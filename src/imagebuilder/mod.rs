@@ -1,0 +1,171 @@
+//! What kiln knows about kubernetes-sigs/image-builder, per version: its make targets and the
+//! packer variables it declares (embedded, so checks need no I/O), JSON template patches and
+//! packer's manifest post-processor output. Pure; the runner is in `crate::builders`.
+
+mod manifest;
+mod patch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+pub use manifest::{ManifestError, manifest_facts};
+pub use patch::{PatchError, append, apply_patch, merge_patch};
+
+/// The data shipped for one image-builder version.
+#[derive(Debug)]
+pub struct Data {
+    pub version: &'static str,
+    /// Every `build-*` and `validate-*` target of `images/capi/Makefile`, sorted.
+    pub targets: Vec<&'static str>,
+    /// Scope (`config`, or a `packer/<dir>` name) → the variables it declares.
+    pub variables: BTreeMap<&'static str, BTreeSet<&'static str>>,
+}
+
+/// Embedded data files: (version, make-targets.txt, variables.txt).
+const SHIPPED: &[(&str, &str, &str)] = &[(
+    "v0.1.55",
+    include_str!("../../data/image-builder/v0.1.55/make-targets.txt"),
+    include_str!("../../data/image-builder/v0.1.55/variables.txt"),
+)];
+
+fn lines(text: &'static str) -> impl Iterator<Item = &'static str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+static DATA: LazyLock<Vec<Data>> = LazyLock::new(|| {
+    SHIPPED
+        .iter()
+        .map(|(version, targets, vars)| {
+            let mut targets: Vec<&str> = lines(targets).collect();
+            targets.sort_unstable();
+            let mut variables: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+            for l in lines(vars) {
+                if let Some((scope, name)) = l.split_once(' ') {
+                    variables.entry(scope).or_default().insert(name.trim());
+                }
+            }
+            Data {
+                version,
+                targets,
+                variables,
+            }
+        })
+        .collect()
+});
+
+/// The data for `version`, if this kiln ships it.
+pub fn data(version: &str) -> Option<&'static Data> {
+    DATA.iter().find(|d| d.version == version)
+}
+
+/// The image-builder versions this kiln knows.
+pub fn versions() -> Vec<&'static str> {
+    SHIPPED.iter().map(|(v, _, _)| *v).collect()
+}
+
+/// The scope of variables every build reads (`packer/config/*.json`).
+pub const CONFIG_SCOPE: &str = "config";
+
+impl Data {
+    pub fn has_target(&self, target: &str) -> bool {
+        self.targets.binary_search(&target).is_ok()
+    }
+
+    /// The closest known target, for a "did you mean".
+    pub fn suggest_target(&self, target: &str) -> Option<&'static str> {
+        crate::config::diag::suggest(target, self.targets.iter().copied())
+    }
+
+    /// The `packer/<dir>` a make target builds from: `build-ami-flatcar` → `ami`,
+    /// `validate-qemu-ubuntu-2404` → `qemu`. `None` for targets whose templates kiln has no
+    /// variable data for.
+    pub fn template_dir(&self, target: &str) -> Option<&'static str> {
+        let rest = target
+            .strip_prefix("build-")
+            .or_else(|| target.strip_prefix("validate-"))?;
+        self.variables
+            .keys()
+            .copied()
+            .filter(|d| *d != CONFIG_SCOPE)
+            .filter(|d| {
+                rest.strip_prefix(d)
+                    .is_some_and(|r| r.is_empty() || r.starts_with('-'))
+            })
+            .max_by_key(|d| d.len())
+    }
+
+    /// Whether a build from `packer/<dir>` may be given `name` in a var file: declared by
+    /// `packer/config/*.json` or by the directory's templates and var files.
+    pub fn declares(&self, dir: &str, name: &str) -> bool {
+        [CONFIG_SCOPE, dir]
+            .iter()
+            .any(|s| self.variables.get(s).is_some_and(|v| v.contains(name)))
+    }
+
+    /// The closest declared variable for a build from `packer/<dir>`.
+    pub fn suggest_variable(&self, dir: &str, name: &str) -> Option<&'static str> {
+        let candidates = [CONFIG_SCOPE, dir]
+            .into_iter()
+            .filter_map(|s| self.variables.get(s))
+            .flat_map(|v| v.iter().copied());
+        crate::config::diag::suggest(name, candidates)
+    }
+}
+
+/// A variable passed on packer's command line (`-var NAME=VALUE` in PACKER_FLAGS) rather than
+/// in the var file: `var "NAME" VALUE flag=#true`. Such variables are stored under this prefix.
+pub const FLAG_PREFIX: &str = "-var ";
+
+/// How the image-builder runner reaches image-builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `make -C <source>/images/capi TARGET` in a local checkout.
+    Make,
+    Docker,
+    Podman,
+}
+
+impl Engine {
+    pub fn parse(s: &str) -> Option<Engine> {
+        match s {
+            "make" => Some(Engine::Make),
+            "docker" => Some(Engine::Docker),
+            "podman" => Some(Engine::Podman),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Make => "make",
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+}
+
+/// Where image-builder is at run time. Not part of any key: both engines give the same result.
+#[derive(Debug, Clone, Default)]
+pub struct Install {
+    /// A checkout of kubernetes-sigs/image-builder (the directory holding `images/capi`).
+    pub source: Option<PathBuf>,
+    /// The container image, pinned by digest.
+    pub image: Option<String>,
+    /// `engine=`; by default `make` with a source, else `docker` with an image.
+    pub engine: Option<Engine>,
+}
+
+impl Install {
+    pub fn engine(&self) -> Option<Engine> {
+        self.engine.or(if self.source.is_some() {
+            Some(Engine::Make)
+        } else if self.image.is_some() {
+            Some(Engine::Docker)
+        } else {
+            None
+        })
+    }
+}
