@@ -41,6 +41,23 @@ impl LocalStore {
         }
     }
 
+    /// Whether the entry under `key` exists and its body matches the digest in its header,
+    /// without decoding it: a planner checks every cached node this way. A corrupt entry is
+    /// moved aside and reported, like [`LocalStore::get_action`] does.
+    pub fn action_intact(&self, key: &Digest) -> bool {
+        let path = self.action_location(key);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return false;
+        };
+        match check_header(&bytes) {
+            Ok(_) => true,
+            Err(problem) => {
+                let _ = self.quarantine(EntryKind::Action, &path, problem);
+                false
+            }
+        }
+    }
+
     /// The keys of every action entry, from directory listings alone (no entry is read).
     pub fn action_keys(&self) -> Result<HashSet<Digest>> {
         use rayon::prelude::*;
@@ -107,10 +124,8 @@ pub(crate) fn read_action(
 }
 
 /// Checks and decodes an entry's bytes; the error says what is wrong with it.
-pub(crate) fn decode_action(
-    bytes: &[u8],
-    key: &Digest,
-) -> std::result::Result<ActionResult, String> {
+/// The body of an entry whose header digest matches it.
+fn check_header(bytes: &[u8]) -> std::result::Result<&[u8], String> {
     let newline = bytes
         .iter()
         .position(|&b| b == b'\n')
@@ -130,6 +145,14 @@ pub(crate) fn decode_action(
             "its body does not match the digest in its header (truncated or garbled)".into(),
         );
     }
+    Ok(body)
+}
+
+pub(crate) fn decode_action(
+    bytes: &[u8],
+    key: &Digest,
+) -> std::result::Result<ActionResult, String> {
+    let body = check_header(bytes)?;
     let result: ActionResult =
         serde_json::from_slice(body).map_err(|e| format!("its body cannot be decoded: {e}"))?;
     if result.key != *key {
