@@ -51,8 +51,4 @@ impl NodeLog {
     pub fn last_line(&self) -> String {
         self.last.lock().expect("log lock").clone()
     }
-
-    pub fn sync(&self) -> std::io::Result<()> {
-        self.file.lock().expect("log lock").sync_all()
-    }
 }

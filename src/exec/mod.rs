@@ -318,7 +318,6 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
                     "== succeeded in {:.1}s",
                     t0.elapsed().as_secs_f64()
                 ));
-                let _ = log.sync();
                 let log_digest = std::fs::read(&log_file)
                     .ok()
                     .and_then(|b| sh.store.put_blob(&b).ok());
@@ -347,7 +346,6 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
             }
         }
     }
-    let _ = log.sync();
     match last_err {
         StepError::Cancelled => ended(Outcome::Cancelled, attempts, Some(log_file), None),
         e => ended(
@@ -368,6 +366,7 @@ pub async fn execute(
     runner: Arc<dyn Runner>,
     opts: BuildOptions,
 ) -> BuildReport {
+    store.defer_sync(true);
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let procs = Arc::new(ProcTable::default());
     let signals = tokio::spawn({

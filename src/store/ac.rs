@@ -24,7 +24,13 @@ impl LocalStore {
     /// Stores `result` under `result.key`, replacing any previous entry.
     pub fn put_action(&self, result: &ActionResult) -> Result<()> {
         let bytes = encode_action(result)?;
-        fs::write_atomic(&self.tmp, &self.action_location(&result.key), &bytes, false)
+        fs::write_atomic(
+            &self.tmp,
+            &self.action_location(&result.key),
+            &bytes,
+            false,
+            self.sync_each(),
+        )
     }
 
     /// The result stored under `key`. A corrupt entry reads as missing and is reported through

@@ -21,7 +21,7 @@ impl LocalStore {
         if fs::file_len_if_exists(&dest) == Some(bytes.len() as u64) {
             return Ok(digest);
         }
-        fs::write_atomic(&self.tmp, &dest, bytes, true)?;
+        fs::write_atomic(&self.tmp, &dest, bytes, true, self.sync_each())?;
         Ok(digest)
     }
 
@@ -45,7 +45,7 @@ impl LocalStore {
                 path: path.to_path_buf(),
             });
         }
-        fs::persist(tmp, &dest, true)?;
+        fs::persist(tmp, &dest, true, self.sync_each())?;
         Ok((digest, size))
     }
 

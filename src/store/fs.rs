@@ -46,21 +46,38 @@ pub(crate) fn temp_file(tmp_dir: &Path, prefix: &str) -> Result<NamedTempFile> {
         .map_err(StoreError::io("create a temp file in", tmp_dir))
 }
 
-/// Syncs a fully written temp file and renames it to `dest`, then syncs `dest`'s directory.
-/// Readers see either the old file or the complete new one, never a partial one.
-pub(crate) fn persist(tmp: NamedTempFile, dest: &Path, read_only: bool) -> Result<()> {
+/// Renames a fully written temp file to `dest`: readers see either the old file or the complete
+/// new one, never a partial one. With `sync`, the file and then `dest`'s directory are synced
+/// too; without, the caller makes them durable later (see `LocalStore::defer_sync`).
+pub(crate) fn persist(tmp: NamedTempFile, dest: &Path, read_only: bool, sync: bool) -> Result<()> {
     let tmp_path = tmp.path().to_path_buf();
     if read_only {
         set_read_only(&tmp_path)?;
     }
-    tmp.as_file()
-        .sync_all()
-        .map_err(StoreError::io("sync", &tmp_path))?;
+    if sync {
+        tmp.as_file()
+            .sync_all()
+            .map_err(StoreError::io("sync", &tmp_path))?;
+    }
     let parent = dest.parent().expect("store paths have a parent");
     ensure_dir(parent)?;
     tmp.persist(dest)
         .map_err(|e| StoreError::io("move a temp file to", dest)(e.error))?;
-    sync_dir(parent)
+    if sync { sync_dir(parent) } else { Ok(()) }
+}
+
+/// Flushes everything written to the file system that holds `dir` (one `syncfs`).
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(dir).map_err(StoreError::io("open", dir))?;
+    // SAFETY: syncfs(2) on a descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(StoreError::io("sync the file system of", dir)(
+            io::Error::last_os_error(),
+        ))
+    }
 }
 
 /// Writes `bytes` to `dest` atomically (temp file, fsync, rename, directory fsync).
@@ -69,11 +86,12 @@ pub(crate) fn write_atomic(
     dest: &Path,
     bytes: &[u8],
     read_only: bool,
+    sync: bool,
 ) -> Result<()> {
     let mut tmp = temp_file(tmp_dir, "write-")?;
     tmp.write_all(bytes)
         .map_err(StoreError::io("write", tmp.path()))?;
-    persist(tmp, dest, read_only)
+    persist(tmp, dest, read_only, sync)
 }
 
 #[cfg(unix)]

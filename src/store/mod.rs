@@ -55,9 +55,25 @@ pub struct LocalStore {
     records: PathBuf,
     lock_path: PathBuf,
     warnings: Mutex<Vec<StoreWarning>>,
+    /// See [`LocalStore::defer_sync`].
+    deferred_sync: std::sync::atomic::AtomicBool,
 }
 
 impl LocalStore {
+    /// Group commit for builds: blobs and results are renamed into place without a sync each,
+    /// and one `syncfs` before every record append makes them durable before the record that
+    /// names them. Readers verify digests, so an entry lost in a power cut is only a miss.
+    pub fn defer_sync(&self, on: bool) {
+        self.deferred_sync
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn sync_each(&self) -> bool {
+        !self
+            .deferred_sync
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens the cache at `root`, creating it and its directories if missing.
     pub fn open(root: &Path) -> Result<LocalStore> {
         std::fs::create_dir_all(root).map_err(StoreError::io("create directory", root))?;
@@ -70,6 +86,7 @@ impl LocalStore {
             records: root.join("records.log"),
             lock_path: root.join("lock"),
             warnings: Mutex::new(Vec::new()),
+            deferred_sync: std::sync::atomic::AtomicBool::new(false),
         };
         for dir in [&store.cas, &store.ac, &store.logs, &store.tmp] {
             fs::ensure_dir(dir)?;

@@ -23,6 +23,10 @@ impl LocalStore {
     /// syncs it. If the log ends in a torn line, the new line starts on a fresh line.
     pub fn append_record(&self, record: &Record) -> Result<()> {
         let path = &self.records;
+        if !self.sync_each() {
+            // The record is the commit point: what it refers to must be durable first.
+            fs::sync_filesystem(&self.root)?;
+        }
         let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
             what: format!("the record of {}", record.id),
             source,
@@ -99,6 +103,6 @@ impl LocalStore {
             })?;
             bytes.push(b'\n');
         }
-        fs::write_atomic(&self.tmp, &self.records, &bytes, false)
+        fs::write_atomic(&self.tmp, &self.records, &bytes, false, true)
     }
 }
