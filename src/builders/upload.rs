@@ -1,15 +1,39 @@
-//! `upload`: copies the image and its `.sha256` into a bucket; skipped when the same digest is
-//! already there. `file://` buckets are directories (relative ones resolve against the config
-//! root); the object appears atomically, the checksum after the image.
+//! `upload`: copies the image and then its `.sha256` into a bucket; skipped when the bucket
+//! already holds the same digest. `file://` buckets are directories (relative ones resolve
+//! against the config root); `s3://bucket/prefix` buckets are S3 or any S3-compatible store,
+//! with the credentials taken from the step's secrets only.
+//!
+//! Nothing half-published is ever visible: the image appears under its final name only once it
+//! is complete (a renamed temp file; one S3 PUT, or a multipart upload that S3 shows only when
+//! completed), a stale `.sha256` is removed before the image changes, and the new `.sha256` is
+//! written last, so a reader who trusts the `.sha256` never sees a pair that does not match.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+};
 use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt;
 
 use super::{StepCtx, StepOutput, io_err, local::IMAGE};
 use crate::config::Value;
 use crate::exec::process::StepError;
+
+/// Images larger than this go up in parts of this size (S3 wants parts of 5 MiB or more).
+const PART_SIZE: usize = 8 << 20;
+/// Parts in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+/// The secrets an `s3://` bucket needs, and the one it may use.
+pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
+pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
 
 fn sha256_file(p: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(p)?;
@@ -41,57 +65,338 @@ fn atomic_write(
     Ok(())
 }
 
-fn bucket_dir(ctx: &StepCtx, bucket: &str) -> Result<PathBuf, StepError> {
-    match bucket.strip_prefix("file://") {
-        Some(p) if Path::new(p).is_absolute() => Ok(PathBuf::from(p)),
-        Some(p) => Ok(ctx.root.join(p)),
-        None => Err(StepError::Failed(format!(
-            "bucket `{bucket}`: this version of kiln uploads to file:// buckets only"
-        ))),
+/// Where a bucket is.
+#[derive(Debug, PartialEq, Eq)]
+enum Bucket {
+    Dir(PathBuf),
+    S3 { name: String, prefix: String },
+}
+
+fn parse_bucket(root: &Path, bucket: &str) -> Result<Bucket, StepError> {
+    if let Some(p) = bucket.strip_prefix("file://") {
+        return Ok(Bucket::Dir(if Path::new(p).is_absolute() {
+            PathBuf::from(p)
+        } else {
+            root.join(p)
+        }));
     }
+    if let Some(rest) = bucket.strip_prefix("s3://") {
+        let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if name.is_empty() {
+            return Err(StepError::Failed(format!(
+                "bucket `{bucket}` names no bucket: write s3://BUCKET or s3://BUCKET/PREFIX"
+            )));
+        }
+        return Ok(Bucket::S3 {
+            name: name.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        });
+    }
+    Err(StepError::Failed(format!(
+        "bucket `{bucket}`: kiln uploads to file:///dir and s3://bucket/prefix buckets"
+    )))
+}
+
+/// What one upload is about: the image, its digest and where it goes.
+struct Artifact {
+    image: PathBuf,
+    name: String,
+    sum: String,
+    size: u64,
+    /// `<hex>  <name>\n`, as `sha256sum` writes it.
+    line: String,
+    checksum: bool,
+}
+
+fn param(ctx: &StepCtx, name: &str) -> Option<String> {
+    ctx.node
+        .recipe
+        .params
+        .get(name)
+        .map(Value::render)
+        .filter(|v| !v.is_empty())
 }
 
 pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let p = &ctx.node.recipe.params;
-    let bucket = p.get("bucket").map(Value::render).unwrap_or_default();
+    let bucket = param(ctx, "bucket").unwrap_or_default();
     let checksum = !matches!(p.get("checksum"), Some(Value::Bool(false)));
-    let name = match p.get("object").map(Value::render) {
-        Some(n) if !n.is_empty() => n,
-        _ => format!("{}.qcow2", ctx.node.cells[0]),
-    };
+    let name = param(ctx, "object").unwrap_or_else(|| format!("{}.qcow2", ctx.node.cells[0]));
     let image = ctx.upstream_file(IMAGE)?;
-    let dir = bucket_dir(ctx, &bucket)?;
-    let dest = dir.join(&name);
+    let where_to = parse_bucket(&ctx.root, &bucket)?;
     let sum = sha256_file(&image).map_err(io_err("hashing the image"))?;
-    let sum_path = dir.join(format!("{name}.sha256"));
+    let size = std::fs::metadata(&image)
+        .map_err(io_err("reading the image"))?
+        .len();
+    let art = Artifact {
+        image,
+        line: format!("{sum}  {name}\n"),
+        name,
+        sum,
+        size,
+        checksum,
+    };
     let mut out = StepOutput::default();
     out.facts.insert(
         "url".into(),
-        format!("{}/{name}", bucket.trim_end_matches('/')),
+        format!("{}/{}", bucket.trim_end_matches('/'), art.name),
     );
-    out.facts.insert("sha256".into(), sum.clone());
-    let line = format!("{sum}  {name}\n");
-    if std::fs::read_to_string(&sum_path).ok().as_deref() == Some(line.as_str())
-        && sha256_file(&dest).ok().as_deref() == Some(sum.as_str())
-    {
-        ctx.spawner.log.line(&format!(
-            "{} already holds {name} with sha256 {sum}; skipped",
-            bucket
+    out.facts.insert("sha256".into(), art.sum.clone());
+    out.facts.insert("size".into(), art.size.to_string());
+    let skipped = match where_to {
+        Bucket::Dir(dir) => to_dir(&dir, &art)?,
+        Bucket::S3 { name, prefix } => to_s3(ctx, &name, &prefix, &art)
+            .await
+            .map_err(|e| StepError::Failed(redact(ctx, &e)))?,
+    };
+    let log = &ctx.spawner.log;
+    if skipped {
+        log.line(&format!(
+            "{bucket} already holds {} with sha256 {}; skipped",
+            art.name, art.sum
         ));
         out.facts.insert("skipped".into(), "true".into());
-        return Ok(out);
+    } else {
+        log.line(&format!(
+            "uploaded {} ({} bytes, sha256 {}) to {bucket}",
+            art.name, art.size, art.sum
+        ));
+    }
+    for (k, v) in &out.facts {
+        log.line(&format!("fact {k}={v}"));
+    }
+    Ok(out)
+}
+
+/// Publishes into a directory; returns whether the same digest was there already.
+fn to_dir(dir: &Path, art: &Artifact) -> Result<bool, StepError> {
+    let dest = dir.join(&art.name);
+    let sum_path = dir.join(format!("{}.sha256", art.name));
+    let old_line = std::fs::read_to_string(&sum_path).ok();
+    if art.checksum
+        && old_line.as_deref() == Some(art.line.as_str())
+        && sha256_file(&dest).ok().as_deref() == Some(art.sum.as_str())
+    {
+        return Ok(true);
     }
     let err = io_err("uploading");
+    if old_line.is_some() {
+        // The image is about to change: its old checksum must not describe the new one.
+        std::fs::remove_file(&sum_path).map_err(&err)?;
+    }
     atomic_write(&dest, |f| {
-        let mut src = std::fs::File::open(&image)?;
+        let mut src = std::fs::File::open(&art.image)?;
         std::io::copy(&mut src, f).map(|_| ())
     })
     .map_err(&err)?;
-    if checksum {
-        atomic_write(&sum_path, |f| f.write_all(line.as_bytes())).map_err(&err)?;
+    if art.checksum {
+        atomic_write(&sum_path, |f| f.write_all(art.line.as_bytes())).map_err(&err)?;
     }
-    ctx.spawner
-        .log
-        .line(&format!("uploaded {name} (sha256 {sum}) to {bucket}"));
-    Ok(out)
+    Ok(false)
+}
+
+/// Replaces every secret value in `msg` with `***`.
+fn redact(ctx: &StepCtx, msg: &str) -> String {
+    let mut out = msg.to_string();
+    for (_, v) in &ctx.secrets {
+        if !v.is_empty() {
+            out = out.replace(v.as_str(), "***");
+        }
+    }
+    out
+}
+
+fn secret<'a>(secrets: &'a BTreeMap<&str, &str>, name: &str) -> Result<&'a str, String> {
+    secrets.get(name).copied().ok_or_else(|| {
+        format!(
+            "an s3:// bucket needs the secrets {ACCESS_KEY} and {SECRET_KEY}: declare them in the provider (`secret \"{name}\"`, optionally with env= or file=)"
+        )
+    })
+}
+
+/// The S3 client for one bucket: endpoint, region and addressing from the step's parameters,
+/// credentials from its secrets and nowhere else (not the environment, not instance metadata).
+fn s3_client(ctx: &StepCtx, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    let secrets: BTreeMap<&str, &str> = ctx
+        .secrets
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let region = param(ctx, "region").unwrap_or_else(|| "us-east-1".into());
+    let path_style = !matches!(
+        ctx.node.recipe.params.get("path-style"),
+        Some(Value::Bool(false))
+    );
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_access_key_id(secret(&secrets, ACCESS_KEY)?)
+        .with_secret_access_key(secret(&secrets, SECRET_KEY)?)
+        .with_virtual_hosted_style_request(!path_style)
+        .with_retry(RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(60),
+            ..RetryConfig::default()
+        })
+        .with_client_options(
+            ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(10))
+                .with_timeout(Duration::from_secs(300)),
+        );
+    if let Some(token) = secrets.get(SESSION_TOKEN) {
+        b = b.with_token(*token);
+    }
+    if let Some(endpoint) = param(ctx, "endpoint") {
+        b = b
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(endpoint);
+    }
+    b.build()
+        .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+        .map_err(|e| format!("bucket s3://{bucket}: {e}"))
+}
+
+fn describe(bucket: &str, what: &str, e: object_store::Error) -> String {
+    match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => {
+            format!(
+                "s3://{bucket} refused to {what}: the credentials ({ACCESS_KEY}, {SECRET_KEY}) are wrong or lack permission ({e})"
+            )
+        }
+        e => format!("s3://{bucket}: cannot {what}: {e}"),
+    }
+}
+
+/// Publishes into an S3 bucket; returns whether the same digest was there already.
+async fn to_s3(ctx: &StepCtx, bucket: &str, prefix: &str, art: &Artifact) -> Result<bool, String> {
+    let store = s3_client(ctx, bucket)?;
+    let key = |name: &str| {
+        if prefix.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{prefix}/{name}"))
+        }
+    };
+    let image_key = key(&art.name);
+    let sum_key = key(&format!("{}.sha256", art.name));
+    let old_line = match store.get(&sum_key).await {
+        Ok(r) => Some(
+            r.bytes()
+                .await
+                .map_err(|e| describe(bucket, &format!("read {sum_key}"), e))?,
+        ),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => return Err(describe(bucket, &format!("read {sum_key}"), e)),
+    };
+    if art.checksum && old_line.as_deref() == Some(art.line.as_bytes()) {
+        match store.head(&image_key).await {
+            Ok(meta) if meta.size == art.size => return Ok(true),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(describe(bucket, &format!("inspect {image_key}"), e)),
+        }
+    }
+    if old_line.is_some() {
+        // The image is about to change: its old checksum must not describe the new one.
+        store
+            .delete(&sum_key)
+            .await
+            .map_err(|e| describe(bucket, &format!("remove the stale {sum_key}"), e))?;
+    }
+    let upload = format!("upload {image_key}");
+    if art.size as usize <= PART_SIZE {
+        let bytes = tokio::fs::read(&art.image)
+            .await
+            .map_err(|e| format!("reading the image: {e}"))?;
+        store
+            .put(&image_key, PutPayload::from(bytes))
+            .await
+            .map_err(|e| describe(bucket, &upload, e))?;
+    } else {
+        let parts = store
+            .put_multipart(&image_key)
+            .await
+            .map_err(|e| describe(bucket, &upload, e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(parts, PART_SIZE);
+        if let Err(e) = send_parts(&art.image, &mut w).await {
+            let _ = w.abort().await;
+            return Err(describe_any(bucket, &upload, e));
+        }
+        w.finish().await.map_err(|e| describe(bucket, &upload, e))?;
+        ctx.spawner.log.line(&format!(
+            "{image_key}: {} parts of up to {} MiB",
+            art.size.div_ceil(PART_SIZE as u64),
+            PART_SIZE >> 20
+        ));
+    }
+    if art.checksum {
+        store
+            .put(&sum_key, PutPayload::from(art.line.clone().into_bytes()))
+            .await
+            .map_err(|e| describe(bucket, &format!("upload {sum_key}"), e))?;
+    }
+    Ok(false)
+}
+
+enum PartError {
+    Read(std::io::Error),
+    Store(object_store::Error),
+}
+
+fn describe_any(bucket: &str, what: &str, e: PartError) -> String {
+    match e {
+        PartError::Read(e) => format!("reading the image: {e}"),
+        PartError::Store(e) => describe(bucket, what, e),
+    }
+}
+
+async fn send_parts(image: &Path, w: &mut WriteMultipart) -> Result<(), PartError> {
+    let mut f = tokio::fs::File::open(image)
+        .await
+        .map_err(PartError::Read)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await.map_err(PartError::Read)?;
+        if n == 0 {
+            return Ok(());
+        }
+        w.wait_for_capacity(PARTS_IN_FLIGHT)
+            .await
+            .map_err(PartError::Store)?;
+        w.write(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets() {
+        let root = Path::new("/cfg");
+        assert_eq!(
+            parse_bucket(root, "file://images").unwrap(),
+            Bucket::Dir("/cfg/images".into())
+        );
+        assert_eq!(
+            parse_bucket(root, "file:///srv/images").unwrap(),
+            Bucket::Dir("/srv/images".into())
+        );
+        assert_eq!(
+            parse_bucket(root, "s3://capo-images").unwrap(),
+            Bucket::S3 {
+                name: "capo-images".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            parse_bucket(root, "s3://capo-images/kiln/v1/").unwrap(),
+            Bucket::S3 {
+                name: "capo-images".into(),
+                prefix: "kiln/v1".into()
+            }
+        );
+        assert!(parse_bucket(root, "s3:///x").is_err());
+        assert!(parse_bucket(root, "gs://x").is_err());
+    }
 }

@@ -6,6 +6,7 @@ mod check;
 mod context;
 mod explain;
 mod graph;
+mod images;
 mod matrix;
 mod plan;
 mod render;
@@ -67,6 +68,14 @@ pub enum Command {
         /// The node id, as `kiln plan` prints it.
         node: String,
     },
+    /// List what is published, per cell: the facts of each publish node's last result.
+    Images {
+        #[command(flatten)]
+        select: Select,
+        /// Print a JSON array of `{cell, node, facts, current}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a node's last log.
     Logs {
         /// The node id, as `kiln plan` prints it.
@@ -104,6 +113,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Graph { ref select, format } => graph::run(&cli.file, select, format),
         Command::Plan(ref args) => plan::run(&cli, args),
         Command::Build(ref args) => build::run(&cli, args),
+        Command::Images { ref select, json } => images::run(&cli, select, json),
         Command::Logs { ref node } => cache::logs(&cli, node),
         Command::Explain { ref node } => explain::run(&cli, node),
         Command::Cache(ref cmd) => cache::run(&cli, cmd),

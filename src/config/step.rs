@@ -176,6 +176,24 @@ const UPLOAD_PARAMS: &[ParamSpec] = &[
         false,
         "the object name (default: the cell name + .qcow2)",
     ),
+    p(
+        "endpoint",
+        ParamType::Str,
+        false,
+        "s3:// buckets: the S3-compatible endpoint URL (default: AWS)",
+    ),
+    p(
+        "region",
+        ParamType::Str,
+        false,
+        "s3:// buckets: the region (default \"us-east-1\")",
+    ),
+    p(
+        "path-style",
+        ParamType::Bool,
+        false,
+        "s3:// buckets: path-style requests (default #true; #false for virtual-hosted style)",
+    ),
 ];
 const AWS_AMI_PARAMS: &[ParamSpec] = &[
     p(

@@ -382,6 +382,14 @@ fn local_example_builds_real_images() {
             "examples/local/images.kdl",
         )
         .with_path(&root.join("examples/local/files"), "examples/local/files");
+    let before = p.kiln(&["-f", "examples/local/images.kdl", "images"]);
+    before.expect_code(0);
+    assert_eq!(
+        before.stdout.matches(" not published\n").count(),
+        4,
+        "{}",
+        before.stdout
+    );
     let out = p.kiln(&["-f", "examples/local/images.kdl", "build", "--quiet"]);
     out.expect_code(0);
     assert_eq!(out.stdout.trim(), "12 built, 0 cached");
@@ -400,6 +408,7 @@ fn local_example_builds_real_images() {
         sum.ends_with("  local-ubuntu-2404-k8s-1.31.qcow2\n"),
         "{sum}"
     );
+    images_catalog(&p);
     let log = p
         .kiln(&[
             "-f",
@@ -428,6 +437,41 @@ fn local_example_builds_real_images() {
         p.read("examples/local/images/local-ubuntu-2404-k8s-1.31.qcow2.sha256"),
         before
     );
+}
+
+/// `kiln images` lists each cell's published image, with the sha256 its `.sha256` file holds
+/// and its size; digests and sizes depend on the e2fsprogs and qemu versions, so the golden
+/// files have them replaced after they are checked against the bucket.
+fn images_catalog(p: &Project) {
+    let f = "examples/local/images.kdl";
+    let text = p.kiln(&["-f", f, "images"]);
+    text.expect_code(0);
+    let json = p.kiln(&["-f", f, "images", "--json"]);
+    json.expect_code(0);
+    let (mut text, mut json) = (text.stdout, json.stdout);
+    for e in p
+        .kiln(&["-f", f, "images", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+    {
+        let cell = e["cell"].as_str().unwrap();
+        let file = format!("examples/local/images/{cell}.qcow2");
+        let sum = p.read(&format!("{file}.sha256"));
+        let size = std::fs::metadata(p.path().join(&file)).unwrap().len();
+        assert_eq!(e["facts"]["sha256"].as_str(), sum.split(' ').next());
+        assert_eq!(e["facts"]["size"].as_str(), Some(size.to_string().as_str()));
+        assert_eq!(e["current"], true);
+        let hex = sum.split(' ').next().unwrap();
+        for out in [&mut text, &mut json] {
+            *out = out
+                .replace(hex, "[sha256]")
+                .replace(&format!("\"{size}\""), "\"[size]\"")
+                .replace(&format!("  {size}\n"), "  [size]\n");
+        }
+    }
+    crate::support::golden("images-local", "images.txt", &text);
+    crate::support::golden("images-local", "images.json", &json);
 }
 
 /// A missing image tool is a clear error naming the package to install.

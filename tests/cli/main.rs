@@ -8,4 +8,5 @@ mod build;
 mod config;
 mod image_builder;
 mod plan;
+mod s3;
 mod support;
