@@ -8,4 +8,5 @@ mod build;
 mod config;
 mod image_builder;
 mod plan;
+mod publish;
 mod support;
