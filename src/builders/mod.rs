@@ -1,7 +1,11 @@
 //! The runners behind builders. A step gets a [`StepCtx`] and returns its output files and
 //! facts; the executor stores them. Tests swap the runner through the [`Runner`] trait.
 
+mod aws_ami;
+mod cloud;
 mod command;
+mod gcp_image;
+mod hcloud;
 mod image_builder;
 mod local;
 mod upload;
@@ -86,9 +90,9 @@ impl Runner for Builtin {
                 (BuilderKind::Upload, _) => upload::run(ctx).await,
                 (BuilderKind::TemplatePatch, _) => image_builder::patch(ctx).await,
                 (BuilderKind::ImageBuilder, _) => image_builder::run(ctx).await,
-                (other, _) => Err(StepError::Failed(format!(
-                    "the `{other}` builder cannot run in this version of kiln (it plans and checks such nodes, but builds only `command`, `local`, `upload`, `template-patch` and `image-builder` steps)"
-                ))),
+                (BuilderKind::AwsAmi, _) => aws_ami::run(ctx).await,
+                (BuilderKind::GcpImage, _) => gcp_image::run(ctx).await,
+                (BuilderKind::HcloudSnapshot, _) => hcloud::run(ctx).await,
             }
         })
     }

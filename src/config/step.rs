@@ -55,7 +55,7 @@ pub enum BuilderKind {
     Local,
     /// Copies an artifact and its sha256 into a bucket.
     Upload,
-    /// Makes AMIs public and copies them to regions.
+    /// Checks the AMIs a build copied to regions, and makes them public.
     AwsAmi,
     /// Shares a GCE image with a member and role.
     GcpImage,
@@ -208,6 +208,12 @@ const AWS_AMI_PARAMS: &[ParamSpec] = &[
         false,
         "make the AMI and its snapshots public",
     ),
+    p(
+        "endpoint",
+        ParamType::Str,
+        false,
+        "the EC2 endpoint for every region (default https://ec2.<region>.amazonaws.com)",
+    ),
 ];
 const GCP_IMAGE_PARAMS: &[ParamSpec] = &[
     p(
@@ -222,13 +228,39 @@ const GCP_IMAGE_PARAMS: &[ParamSpec] = &[
         true,
         "e.g. \"roles/compute.imageUser\"",
     ),
+    p(
+        "project",
+        ParamType::Str,
+        true,
+        "the project holding the image",
+    ),
+    p(
+        "image",
+        ParamType::Str,
+        false,
+        "the image name, when the build records none",
+    ),
+    p(
+        "family",
+        ParamType::Str,
+        false,
+        "otherwise: share the newest image of this family",
+    ),
 ];
-const HCLOUD_SNAPSHOT_PARAMS: &[ParamSpec] = &[p(
-    "labels",
-    ParamType::List,
-    false,
-    "KEY=VALUE labels put on the snapshot",
-)];
+const HCLOUD_SNAPSHOT_PARAMS: &[ParamSpec] = &[
+    p(
+        "labels",
+        ParamType::List,
+        false,
+        "KEY=VALUE labels put on the snapshot",
+    ),
+    p(
+        "endpoint",
+        ParamType::Str,
+        false,
+        "the API endpoint (default https://api.hetzner.cloud/v1)",
+    ),
+];
 
 impl BuilderKind {
     pub const ALL: [BuilderKind; 8] = [

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::support::{Project, blessing, repo_root};
 
-const SECRET: &str = "s3cr3t-t0ken-value";
+pub(crate) const SECRET: &str = "s3cr3t-t0ken-value";
 const IMAGE: &str = "registry.k8s.io/scl-image-builder/cluster-node-image-builder-amd64:v0.1.55@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn fixtures() -> PathBuf {
@@ -257,9 +257,9 @@ record "$@"
 fake_products "$target" "$kiln" "$output"
 "#;
 
-struct Fakes {
-    project: Project,
-    log: PathBuf,
+pub(crate) struct Fakes {
+    pub(crate) project: Project,
+    pub(crate) log: PathBuf,
 }
 
 fn write_exec(path: &Path, body: &str) {
@@ -270,14 +270,21 @@ fn write_exec(path: &Path, body: &str) {
 /// The repository's config with `tool` set to `tool_props`, the hcloud user's files, the
 /// fake checkout and the fake tools first on PATH. Publish steps that need clouds are dropped.
 fn fakes(tool_props: &str, builder: &str, artifact: &str) -> Fakes {
-    let mut p = Project::repo_config().with_path(&ib_fixture(), "image-builder/images/capi");
+    let f = fakes_with_publish(tool_props, builder, artifact);
     for m in ["aws", "gcp", "hcloud"] {
         let rel = format!("modules/{m}.kdl");
-        let text = p.read(&rel);
+        let text = f.project.read(&rel);
         let start = text.find("    step \"publish\"").unwrap();
         let end = start + text[start..].find("\n    }\n").unwrap() + 7;
-        p.write(&rel, &format!("{}{}", &text[..start], &text[end..]));
+        f.project
+            .write(&rel, &format!("{}{}", &text[..start], &text[end..]));
     }
+    f
+}
+
+/// Like [`fakes`], keeping the publish steps (for tests that stand in for the clouds).
+pub(crate) fn fakes_with_publish(tool_props: &str, builder: &str, artifact: &str) -> Fakes {
+    let mut p = Project::repo_config().with_path(&ib_fixture(), "image-builder/images/capi");
     p.edit("images.kdl", |t| {
         t.replace(
             "tool \"image-builder\" \"v0.1.55\"",

@@ -8,5 +8,6 @@ mod build;
 mod config;
 mod image_builder;
 mod plan;
+mod publish;
 mod s3;
 mod support;

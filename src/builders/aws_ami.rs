@@ -1,0 +1,411 @@
+//! `aws-ami`: checks and publishes the AMIs an image-builder build made. packer (with
+//! `ami_regions`, `ami_groups=all`, `snapshot_groups=all`, `encrypted=false`) copies and shares
+//! them already; this step takes the per-region ids from the build's `ami.<region>` facts, checks
+//! through EC2's query API that each exists and is available, and with `public #true` makes sure
+//! the AMI has launch permission for group `all` and its snapshots create-volume permission for
+//! group `all` (adding what is missing), then reads the launch permission back.
+//!
+//! Requests are signed with SigV4 using the secrets `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY` and, when given, `AWS_SESSION_TOKEN`.
+
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+
+use super::cloud::{self, bounded, http_err};
+use super::{StepCtx, StepOutput};
+use crate::exec::process::StepError;
+
+const VERSION: &str = "2016-11-15";
+const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
+/// Percent-encodes a query value the way SigV4 expects (RFC 3986 unreserved characters kept).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The form body of an EC2 query action.
+pub fn form(action: &str, params: &[(&str, &str)]) -> String {
+    let mut parts = vec![
+        format!("Action={}", encode(action)),
+        format!("Version={VERSION}"),
+    ];
+    parts.extend(
+        params
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v))),
+    );
+    parts.join("&")
+}
+
+/// The texts of every `<tag>…</tag>` in `xml`, in order (EC2's responses do not nest a tag in
+/// itself).
+pub fn tag_texts<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(&after[..j]);
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
+fn first<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    tag_texts(xml, tag).into_iter().next()
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// An EC2 error response: its `Code` and `Message`.
+#[derive(Debug)]
+struct ApiError {
+    code: String,
+    message: String,
+}
+
+/// EC2's query API for one set of credentials.
+struct Ec2 {
+    client: reqwest::Client,
+    /// `None`: `https://ec2.<region>.amazonaws.com/`.
+    endpoint: Option<String>,
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+}
+
+impl Ec2 {
+    fn url(&self, region: &str) -> String {
+        let base = match &self.endpoint {
+            Some(e) => e.clone(),
+            None => format!("https://ec2.{region}.amazonaws.com/"),
+        };
+        // The canonical request needs a path; an endpoint given as `http://host:port` has none.
+        match base.split_once("://") {
+            Some((_, rest)) if !rest.contains('/') => format!("{base}/"),
+            _ => base,
+        }
+    }
+
+    /// Signed headers for a POST of `body` to `url`.
+    fn sign(&self, region: &str, url: &str, body: &str) -> Result<Vec<(String, String)>, String> {
+        let identity =
+            Credentials::new(&self.key_id, &self.secret, self.token.clone(), None, "kiln").into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name("ec2")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| e.to_string())?
+            .into();
+        let headers = [("content-type", FORM)];
+        let req = SignableRequest::new(
+            "POST",
+            url,
+            headers.into_iter(),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .map_err(|e| e.to_string())?;
+        let (instructions, _) = sign(req, &params).map_err(|e| e.to_string())?.into_parts();
+        Ok(instructions
+            .headers()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    /// Runs `action` in `region`; the response body, or EC2's error.
+    async fn call(
+        &self,
+        region: &str,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Result<String, ApiError>, StepError> {
+        let url = self.url(region);
+        let body = form(action, params);
+        let headers = self
+            .sign(region, &url, &body)
+            .map_err(|e| StepError::Failed(format!("signing {action}: {e}")))?;
+        let mut req = self
+            .client
+            .post(&url)
+            .header("content-type", FORM)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let what = format!("EC2 {action} in {region}");
+        let resp = req.send().await.map_err(http_err(&what))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(http_err(&what))?;
+        if status.is_success() {
+            return Ok(Ok(text));
+        }
+        Ok(Err(ApiError {
+            code: first(&text, "Code")
+                .map(unescape)
+                .unwrap_or_else(|| format!("HTTP {status}")),
+            message: first(&text, "Message").map(unescape).unwrap_or_default(),
+        }))
+    }
+
+    /// Like [`Ec2::call`], with EC2's errors as step failures.
+    async fn ok(
+        &self,
+        region: &str,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<String, StepError> {
+        self.call(region, action, params).await?.map_err(|e| {
+            StepError::Failed(format!(
+                "EC2 {action} in {region} failed: {}: {}",
+                e.code, e.message
+            ))
+        })
+    }
+}
+
+/// Checks (and with `public`, shares) one region's AMI.
+async fn publish_region(
+    ctx: &StepCtx,
+    ec2: &Ec2,
+    region: &str,
+    ami: &str,
+    public: bool,
+) -> Result<(), StepError> {
+    let log = &ctx.spawner.log;
+    let described = match ec2
+        .call(region, "DescribeImages", &[("ImageId.1", ami)])
+        .await?
+    {
+        Ok(xml) => xml,
+        Err(e) if e.code.starts_with("InvalidAMIID") => {
+            return Err(StepError::Failed(format!(
+                "AMI {ami} does not exist in {region} ({}: {})",
+                e.code, e.message
+            )));
+        }
+        Err(e) => {
+            return Err(StepError::Failed(format!(
+                "EC2 DescribeImages in {region} failed: {}: {}",
+                e.code, e.message
+            )));
+        }
+    };
+    let images = first(&described, "imagesSet").unwrap_or("");
+    if !tag_texts(images, "imageId").contains(&ami) {
+        return Err(StepError::Failed(format!(
+            "AMI {ami} does not exist in {region}"
+        )));
+    }
+    let state = first(images, "imageState").unwrap_or("unknown");
+    if state != "available" {
+        return Err(StepError::Failed(format!(
+            "AMI {ami} in {region} is {state}, not available"
+        )));
+    }
+    if !public {
+        log.line(&format!("{region}: {ami} is available"));
+        return Ok(());
+    }
+    if first(images, "isPublic") == Some("true") {
+        log.line(&format!("{region}: {ami} is already public"));
+    } else {
+        ec2.ok(
+            region,
+            "ModifyImageAttribute",
+            &[("ImageId", ami), ("LaunchPermission.Add.1.Group", "all")],
+        )
+        .await?;
+        log.line(&format!(
+            "{region}: gave group all launch permission on {ami}"
+        ));
+    }
+    for snap in tag_texts(images, "snapshotId") {
+        let attr = ec2
+            .ok(
+                region,
+                "DescribeSnapshotAttribute",
+                &[
+                    ("SnapshotId", snap),
+                    ("Attribute", "createVolumePermission"),
+                ],
+            )
+            .await?;
+        if tag_texts(&attr, "group").contains(&"all") {
+            continue;
+        }
+        ec2.ok(
+            region,
+            "ModifySnapshotAttribute",
+            &[
+                ("SnapshotId", snap),
+                ("Attribute", "createVolumePermission"),
+                ("OperationType", "add"),
+                ("UserGroup.1", "all"),
+            ],
+        )
+        .await
+        .map_err(|e| {
+            StepError::Failed(format!(
+                "{e} (encrypted snapshots cannot be made public: build with encrypted=false)"
+            ))
+        })?;
+        log.line(&format!(
+            "{region}: gave group all create-volume permission on {snap}"
+        ));
+    }
+    let perms = ec2
+        .ok(
+            region,
+            "DescribeImageAttribute",
+            &[("ImageId", ami), ("Attribute", "launchPermission")],
+        )
+        .await?;
+    if !tag_texts(&perms, "group").contains(&"all") {
+        return Err(StepError::Failed(format!(
+            "AMI {ami} in {region} is still not public after ModifyImageAttribute"
+        )));
+    }
+    log.line(&format!("{region}: {ami} is public"));
+    Ok(())
+}
+
+pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+    let regions = cloud::list_param(ctx, "regions");
+    if regions.is_empty() {
+        return Err(StepError::Failed(
+            "`regions` names no region to publish to".into(),
+        ));
+    }
+    let public = matches!(
+        ctx.node.recipe.params.get("public"),
+        Some(crate::config::Value::Bool(true))
+    );
+    let mut amis = Vec::new();
+    for region in &regions {
+        match cloud::upstream_fact(ctx, &format!("ami.{region}")) {
+            Some(id) => amis.push((region.clone(), id.to_string())),
+            None => {
+                let known: Vec<String> = ctx
+                    .upstream
+                    .iter()
+                    .flat_map(|(_, r)| r.facts.keys())
+                    .filter(|k| k.starts_with("ami."))
+                    .cloned()
+                    .collect();
+                return Err(StepError::Failed(format!(
+                    "the build recorded no AMI for region {region} (its facts have {}); add {region} to the build's ami_regions",
+                    if known.is_empty() {
+                        "no ami.<region>".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+    }
+    let ec2 = Ec2 {
+        client: cloud::client()?,
+        endpoint: cloud::str_param(ctx, "endpoint"),
+        key_id: cloud::required_secret(ctx, "AWS_ACCESS_KEY_ID")?.to_string(),
+        secret: cloud::required_secret(ctx, "AWS_SECRET_ACCESS_KEY")?.to_string(),
+        token: cloud::secret(ctx, "AWS_SESSION_TOKEN").map(String::from),
+    };
+    let mut out = StepOutput::default();
+    for (region, ami) in &amis {
+        bounded(ctx, publish_region(ctx, &ec2, region, ami, public)).await?;
+        out.facts.insert(format!("ami.{region}"), ami.clone());
+    }
+    out.facts.insert("public".into(), public.to_string());
+    cloud::log_facts(ctx, &out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_are_encoded_for_sigv4() {
+        assert_eq!(
+            form(
+                "ModifyImageAttribute",
+                &[
+                    ("ImageId", "ami-1"),
+                    ("LaunchPermission.Add.1.Group", "a b/c")
+                ]
+            ),
+            "Action=ModifyImageAttribute&Version=2016-11-15&ImageId=ami-1&LaunchPermission.Add.1.Group=a%20b%2Fc"
+        );
+    }
+
+    #[test]
+    fn tags_are_found_in_order() {
+        let xml = "<r><imagesSet><item><imageId>ami-1</imageId><isPublic>false</isPublic>\
+            <blockDeviceMapping><item><ebs><snapshotId>snap-1</snapshotId></ebs></item>\
+            <item><ebs><snapshotId>snap-2</snapshotId></ebs></item></blockDeviceMapping>\
+            </item></imagesSet></r>";
+        assert_eq!(tag_texts(xml, "snapshotId"), ["snap-1", "snap-2"]);
+        assert_eq!(first(xml, "isPublic"), Some("false"));
+        assert_eq!(first(xml, "group"), None);
+        assert_eq!(unescape("a &amp;lt; b &lt;"), "a &lt; b <");
+    }
+
+    #[test]
+    fn endpoints_get_a_path() {
+        let ec2 = |endpoint: Option<&str>| Ec2 {
+            client: reqwest::Client::new(),
+            endpoint: endpoint.map(String::from),
+            key_id: "AKIDEXAMPLE".into(),
+            secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            token: None,
+        };
+        assert_eq!(
+            ec2(None).url("eu-west-1"),
+            "https://ec2.eu-west-1.amazonaws.com/"
+        );
+        assert_eq!(
+            ec2(Some("http://127.0.0.1:5000")).url("x"),
+            "http://127.0.0.1:5000/"
+        );
+        let headers = ec2(None)
+            .sign(
+                "eu-west-1",
+                "https://ec2.eu-west-1.amazonaws.com/",
+                "Action=DescribeImages",
+            )
+            .unwrap();
+        let auth = &headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .unwrap()
+            .1;
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+            "{auth}"
+        );
+        assert!(auth.contains("/eu-west-1/ec2/aws4_request"), "{auth}");
+        assert!(!auth.contains("wJalr"), "{auth}");
+    }
+}

@@ -1,0 +1,105 @@
+//! What the publish builders share: secrets by name, facts of the upstream build, list
+//! parameters, and HTTP calls bounded by the step's timeout and cancellation.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::StepCtx;
+use crate::config::Value;
+use crate::exec::process::StepError;
+
+/// A secret the step received, by the name it sees.
+pub fn secret<'a>(ctx: &'a StepCtx, name: &str) -> Option<&'a str> {
+    ctx.secrets
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A secret the step needs.
+pub fn required_secret<'a>(ctx: &'a StepCtx, name: &str) -> Result<&'a str, StepError> {
+    secret(ctx, name).ok_or_else(|| {
+        StepError::Failed(format!(
+            "the `{}` builder needs the secret `{name}`: declare `secret \"{name}\"` in the provider",
+            ctx.node.builder
+        ))
+    })
+}
+
+/// A fact of the nearest upstream node that has it.
+pub fn upstream_fact<'a>(ctx: &'a StepCtx, name: &str) -> Option<&'a str> {
+    ctx.upstream
+        .iter()
+        .find_map(|(_, r)| r.facts.get(name).map(String::as_str))
+}
+
+/// A string parameter, empty when absent.
+pub fn str_param(ctx: &StepCtx, name: &str) -> Option<String> {
+    ctx.node
+        .recipe
+        .params
+        .get(name)
+        .map(Value::render)
+        .filter(|s| !s.is_empty())
+}
+
+/// A list parameter: every item, with comma-separated items (what a `{list}` placeholder
+/// renders to) split apart.
+pub fn list_param(ctx: &StepCtx, name: &str) -> Vec<String> {
+    let items = match ctx.node.recipe.params.get(name) {
+        Some(Value::List(l)) => l.clone(),
+        Some(v) => vec![v.render()],
+        None => Vec::new(),
+    };
+    items
+        .iter()
+        .flat_map(|i| i.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The HTTP client of the publish builders: rustls, bounded connect and request times, no
+/// proxies from the environment (requests carry credentials).
+pub fn client() -> Result<reqwest::Client, StepError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(Duration::from_secs(120))
+        .no_proxy()
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| StepError::Failed(format!("cannot set up the HTTP client: {e}")))
+}
+
+/// Runs `fut` unless the step times out or is cancelled first.
+pub async fn bounded<T>(
+    ctx: &StepCtx,
+    fut: impl Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    let mut cancel = ctx.spawner.cancel.clone();
+    let deadline = ctx.spawner.deadline;
+    let sleep = async {
+        match deadline {
+            Some((at, _)) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = fut => r,
+        _ = sleep => Err(StepError::TimedOut(deadline.map(|d| d.1).unwrap_or_default())),
+        _ = cancel.wait_for(|c| *c) => Err(StepError::Cancelled),
+    }
+}
+
+/// An HTTP error without the URL's query (which may carry signed parameters).
+pub fn http_err(what: &str) -> impl Fn(reqwest::Error) -> StepError + '_ {
+    move |e| StepError::Failed(format!("{what}: {}", e.without_url()))
+}
+
+/// Logs every fact as `fact NAME=VALUE`, as the image-builder runner does.
+pub fn log_facts(ctx: &StepCtx, out: &super::StepOutput) {
+    for (k, v) in &out.facts {
+        ctx.spawner.log.line(&format!("fact {k}={v}"));
+    }
+}

@@ -1,0 +1,156 @@
+//! `hcloud-snapshot`: labels the snapshot an image-builder build left in the Hetzner Cloud
+//! project (the build's `snapshot` fact). It reads the image (`GET /images/{id}`), adds the
+//! configured labels to the ones it has (packer may have set some) and writes them back
+//! (`PUT /images/{id}` with `{"labels": {…}}`), authenticated with the secret `HCLOUD_TOKEN`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value as Json};
+
+use super::cloud::{self, bounded, http_err};
+use super::{StepCtx, StepOutput};
+use crate::exec::process::StepError;
+
+pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
+
+/// `KEY=VALUE` items → labels.
+pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("label `{item}` is not KEY=VALUE"))?;
+        if k.is_empty() {
+            return Err(format!("label `{item}` has an empty key"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// The message of an API error body (`{"error": {"code", "message"}}`).
+fn api_error(status: reqwest::StatusCode, body: &str) -> String {
+    let doc: Json = serde_json::from_str(body).unwrap_or(Json::Null);
+    let e = &doc["error"];
+    match (e["code"].as_str(), e["message"].as_str()) {
+        (Some(c), Some(m)) => format!("HTTP {status}: {c}: {m}"),
+        _ => format!("HTTP {status}"),
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<Json, StepError> {
+    let resp = req.send().await.map_err(http_err(what))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(http_err(what))?;
+    if !status.is_success() {
+        return Err(StepError::Failed(format!(
+            "{what} failed: {}",
+            api_error(status, &text)
+        )));
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| StepError::Failed(format!("{what}: the answer is not JSON: {e}")))
+}
+
+fn labels_of(doc: &Json) -> Map<String, Json> {
+    doc["image"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+    let labels = parse_labels(&cloud::list_param(ctx, "labels")).map_err(StepError::Failed)?;
+    let id = cloud::upstream_fact(ctx, "snapshot")
+        .or_else(|| cloud::upstream_fact(ctx, "image"))
+        .ok_or_else(|| {
+            StepError::Failed(
+                "the build recorded no `snapshot` fact: is the build step an hcloud image-builder build?".into(),
+            )
+        })?
+        .to_string();
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(StepError::Failed(format!(
+            "`{id}` is not an hcloud image id"
+        )));
+    }
+    let token = cloud::required_secret(ctx, "HCLOUD_TOKEN")?;
+    let endpoint = cloud::str_param(ctx, "endpoint").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+    let url = format!("{}/images/{id}", endpoint.trim_end_matches('/'));
+    let client = cloud::client()?;
+    let log = &ctx.spawner.log;
+    let work = async {
+        let current = send(
+            client.get(&url).bearer_auth(token),
+            &format!("reading hcloud image {id}"),
+        )
+        .await?;
+        let mut merged = labels_of(&current);
+        let missing = labels
+            .iter()
+            .any(|(k, v)| merged.get(k).and_then(Json::as_str) != Some(v.as_str()));
+        if !missing {
+            log.line(&format!("snapshot {id} already has its labels"));
+            return Ok(());
+        }
+        for (k, v) in &labels {
+            merged.insert(k.clone(), Json::String(v.clone()));
+        }
+        let body = serde_json::json!({ "labels": merged });
+        let updated = send(
+            client
+                .put(&url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+            &format!("labelling hcloud image {id}"),
+        )
+        .await?;
+        let now = labels_of(&updated);
+        for (k, v) in &labels {
+            if now.get(k).and_then(Json::as_str) != Some(v.as_str()) {
+                return Err(StepError::Failed(format!(
+                    "hcloud image {id} does not have the label {k}={v} after the update"
+                )));
+            }
+        }
+        let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        log.line(&format!("labelled snapshot {id}: {}", shown.join(" ")));
+        Ok(())
+    };
+    bounded(ctx, work).await?;
+    let mut out = StepOutput::default();
+    out.facts.insert("snapshot".into(), id);
+    for (k, v) in labels {
+        out.facts.insert(format!("label.{k}"), v);
+    }
+    cloud::log_facts(ctx, &out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_key_value_pairs() {
+        let l = parse_labels(&["os=ubuntu-2404".into(), "kubernetes=1.31.4".into()]).unwrap();
+        assert_eq!(l["os"], "ubuntu-2404");
+        assert_eq!(l["kubernetes"], "1.31.4");
+        assert!(parse_labels(&["novalue".into()]).is_err());
+        assert!(parse_labels(&["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn api_errors_are_readable() {
+        let body = r#"{"error": {"code": "not_found", "message": "image with ID '1' not found"}}"#;
+        assert_eq!(
+            api_error(reqwest::StatusCode::NOT_FOUND, body),
+            "HTTP 404 Not Found: not_found: image with ID '1' not found"
+        );
+        assert_eq!(
+            api_error(reqwest::StatusCode::BAD_GATEWAY, "<html>"),
+            "HTTP 502 Bad Gateway"
+        );
+    }
+}
