@@ -16,40 +16,63 @@ pub enum TemplateError {
     Empty(usize),
 }
 
-/// Splits a template into text and placeholders. `{{` and `}}` are literal braces.
-pub fn parse(template: &str) -> Result<Vec<Segment<'_>>, TemplateError> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    let mut offset = 0;
-    while let Some(i) = rest.find(['{', '}']) {
-        if i > 0 {
-            out.push(Segment::Text(&rest[..i]));
+/// Walks a template segment by segment, without allocating.
+struct Segments<'a> {
+    rest: &'a str,
+    offset: usize,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = Result<Segment<'a>, TemplateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.rest;
+        if rest.is_empty() {
+            return None;
         }
-        let brace = &rest[i..i + 1];
-        if rest[i + 1..].starts_with(brace) {
-            out.push(Segment::Text(brace));
-            rest = &rest[i + 2..];
-            offset += i + 2;
-            continue;
-        }
-        let end = rest[i + 1..]
-            .find(['{', '}'])
-            .filter(|e| brace == "{" && rest[i + 1 + e..].starts_with('}'));
-        let Some(end) = end else {
-            return Err(TemplateError::Unbalanced(offset + i));
+        let Some(i) = rest.find(['{', '}']) else {
+            self.rest = "";
+            return Some(Ok(Segment::Text(rest)));
         };
-        let name = rest[i + 1..i + 1 + end].trim();
-        if name.is_empty() {
-            return Err(TemplateError::Empty(offset + i));
+        if i > 0 {
+            self.rest = &rest[i..];
+            self.offset += i;
+            return Some(Ok(Segment::Text(&rest[..i])));
         }
-        out.push(Segment::Placeholder(name));
-        rest = &rest[i + end + 2..];
-        offset += i + end + 2;
+        let brace = &rest[..1];
+        if rest[1..].starts_with(brace) {
+            self.rest = &rest[2..];
+            self.offset += 2;
+            return Some(Ok(Segment::Text(brace)));
+        }
+        let end = rest[1..]
+            .find(['{', '}'])
+            .filter(|e| brace == "{" && rest[1 + e..].starts_with('}'));
+        let Some(end) = end else {
+            self.rest = "";
+            return Some(Err(TemplateError::Unbalanced(self.offset)));
+        };
+        let name = rest[1..1 + end].trim();
+        if name.is_empty() {
+            self.rest = "";
+            return Some(Err(TemplateError::Empty(self.offset)));
+        }
+        self.rest = &rest[end + 2..];
+        self.offset += end + 2;
+        Some(Ok(Segment::Placeholder(name)))
     }
-    if !rest.is_empty() {
-        out.push(Segment::Text(rest));
+}
+
+fn segments(template: &str) -> Segments<'_> {
+    Segments {
+        rest: template,
+        offset: 0,
     }
-    Ok(out)
+}
+
+/// Splits a template into text and placeholders.
+pub fn parse(template: &str) -> Result<Vec<Segment<'_>>, TemplateError> {
+    segments(template).collect()
 }
 
 /// The placeholders a template uses, in order.
@@ -71,35 +94,15 @@ where
     F: FnMut(&str) -> Option<String>,
 {
     let mut out = String::with_capacity(template.len() + 16);
-    let mut rest = template;
-    let mut offset = 0;
-    while let Some(i) = rest.find(['{', '}']) {
-        out.push_str(&rest[..i]);
-        let brace = &rest[i..i + 1];
-        if rest[i + 1..].starts_with(brace) {
-            out.push_str(brace);
-            rest = &rest[i + 2..];
-            offset += i + 2;
-            continue;
+    for segment in segments(template) {
+        match segment.map_err(RenderError::Syntax)? {
+            Segment::Text(t) => out.push_str(t),
+            Segment::Placeholder(p) => match lookup(p) {
+                Some(v) => out.push_str(&v),
+                None => return Err(RenderError::Unknown(p)),
+            },
         }
-        let end = rest[i + 1..]
-            .find(['{', '}'])
-            .filter(|e| brace == "{" && rest[i + 1 + e..].starts_with('}'));
-        let Some(end) = end else {
-            return Err(RenderError::Syntax(TemplateError::Unbalanced(offset + i)));
-        };
-        let name = rest[i + 1..i + 1 + end].trim();
-        if name.is_empty() {
-            return Err(RenderError::Syntax(TemplateError::Empty(offset + i)));
-        }
-        match lookup(name) {
-            Some(v) => out.push_str(&v),
-            None => return Err(RenderError::Unknown(name)),
-        }
-        rest = &rest[i + end + 2..];
-        offset += i + end + 2;
     }
-    out.push_str(rest);
     Ok(out)
 }
 

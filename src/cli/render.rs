@@ -138,17 +138,7 @@ pub fn json(
         .order()
         .into_iter()
         .map(|ix| {
-            let n = graph.node(ix);
-            let mut deps: Vec<&str> = graph.deps(ix).map(|d| graph.node(d).id.as_str()).collect();
-            deps.sort_unstable();
-            let mut v = serde_json::json!({
-                "id": n.id,
-                "step": n.step,
-                "builder": n.builder,
-                "cells": n.cells,
-                "key": n.key,
-                "deps": deps,
-            });
+            let mut v = graph.node_json(ix);
             let a = serde_json::to_value(plan.action(ix)).expect("action JSON");
             if let (Some(obj), serde_json::Value::Object(a)) = (v.as_object_mut(), a) {
                 obj.extend(a);

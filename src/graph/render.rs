@@ -75,24 +75,28 @@ impl Graph {
         out
     }
 
+    /// One node as graph and plan JSON show it: id, step, builder, provider, cells, key and the
+    /// ids of its dependencies.
+    pub fn node_json(&self, ix: petgraph::graph::NodeIndex) -> serde_json::Value {
+        let n = self.node(ix);
+        let mut deps: Vec<&str> = self.deps(ix).map(|d| self.node(d).id.as_str()).collect();
+        deps.sort_unstable();
+        serde_json::json!({
+            "id": n.id,
+            "step": n.step,
+            "builder": n.builder,
+            "provider": n.provider,
+            "cells": n.cells,
+            "key": n.key,
+            "deps": deps,
+        })
+    }
+
     fn to_json(&self) -> serde_json::Value {
         let nodes: Vec<serde_json::Value> = self
             .order()
             .into_iter()
-            .map(|ix| {
-                let n = self.node(ix);
-                let mut deps: Vec<&str> = self.deps(ix).map(|d| self.node(d).id.as_str()).collect();
-                deps.sort_unstable();
-                serde_json::json!({
-                    "id": n.id,
-                    "step": n.step,
-                    "builder": n.builder,
-                    "provider": n.provider,
-                    "cells": n.cells,
-                    "key": n.key,
-                    "deps": deps,
-                })
-            })
+            .map(|ix| self.node_json(ix))
             .collect();
         serde_json::json!({ "version": 1, "nodes": nodes })
     }
