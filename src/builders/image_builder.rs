@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use super::{StepCtx, StepOutput, copy_into, io_err, local::IMAGE};
 use crate::config::{StepKind, Value};
 use crate::exec::process::StepError;
-use crate::graph::FileRole;
+use crate::graph::{FileRole, Node};
 use crate::imagebuilder::{self, Engine, FLAG_PREFIX, Install};
 
 /// The patched template a `template-patch` node outputs.
@@ -145,9 +145,8 @@ fn shell_quote(s: &str) -> String {
 
 /// The var file of a node: every variable but the flag ones, rendered as packer wants them
 /// (strings; lists comma-separated).
-pub fn var_file(ctx: &StepCtx) -> BTreeMap<String, String> {
-    ctx.node
-        .recipe
+pub fn var_file(node: &Node) -> BTreeMap<String, String> {
+    node.recipe
         .vars
         .iter()
         .filter(|(k, _)| !k.starts_with(FLAG_PREFIX))
@@ -156,9 +155,8 @@ pub fn var_file(ctx: &StepCtx) -> BTreeMap<String, String> {
 }
 
 /// `PACKER_FLAGS`: `-var 'NAME=VALUE'` for every `flag=#true` variable.
-pub fn packer_flags(ctx: &StepCtx) -> String {
-    ctx.node
-        .recipe
+pub fn packer_flags(node: &Node) -> String {
+    node.recipe
         .vars
         .iter()
         .filter_map(|(k, v)| {
@@ -170,6 +168,129 @@ pub fn packer_flags(ctx: &StepCtx) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// How one image-builder node runs: the command, its environment (secrets by name only: their
+/// values are added to the child's environment at run time and never appear here), the var
+/// file, and what is mounted (container) or copied (checkout) where. Computed without running
+/// anything, so `kiln explain` shows exactly what `kiln build` will do.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub secrets: Vec<String>,
+    pub vars: BTreeMap<String, String>,
+    /// (file on this machine, where the build sees it).
+    pub files: Vec<(PathBuf, String)>,
+    pub container: bool,
+}
+
+/// The invocation of `node` in the work directory `work`, with the patched template (if any)
+/// replacing `template_rel`, on the `attempt`-th try.
+pub fn invocation(
+    node: &Node,
+    install: &Install,
+    work: &Path,
+    template_rel: Option<&str>,
+    attempt: u32,
+) -> Result<Invocation, StepError> {
+    let target = node
+        .recipe
+        .params
+        .get("target")
+        .map(Value::render)
+        .ok_or_else(|| StepError::Failed("the step has no `target` parameter".into()))?;
+    let engine = engine(install)?;
+    let version = node
+        .recipe
+        .tools
+        .get("image-builder")
+        .and_then(|pin| pin.split_whitespace().next())
+        .unwrap_or(crate::config::DEFAULT_IMAGE_BUILDER);
+    let kiln = work.join("kiln");
+    let container = engine != Engine::Make;
+    let inside = if container {
+        format!("{HOME}/kiln")
+    } else {
+        kiln.to_string_lossy().into_owned()
+    };
+    let mut vars = var_file(node);
+    // Where packer's manifest post-processor writes, for templates that have one.
+    if let Some((data, dir)) =
+        imagebuilder::data(version).and_then(|d| d.template_dir(&target).map(|t| (d, t)))
+        && data.declares(dir, "manifest_output")
+        && !vars.contains_key("manifest_output")
+    {
+        vars.insert("manifest_output".into(), format!("{inside}/manifest.json"));
+    }
+    let mut env: Vec<(String, String)> =
+        vec![("PACKER_VAR_FILES".into(), format!("{inside}/vars.json"))];
+    let flags = packer_flags(node);
+    if !flags.is_empty() {
+        env.push(("PACKER_FLAGS".into(), flags));
+    }
+    if attempt > 1 {
+        env.push(("PACKER_LOG".into(), "1".into()));
+    }
+    let secrets: Vec<String> = node.secrets.iter().map(|s| s.name.clone()).collect();
+    let mut files: Vec<(PathBuf, String)> =
+        vec![(kiln.join("vars.json"), format!("{inside}/vars.json"))];
+    let ships = node.recipe.files.iter().filter_map(|f| match &f.role {
+        FileRole::Ship { to } => Some((f.path.clone(), to.trim_end_matches('/').to_string())),
+        FileRole::Patch(_) => None,
+    });
+    let argv = if container {
+        let mut argv: Vec<String> = vec![engine.as_str().into(), "run".into(), "--rm".into()];
+        for (k, v) in &env {
+            argv.extend(["--env".into(), format!("{k}={v}")]);
+        }
+        for name in &secrets {
+            argv.extend(["--env".into(), name.clone()]); // the value comes from our environment
+        }
+        let mut mounts: Vec<(PathBuf, String, bool)> = vec![
+            (kiln.clone(), "kiln".into(), false),
+            (work.join("output"), "output".into(), false),
+        ];
+        if let Some(rel) = template_rel {
+            mounts.push((kiln.join("packer.json"), rel.to_string(), true));
+        }
+        mounts.extend(ships.map(|(from, to)| (from, to, true)));
+        for (from, to, ro) in &mounts {
+            let ro = if *ro { ":ro" } else { "" };
+            argv.extend([
+                "-v".into(),
+                format!("{}:{HOME}/{to}{ro}", from.to_string_lossy()),
+            ]);
+            if from != &kiln && !to.starts_with("output") {
+                files.push((from.clone(), format!("{HOME}/{to}")));
+            }
+        }
+        argv.extend([image(install)?.to_string(), target]);
+        argv
+    } else {
+        let capi = work.join("capi");
+        if let Some(rel) = template_rel {
+            files.push((
+                kiln.join("packer.json"),
+                capi.join(rel).to_string_lossy().into_owned(),
+            ));
+        }
+        files.extend(ships.map(|(from, to)| (from, capi.join(to).to_string_lossy().into_owned())));
+        vec![
+            "make".into(),
+            "-C".into(),
+            capi.to_string_lossy().into_owned(),
+            target,
+        ]
+    };
+    Ok(Invocation {
+        argv,
+        env,
+        secrets,
+        vars,
+        files,
+        container,
+    })
 }
 
 /// The `template-patch` output upstream, with the template path it replaces.
@@ -195,77 +316,27 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), StepErro
 /// in the container; a build's packer manifest becomes facts, a qemu build's disk image its
 /// `image.qcow2` output.
 pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
-    let target = param(ctx, "target")?;
     let install = &*ctx.image_builder;
-    let engine = engine(install)?;
-    let version = ctx
-        .node
-        .recipe
-        .tools
-        .get("image-builder")
-        .and_then(|pin| pin.split_whitespace().next())
-        .unwrap_or(crate::config::DEFAULT_IMAGE_BUILDER);
-    let dir = imagebuilder::data(version).and_then(|d| d.template_dir(&target).map(|t| (d, t)));
     let template = patched_template(ctx)?;
+    let inv = invocation(
+        &ctx.node,
+        install,
+        &ctx.work,
+        template.as_ref().map(|(_, rel)| rel.as_str()),
+        ctx.attempt,
+    )?;
     let kiln = ctx.work.join("kiln");
     std::fs::create_dir_all(&kiln).map_err(io_err("creating the work directory"))?;
-    let (container, inside) = match engine {
-        Engine::Make => (false, kiln.to_string_lossy().into_owned()),
-        _ => (true, format!("{HOME}/kiln")),
-    };
-    let mut vars = var_file(ctx);
-    // Where packer's manifest post-processor writes, for templates that have one.
-    if let Some((data, dir)) = dir
-        && data.declares(dir, "manifest_output")
-        && !vars.contains_key("manifest_output")
-    {
-        vars.insert("manifest_output".into(), format!("{inside}/manifest.json"));
-    }
-    let var_path = kiln.join("vars.json");
-    write_json(&var_path, &vars)?;
-    let mut packer_env: Vec<(String, String)> =
-        vec![("PACKER_VAR_FILES".into(), format!("{inside}/vars.json"))];
-    let flags = packer_flags(ctx);
-    if !flags.is_empty() {
-        packer_env.push(("PACKER_FLAGS".into(), flags));
-    }
-    if ctx.is_retry() {
-        packer_env.push(("PACKER_LOG".into(), "1".into()));
-    }
-    let output_dir;
-    if container {
-        let image = image(install)?;
-        output_dir = ctx.work.join("output");
+    write_json(&kiln.join("vars.json"), &inv.vars)?;
+    let output_dir = if inv.container {
+        let output_dir = ctx.work.join("output");
         std::fs::create_dir_all(&output_dir).map_err(io_err("creating the output directory"))?;
-        let mut argv: Vec<String> = vec![engine.as_str().into(), "run".into(), "--rm".into()];
-        for (k, v) in &packer_env {
-            argv.extend(["--env".into(), format!("{k}={v}")]);
+        if let Some((path, _)) = &template {
+            std::fs::copy(path, kiln.join("packer.json"))
+                .map_err(io_err("staging the patched template"))?;
         }
-        for (name, _) in &ctx.secrets {
-            argv.extend(["--env".into(), name.clone()]); // the value comes from our environment
-        }
-        let mut mount = |from: &Path, to: &str, ro: bool| {
-            let ro = if ro { ":ro" } else { "" };
-            argv.extend([
-                "-v".into(),
-                format!("{}:{HOME}/{to}{ro}", from.to_string_lossy()),
-            ]);
-        };
-        mount(&kiln, "kiln", false);
-        mount(&output_dir, "output", false);
-        if let Some((path, rel)) = &template {
-            let local = kiln.join("packer.json");
-            std::fs::copy(path, &local).map_err(io_err("staging the patched template"))?;
-            mount(&local, rel, true);
-        }
-        for f in ctx.node.recipe.files.iter() {
-            if let FileRole::Ship { to } = &f.role {
-                mount(&f.path, to.trim_end_matches('/'), true);
-            }
-        }
-        argv.extend([image.to_string(), target.clone()]);
-        let env: Vec<(String, String)> = ctx.secrets.clone();
-        ctx.spawner.run(&argv, &env, &ctx.work).await?;
+        ctx.spawner.run(&inv.argv, &ctx.secrets, &ctx.work).await?;
+        output_dir
     } else {
         let src = source(install)?.join("images/capi");
         if !src.is_dir() {
@@ -284,17 +355,11 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
                 copy_into(&f.path, &capi.join(to)).map_err(io_err("copying shipped files"))?;
             }
         }
-        output_dir = capi.join("output");
-        let argv: Vec<String> = vec![
-            "make".into(),
-            "-C".into(),
-            capi.to_string_lossy().into_owned(),
-            target.clone(),
-        ];
-        let mut env = packer_env;
+        let mut env = inv.env.clone();
         env.extend(ctx.secrets.iter().cloned());
-        ctx.spawner.run(&argv, &env, &ctx.work).await?;
-    }
+        ctx.spawner.run(&inv.argv, &env, &ctx.work).await?;
+        capi.join("output")
+    };
     let mut out = StepOutput::default();
     if ctx.node.step != StepKind::Build {
         return Ok(out);
@@ -305,7 +370,11 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         out.facts =
             imagebuilder::manifest_facts(&text).map_err(|e| StepError::Failed(e.to_string()))?;
     }
-    let semver = vars.get("kubernetes_semver").cloned().unwrap_or_default();
+    let semver = inv
+        .vars
+        .get("kubernetes_semver")
+        .cloned()
+        .unwrap_or_default();
     if let Some((rel, path)) = find_image(&output_dir, &semver) {
         out.facts.insert("image".into(), rel);
         out.outputs.push((IMAGE.into(), path));

@@ -6,7 +6,7 @@ mod cloud;
 mod command;
 mod gcp_image;
 mod hcloud;
-mod image_builder;
+pub mod image_builder;
 mod local;
 mod upload;
 

@@ -83,16 +83,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
             args.quiet,
             plan.actions.values().filter(|a| a.will_run()).count(),
         ),
-        image_builder: loaded
-            .config
-            .tools
-            .get("image-builder")
-            .map(|t| crate::imagebuilder::Install {
-                source: t.source.clone(),
-                image: t.image.clone(),
-                engine: t.engine,
-            })
-            .unwrap_or_default(),
+        image_builder: crate::imagebuilder::Install::from_config(&loaded.config),
     };
     let report = runtime.block_on(exec::execute(
         &graph,

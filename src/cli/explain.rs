@@ -61,6 +61,9 @@ pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
             ),
         );
     }
+    if n.builder == crate::config::BuilderKind::ImageBuilder {
+        describe_invocation(&graph, ix, &loaded.config, &mut out);
+    }
     out.push_str("inputs\n");
     let manifest = n.manifest_labels();
     let width = manifest.keys().map(String::len).max().unwrap_or(0);
@@ -90,4 +93,58 @@ pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
     }
     print!("{out}");
     Ok(())
+}
+
+/// The exact command an image-builder node runs, in a work directory shown as `<work>`.
+fn describe_invocation(
+    graph: &crate::graph::Graph,
+    ix: petgraph::graph::NodeIndex,
+    config: &crate::config::Config,
+    out: &mut String,
+) {
+    use crate::builders::image_builder::invocation;
+    let n = graph.node(ix);
+    // The patched template comes from the cell's patch node, upstream of validate and build.
+    let mut upstream: Vec<_> = graph.deps(ix).collect();
+    let mut template = None;
+    while let Some(d) = upstream.pop() {
+        let dep = graph.node(d);
+        if dep.step == crate::config::StepKind::Patch {
+            template = dep
+                .recipe
+                .params
+                .get("template")
+                .map(crate::config::Value::render);
+            break;
+        }
+        upstream.extend(graph.deps(d));
+    }
+    let install = crate::imagebuilder::Install::from_config(config);
+    match invocation(
+        n,
+        &install,
+        std::path::Path::new("<work>"),
+        template.as_deref(),
+        1,
+    ) {
+        Ok(inv) => {
+            out.push_str(&format!("command   {}\n", inv.argv.join(" ")));
+            for (k, v) in &inv.env {
+                out.push_str(&format!("env       {k}={v}\n"));
+            }
+            for name in &inv.secrets {
+                out.push_str(&format!("env       {name}=*** (secret)\n"));
+            }
+            out.push_str("env       PACKER_LOG=1 (on retries)\n");
+            for (from, to) in &inv.files {
+                out.push_str(&format!("file      {} → {to}\n", from.display()));
+            }
+            let vars = serde_json::to_string_pretty(&inv.vars).unwrap_or_default();
+            out.push_str("var file\n");
+            for line in vars.lines() {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        Err(e) => out.push_str(&format!("command   (cannot run here: {e})\n")),
+    }
 }

@@ -159,6 +159,19 @@ pub struct Install {
 }
 
 impl Install {
+    /// How the config says to run image-builder (`tool "image-builder" …`).
+    pub fn from_config(config: &crate::config::Config) -> Install {
+        config
+            .tools
+            .get("image-builder")
+            .map(|t| Install {
+                source: t.source.clone(),
+                image: t.image.clone(),
+                engine: t.engine,
+            })
+            .unwrap_or_default()
+    }
+
     pub fn engine(&self) -> Option<Engine> {
         self.engine.or(if self.source.is_some() {
             Some(Engine::Make)

@@ -736,3 +736,55 @@ fn a_retry_sets_packer_log_only_on_the_second_attempt() {
         .unwrap();
     assert!(!validate.env.contains_key("PACKER_LOG"));
 }
+
+/// `kiln explain` shows the command, environment (secrets masked), files and var file a node
+/// will run with — the same argv the build then runs, up to the work directory.
+#[test]
+fn explain_shows_the_exact_invocation() {
+    let f = fakes(&format!("image=\"{IMAGE}\""), "hcloud", "123456");
+    let p = &f.project;
+    let explain = p.kiln(&["explain", "hcloud/ubuntu-2404/1.31/build"]);
+    explain.expect_code(0);
+    let text = &explain.stdout;
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(
+        text.contains("env       HCLOUD_TOKEN=*** (secret)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("env       PACKER_VAR_FILES=/home/imagebuilder/kiln/vars.json"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"kubernetes_semver\": \"v1.31.4\""),
+        "{text}"
+    );
+    let shown = text
+        .lines()
+        .find_map(|l| l.strip_prefix("command   "))
+        .expect("a command line")
+        .to_string();
+    p.kiln(&["build", "--cell", "hcloud-ubuntu-2404-k8s-1.31", "-j", "1"])
+        .expect_code(0);
+    let ran = calls(&f.log)
+        .into_iter()
+        .find(|c| target_of(c) == "build-hcloud-ubuntu-2404")
+        .expect("the build ran");
+    let work = |s: &str| -> String {
+        // The work directory differs: `<work>` in explain, a directory under the cache when run.
+        s.split(' ')
+            .map(|w| match (w.find("<work>"), w.find("/work-")) {
+                (Some(i), _) => format!("{}WORK{}", &w[..i], &w[i + 6..]),
+                (None, Some(i)) => {
+                    let start = w[..i].rfind(['=', ':']).map_or(0, |j| j + 1);
+                    let end = w[i + 1..].find('/').map_or(w.len(), |j| i + 1 + j);
+                    format!("{}WORK{}", &w[..start], &w[end..])
+                }
+                _ => w.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let ran = p.redact(&format!("{} {}", ran.tool, ran.args.join(" ")));
+    assert_eq!(work(&shown), work(&ran));
+}
