@@ -70,13 +70,7 @@ impl StoreView {
             .map(|ix| graph.node(ix).key)
             .filter(|k| listed.contains(k))
             .collect();
-        let keys = {
-            use rayon::prelude::*;
-            wanted
-                .into_par_iter()
-                .filter(|k| matches!(store.get_action(k), Ok(Some(_))))
-                .collect()
-        };
+        let keys = store.intact_keys(&wanted);
         for w in store.take_warnings() {
             eprintln!("warning: {w}");
         }

@@ -64,6 +64,54 @@ impl LocalStore {
         }
     }
 
+    /// Which of `keys` have an intact entry. An entry whose size, modification time and inode
+    /// are those recorded when it was last found intact (the index `ac.verified`, like a stat
+    /// cache) is not read again; every other one is checked by its header digest, in parallel.
+    /// Corrupt entries are moved aside and reported.
+    pub fn intact_keys(&self, keys: &[Digest]) -> HashSet<Digest> {
+        use rayon::prelude::*;
+        use std::os::unix::fs::MetadataExt;
+        let index_path = self.root.join("ac.verified");
+        let known: std::collections::HashMap<Digest, (u64, i64, i64, u64)> =
+            std::fs::read_to_string(&index_path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| {
+                    let mut it = l.split(' ');
+                    let key = it.next()?.parse().ok()?;
+                    let stamp = (
+                        it.next()?.parse().ok()?,
+                        it.next()?.parse().ok()?,
+                        it.next()?.parse().ok()?,
+                        it.next()?.parse().ok()?,
+                    );
+                    Some((key, stamp))
+                })
+                .collect();
+        let checked: Vec<(Digest, Option<(u64, i64, i64, u64)>, bool)> = keys
+            .par_iter()
+            .filter_map(|k| {
+                let meta = std::fs::metadata(self.action_location(k)).ok()?;
+                let stamp = (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino());
+                if known.get(k) == Some(&stamp) {
+                    return Some((*k, Some(stamp), false));
+                }
+                self.action_intact(k).then_some((*k, Some(stamp), true))
+            })
+            .collect();
+        if checked.iter().any(|(_, _, fresh)| *fresh) || checked.len() != known.len() {
+            let mut text = String::with_capacity(checked.len() * 110);
+            for (k, stamp, _) in &checked {
+                if let Some((size, s, ns, ino)) = stamp {
+                    text.push_str(&format!("{k} {size} {s} {ns} {ino}\n"));
+                }
+            }
+            // Only an optimisation: failing to save it costs time next run, never correctness.
+            let _ = fs::write_atomic(&self.tmp, &index_path, text.as_bytes(), false, false);
+        }
+        checked.into_iter().map(|(k, _, _)| k).collect()
+    }
+
     /// The keys of every action entry, from directory listings alone (no entry is read).
     pub fn action_keys(&self) -> Result<HashSet<Digest>> {
         use rayon::prelude::*;
