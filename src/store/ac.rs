@@ -16,6 +16,9 @@ use crate::hash::Digest;
 
 const HEADER: &str = "kiln-action-v1";
 
+/// What `ac.verified` remembers of an entry found intact: size, mtime (s, ns) and inode.
+type Stamp = (u64, i64, i64, u64);
+
 impl LocalStore {
     pub(crate) fn action_location(&self, key: &Digest) -> PathBuf {
         fanout_path(&self.ac, key)
@@ -72,23 +75,22 @@ impl LocalStore {
         use rayon::prelude::*;
         use std::os::unix::fs::MetadataExt;
         let index_path = self.root.join("ac.verified");
-        let known: std::collections::HashMap<Digest, (u64, i64, i64, u64)> =
-            std::fs::read_to_string(&index_path)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| {
-                    let mut it = l.split(' ');
-                    let key = it.next()?.parse().ok()?;
-                    let stamp = (
-                        it.next()?.parse().ok()?,
-                        it.next()?.parse().ok()?,
-                        it.next()?.parse().ok()?,
-                        it.next()?.parse().ok()?,
-                    );
-                    Some((key, stamp))
-                })
-                .collect();
-        let checked: Vec<(Digest, Option<(u64, i64, i64, u64)>, bool)> = keys
+        let known: std::collections::HashMap<Digest, Stamp> = std::fs::read_to_string(&index_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split(' ');
+                let key = it.next()?.parse().ok()?;
+                let stamp = (
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                );
+                Some((key, stamp))
+            })
+            .collect();
+        let checked: Vec<(Digest, Option<Stamp>, bool)> = keys
             .par_iter()
             .filter_map(|k| {
                 let meta = std::fs::metadata(self.action_location(k)).ok()?;
