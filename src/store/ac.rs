@@ -90,23 +90,21 @@ impl LocalStore {
                 Some((key, stamp))
             })
             .collect();
-        let checked: Vec<(Digest, Option<Stamp>, bool)> = keys
+        let checked: Vec<(Digest, Stamp, bool)> = keys
             .par_iter()
             .filter_map(|k| {
                 let meta = std::fs::metadata(self.action_location(k)).ok()?;
                 let stamp = (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino());
                 if known.get(k) == Some(&stamp) {
-                    return Some((*k, Some(stamp), false));
+                    return Some((*k, stamp, false));
                 }
-                self.action_intact(k).then_some((*k, Some(stamp), true))
+                self.action_intact(k).then_some((*k, stamp, true))
             })
             .collect();
         if checked.iter().any(|(_, _, fresh)| *fresh) || checked.len() != known.len() {
             let mut text = String::with_capacity(checked.len() * 110);
-            for (k, stamp, _) in &checked {
-                if let Some((size, s, ns, ino)) = stamp {
-                    text.push_str(&format!("{k} {size} {s} {ns} {ino}\n"));
-                }
+            for (k, (size, s, ns, ino), _) in &checked {
+                text.push_str(&format!("{k} {size} {s} {ns} {ino}\n"));
             }
             // Only an optimisation: failing to save it costs time next run, never correctness.
             let _ = fs::write_atomic(&self.tmp, &index_path, text.as_bytes(), false, false);
