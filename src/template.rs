@@ -75,17 +75,6 @@ pub fn parse(template: &str) -> Result<Vec<Segment<'_>>, TemplateError> {
     segments(template).collect()
 }
 
-/// The placeholders a template uses, in order.
-pub fn placeholders(template: &str) -> Result<Vec<&str>, TemplateError> {
-    Ok(parse(template)?
-        .into_iter()
-        .filter_map(|s| match s {
-            Segment::Placeholder(p) => Some(p),
-            Segment::Text(_) => None,
-        })
-        .collect())
-}
-
 /// Renders a template; `lookup` returns `None` for an unknown placeholder, which is returned as
 /// the error so the caller can point at it. One pass, no intermediate list: templates are
 /// rendered for every node of a large matrix.
@@ -155,6 +144,5 @@ mod tests {
             render("x-{nope}", |_| None),
             Err(RenderError::Unknown("nope"))
         );
-        assert_eq!(placeholders("{a}-{b}").unwrap(), vec!["a", "b"]);
     }
 }

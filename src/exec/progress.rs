@@ -74,10 +74,6 @@ impl Progress {
         Progress { mode }
     }
 
-    pub fn quiet() -> Progress {
-        Progress { mode: Mode::Quiet }
-    }
-
     pub fn started(&self, node: &Node, log: Arc<NodeLog>) {
         match &self.mode {
             Mode::Quiet => {}
