@@ -188,6 +188,20 @@ fn result_for(
     }
 }
 
+/// Copies a step's output files into the content store.
+fn store_outputs(
+    store: &LocalStore,
+    out: crate::builders::StepOutput,
+) -> Result<(Vec<Output>, BTreeMap<String, String>), String> {
+    let mut outputs = Vec::new();
+    for (name, path) in out.outputs {
+        let (digest, size) = store.put_file(&path).map_err(|e| e.to_string())?;
+        outputs.push(Output { name, digest, size });
+    }
+    outputs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((outputs, out.facts))
+}
+
 /// Keeps small input files in the content store, so a later plan can show what changed in them.
 fn keep_inputs(store: &LocalStore, node: &Node) {
     for f in node.recipe.files.iter() {
@@ -228,6 +242,7 @@ fn try_cutoff(sh: &Shared, job: &Job) -> Option<ActionResult> {
 }
 
 async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
+    let job = Arc::new(job);
     let node = &job.node;
     if matches!(job.action, Action::RebuildIfUpstreamChanges { .. })
         && let Some(r) = try_cutoff(&sh, &job)
@@ -299,44 +314,44 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
             },
         };
         let res = sh.runner.run(&ctx).await;
-        let stored = res.and_then(|out| {
-            let mut outputs = Vec::new();
-            for (name, path) in out.outputs {
-                let (digest, size) = sh
-                    .store
-                    .put_file(&path)
-                    .map_err(|e| StepError::Failed(e.to_string()))?;
-                outputs.push(Output { name, digest, size });
-            }
-            outputs.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok((outputs, out.facts))
-        });
-        let _ = std::fs::remove_dir_all(&work);
-        match stored {
-            Ok((outputs, facts)) => {
+        match res {
+            Ok(out) => {
                 log.line(&format!(
                     "== succeeded in {:.1}s",
                     t0.elapsed().as_secs_f64()
                 ));
-                let log_digest = std::fs::read(&log_file)
-                    .ok()
-                    .and_then(|b| sh.store.put_blob(&b).ok());
-                let r = result_for(
-                    &job,
-                    outputs,
-                    facts,
-                    attempt,
-                    started,
-                    t0.elapsed(),
-                    log_digest,
-                );
-                keep_inputs(&sh.store, node);
-                return match record(&sh.store, &r) {
-                    Ok(()) => ended(Outcome::Built, attempt, Some(log_file), Some(r)),
-                    Err(e) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
+                // Storing outputs and committing the result block on the file system: keep
+                // that off the runtime's workers, so other nodes go on starting meanwhile.
+                let commit = {
+                    let (sh, job, log_file, work) =
+                        (sh.clone(), job.clone(), log_file.clone(), work.clone());
+                    let took = t0.elapsed();
+                    tokio::task::spawn_blocking(move || {
+                        let stored = store_outputs(&sh.store, out);
+                        let _ = std::fs::remove_dir_all(&work);
+                        let (outputs, facts) = stored?;
+                        let log_digest = std::fs::read(&log_file)
+                            .ok()
+                            .and_then(|b| sh.store.put_blob(&b).ok());
+                        let r =
+                            result_for(&job, outputs, facts, attempt, started, took, log_digest);
+                        keep_inputs(&sh.store, &job.node);
+                        record(&sh.store, &r).map(|()| r)
+                    })
+                };
+                return match commit.await {
+                    Ok(Ok(r)) => ended(Outcome::Built, attempt, Some(log_file), Some(r)),
+                    Ok(Err(e)) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
+                    Err(e) => ended(
+                        Outcome::Failed(format!("recording the result: {e}")),
+                        attempt,
+                        Some(log_file),
+                        None,
+                    ),
                 };
             }
             Err(e) => {
+                let _ = std::fs::remove_dir_all(&work);
                 log.line(&format!("== attempt {attempt} failed: {e}"));
                 let stop = matches!(e, StepError::Cancelled);
                 last_err = e;
