@@ -23,7 +23,7 @@ struct Entry {
 pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
-    let graph = context::lower(&loaded, None)?;
+    let graph = context::lower(&loaded, Some(&dir))?;
     let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
     let store = if dir.exists() {
         Some(LocalStore::open(&dir).map_err(fail)?)
