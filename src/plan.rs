@@ -321,14 +321,15 @@ fn input_changes(
     out
 }
 
-/// Plans every node of `graph`. `forced` ids always run; `recorded_ids` are the ids with a
-/// record; `whole` says the graph holds the whole config, so records of undeclared ids are
-/// orphans.
+/// Plans every node of `graph`. `forced` ids always run; `recorded` are the ids with a record
+/// and the key of their last result; `whole` says the graph holds the whole config, so records
+/// of undeclared ids are orphans — unless their result is still in use under another id (a node
+/// that stopped or started being shared between cells changes its id, not its key).
 pub fn plan(
     graph: &Graph,
     view: &dyn CacheView,
     forced: &BTreeSet<String>,
-    recorded_ids: &[String],
+    recorded: &[(String, Digest)],
     whole: bool,
 ) -> Plan {
     let mut actions: HashMap<NodeIndex, Action> = HashMap::with_capacity(graph.len());
@@ -407,10 +408,15 @@ pub fn plan(
         actions.insert(ix, action);
     }
     let orphans = if whole {
-        recorded_ids
+        let in_use: std::collections::HashSet<Digest> = graph
+            .order()
+            .into_iter()
+            .map(|ix| graph.node(ix).key)
+            .collect();
+        recorded
             .iter()
-            .filter(|id| graph.find(id).is_none())
-            .cloned()
+            .filter(|(id, key)| graph.find(id).is_none() && !in_use.contains(key))
+            .map(|(id, _)| id.clone())
             .collect()
     } else {
         Vec::new()

@@ -82,8 +82,12 @@ impl StoreView {
         })
     }
 
-    pub fn recorded_ids(&self) -> Vec<String> {
-        self.records.keys().cloned().collect()
+    /// Every recorded id with the key of its last result.
+    pub fn recorded(&self) -> Vec<(String, Digest)> {
+        self.records
+            .values()
+            .map(|r| (r.id.clone(), r.key))
+            .collect()
     }
 
     /// What an orphaned id published, from its last result.
@@ -162,7 +166,7 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let graph = context::lower(&loaded, Some(&dir))?;
     let view = StoreView::open(dir, &graph)?;
     let forced = forced_ids(&graph, &args.force)?;
-    let plan = plan::plan(&graph, &view, &forced, &view.recorded_ids(), loaded.whole);
+    let plan = plan::plan(&graph, &view, &forced, &view.recorded(), loaded.whole);
     let orphans: Vec<(String, BTreeMap<String, String>)> = plan
         .orphans
         .iter()

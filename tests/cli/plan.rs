@@ -537,6 +537,16 @@ fn a_removed_cell_is_an_orphan_and_nothing_is_deleted() {
         .collect();
     assert!(orphans.contains(&"alpha/one/1.32/build"), "{orphans:?}");
     assert!(orphans.contains(&"alpha/one/1.32/publish"), "{orphans:?}");
+    // The validate node stopped being shared by the two releases, so its id changed; its result
+    // is still in use under the new id, so the old id is no orphan.
+    assert!(!orphans.contains(&"alpha/one/validate"), "{orphans:?}");
+    assert!(
+        plan["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "alpha/one/1.31/validate" && n["action"] == "cached")
+    );
     let published = &plan["orphans"]
         .as_array()
         .unwrap()
