@@ -321,6 +321,19 @@ pub(crate) fn fakes_with_publish(tool_props: &str, builder: &str, artifact: &str
     Fakes { project: p, log }
 }
 
+/// `kiln build` of one provider's 1.31 cells, one node at a time (so calls are recorded in order).
+pub(crate) fn build_provider(p: &Project, provider: &str) -> crate::support::Output {
+    p.kiln(&[
+        "build",
+        "--provider",
+        provider,
+        "--kubernetes",
+        "1.31",
+        "-j",
+        "1",
+    ])
+}
+
 /// One recorded invocation.
 #[derive(Debug)]
 struct Call {
@@ -399,15 +412,7 @@ fn target_of(c: &Call) -> &str {
 fn hcloud_with_a_local_checkout() {
     let f = fakes("source=\"image-builder\"", "hcloud", "123456");
     let p = &f.project;
-    let out = p.kiln(&[
-        "build",
-        "--provider",
-        "hcloud",
-        "--kubernetes",
-        "1.31",
-        "-j",
-        "1",
-    ]);
+    let out = build_provider(p, "hcloud");
     out.expect_code(0);
     assert_eq!(out.stdout.trim(), "3 built, 0 cached");
     let calls = calls(&f.log);
@@ -489,15 +494,7 @@ fn assert_hcloud_template(f: &Fakes) {
 fn hcloud_in_the_container_like_the_seed() {
     let f = fakes(&format!("image=\"{IMAGE}\""), "hcloud", "123456");
     let p = &f.project;
-    let out = p.kiln(&[
-        "build",
-        "--provider",
-        "hcloud",
-        "--kubernetes",
-        "1.31",
-        "-j",
-        "1",
-    ]);
+    let out = build_provider(p, "hcloud");
     out.expect_code(0);
     let calls = calls(&f.log);
     assert_eq!(calls.len(), 2, "{calls:?}");
@@ -575,15 +572,7 @@ fn capa_ubuntu_and_flatcar_in_both_modes() {
             "eu-central-1:ami-0aaa,us-east-1:ami-0bbb",
         );
         let p = &f.project;
-        let out = p.kiln(&[
-            "build",
-            "--provider",
-            "aws",
-            "--kubernetes",
-            "1.31",
-            "-j",
-            "1",
-        ]);
+        let out = build_provider(p, "aws");
         out.expect_code(0);
         let calls = calls(&f.log);
         let targets: BTreeSet<&str> = calls.iter().map(target_of).collect();
@@ -712,15 +701,7 @@ fn a_retry_sets_packer_log_only_on_the_second_attempt() {
     let flag = f.project.path().join("fail-once");
     fs::write(&flag, "").unwrap();
     f.project.set_env("FAKE_FAIL_ONCE", &flag.to_string_lossy());
-    let out = f.project.kiln(&[
-        "build",
-        "--provider",
-        "hcloud",
-        "--kubernetes",
-        "1.31",
-        "-j",
-        "1",
-    ]);
+    let out = build_provider(&f.project, "hcloud");
     out.expect_code(0);
     let calls = calls(&f.log);
     let builds: Vec<&Call> = calls

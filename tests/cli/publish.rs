@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::image_builder::{SECRET, fakes_with_publish};
+use crate::image_builder::{SECRET, build_provider, fakes_with_publish};
 use crate::support::Project;
 
 const REGIONS: [&str; 4] = ["eu-central-1", "eu-west-1", "us-east-1", "us-west-1"];
@@ -477,24 +477,8 @@ fn start_hcloud(id: u64, labels: Value) -> HcloudStub {
 fn hcloud_snapshot_labels_through_the_api() {
     let stub = start_hcloud(123456, json!({"packer": "built"}));
     let f = fakes_with_publish("source=\"image-builder\"", "hcloud", "123456");
-    f.project.edit("modules/hcloud.kdl", |t| {
-        t.replace(
-            "        labels \"kubernetes={kubernetes_version}\" \"os={os}\"\n",
-            &format!(
-                "        labels \"kubernetes={{kubernetes_version}}\" \"os={{os}}\"\n        endpoint \"http://127.0.0.1:{}/v1\"\n",
-                stub.port
-            ),
-        )
-    });
-    let out = f.project.kiln(&[
-        "build",
-        "--provider",
-        "hcloud",
-        "--kubernetes",
-        "1.31",
-        "-j",
-        "1",
-    ]);
+    point_hcloud_at(&f.project, stub.port);
+    let out = build_provider(&f.project, "hcloud");
     out.expect_code(0);
     assert_eq!(out.stdout.trim(), "4 built, 0 cached", "{out:?}");
     let requests = stub.requests.lock().unwrap().clone();
@@ -537,24 +521,8 @@ fn hcloud_snapshot_labels_through_the_api() {
 fn hcloud_snapshot_reports_api_errors() {
     let stub = start_hcloud(1, json!({}));
     let f = fakes_with_publish("source=\"image-builder\"", "hcloud", "123456");
-    f.project.edit("modules/hcloud.kdl", |t| {
-        t.replace(
-            "        labels \"kubernetes={kubernetes_version}\" \"os={os}\"\n",
-            &format!(
-                "        labels \"kubernetes={{kubernetes_version}}\" \"os={{os}}\"\n        endpoint \"http://127.0.0.1:{}/v1\"\n",
-                stub.port
-            ),
-        )
-    });
-    let out = f.project.kiln(&[
-        "build",
-        "--provider",
-        "hcloud",
-        "--kubernetes",
-        "1.31",
-        "-j",
-        "1",
-    ]);
+    point_hcloud_at(&f.project, stub.port);
+    let out = build_provider(&f.project, "hcloud");
     assert_ne!(out.code, 0);
     let log = f.project.kiln(&["logs", "hcloud/ubuntu-2404/1.31/publish"]);
     let all = format!("{}{}", out.stderr, log.stdout);
@@ -685,4 +653,16 @@ fn gcp_image_grants_the_role_with_gcloud() {
         log.stdout
     );
     assert_nowhere(f.project.path(), SECRET);
+}
+
+/// Points the hcloud module's publish step at the stub API on `port`.
+fn point_hcloud_at(p: &Project, port: u16) {
+    p.edit("modules/hcloud.kdl", |t| {
+        t.replace(
+            "        labels \"kubernetes={kubernetes_version}\" \"os={os}\"\n",
+            &format!(
+                "        labels \"kubernetes={{kubernetes_version}}\" \"os={{os}}\"\n        endpoint \"http://127.0.0.1:{port}/v1\"\n"
+            ),
+        )
+    });
 }
