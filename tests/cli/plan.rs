@@ -209,6 +209,29 @@ const ALPHA_PUBLISHES: &[&str] = &[
     "alpha/one/1.32/publish",
     "alpha/two/1.32/publish",
 ];
+/// The nodes that take a provider's shipped scripts: its validates and builds.
+const ALPHA_SHIPPED: &[&str] = &[
+    "alpha/one/validate",
+    "alpha/two/validate",
+    "alpha/one/1.31/build",
+    "alpha/two/1.31/build",
+    "alpha/one/1.32/build",
+    "alpha/two/1.32/build",
+];
+const BETA_SHIPPED: &[&str] = &[
+    "beta/one/validate",
+    "beta/two/validate",
+    "beta/one/1.31/build",
+    "beta/two/1.31/build",
+    "beta/one/1.32/build",
+    "beta/two/1.32/build",
+];
+const BETA_PUBLISHES: &[&str] = &[
+    "beta/one/1.31/publish",
+    "beta/two/1.31/publish",
+    "beta/one/1.32/publish",
+    "beta/two/1.32/publish",
+];
 const ALL_PUBLISHES: &[&str] = &[
     "alpha/one/1.31/publish",
     "alpha/two/1.31/publish",
@@ -232,34 +255,15 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "a shipped script",
         edit: edit_beta_script,
-        run: &[
-            "beta/one/validate",
-            "beta/two/validate",
-            "beta/one/1.31/build",
-            "beta/two/1.31/build",
-            "beta/one/1.32/build",
-            "beta/two/1.32/build",
-        ],
-        maybe: &[
-            "beta/one/1.31/publish",
-            "beta/two/1.31/publish",
-            "beta/one/1.32/publish",
-            "beta/two/1.32/publish",
-        ],
+        run: BETA_SHIPPED,
+        maybe: BETA_PUBLISHES,
         reason: Some(reason("file_changed", "path", "scripts/beta/make.sh")),
         cutoff: false,
     },
     Scenario {
         name: "a file added to a shipped directory",
         edit: |p| p.write("scripts/alpha/extra.sh", "echo extra\n"),
-        run: &[
-            "alpha/one/validate",
-            "alpha/two/validate",
-            "alpha/one/1.31/build",
-            "alpha/two/1.31/build",
-            "alpha/one/1.32/build",
-            "alpha/two/1.32/build",
-        ],
+        run: ALPHA_SHIPPED,
         maybe: ALPHA_PUBLISHES,
         reason: Some(reason("file_added", "path", "scripts/alpha/extra.sh")),
         cutoff: true,
@@ -267,20 +271,8 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "a file removed from a shipped directory",
         edit: |p| std::fs::remove_file(p.path().join("scripts/beta/notes.txt")).unwrap(),
-        run: &[
-            "beta/one/validate",
-            "beta/two/validate",
-            "beta/one/1.31/build",
-            "beta/two/1.31/build",
-            "beta/one/1.32/build",
-            "beta/two/1.32/build",
-        ],
-        maybe: &[
-            "beta/one/1.31/publish",
-            "beta/two/1.31/publish",
-            "beta/one/1.32/publish",
-            "beta/two/1.32/publish",
-        ],
+        run: BETA_SHIPPED,
+        maybe: BETA_PUBLISHES,
         reason: Some(reason("file_removed", "path", "scripts/beta/notes.txt")),
         cutoff: true,
     },
@@ -375,14 +367,7 @@ const SCENARIOS: &[Scenario] = &[
                 format!("# prints the image\n{t}")
             })
         },
-        run: &[
-            "alpha/one/validate",
-            "alpha/two/validate",
-            "alpha/one/1.31/build",
-            "alpha/two/1.31/build",
-            "alpha/one/1.32/build",
-            "alpha/two/1.32/build",
-        ],
+        run: ALPHA_SHIPPED,
         maybe: ALPHA_PUBLISHES,
         reason: Some(reason("file_changed", "path", "scripts/alpha/make.sh")),
         cutoff: true,
