@@ -10,6 +10,9 @@ use std::str::FromStr;
 /// Bumped whenever the key encoding changes, so old cache entries are never mistaken for new ones.
 pub const KEY_ENCODING_VERSION: &str = "kiln-key-v2";
 
+/// A set of digests with a fast hasher: digests are uniformly random already.
+pub type DigestSet = std::collections::HashSet<Digest, rustc_hash::FxBuildHasher>;
+
 /// A blake3 digest: the address of a blob, the key of a node, the digest of an input file.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Digest([u8; 32]);
@@ -33,7 +36,21 @@ impl Digest {
 
     /// The first 12 hex digits, as plans print them.
     pub fn short(&self) -> String {
-        self.to_hex()[..12].to_string()
+        self.short_display().to_string()
+    }
+
+    /// [`Digest::short`] without allocating, for writing many of them.
+    pub fn short_display(&self) -> impl fmt::Display + '_ {
+        struct Short<'a>(&'a Digest);
+        impl fmt::Display for Short<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                for b in &self.0.0[..6] {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+        Short(self)
     }
 }
 
@@ -62,16 +79,28 @@ impl FromStr for Digest {
     }
 }
 
+/// Hex in human-readable formats (JSON); the 32 raw bytes in binary ones.
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let b = <&'de [u8]>::deserialize(d)?;
+            b.try_into()
+                .map(Digest)
+                .map_err(|_| serde::de::Error::invalid_length(b.len(), &"32 bytes"))
+        }
     }
 }
 

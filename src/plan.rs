@@ -158,7 +158,8 @@ impl Action {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub actions: HashMap<NodeIndex, Action>,
+    /// By node index: the graph's nodes in order.
+    pub actions: Vec<Action>,
     /// Logical ids with a record that the config no longer declares (only when the whole
     /// config was planned).
     pub orphans: Vec<String>,
@@ -175,15 +176,15 @@ pub struct Summary {
 
 impl Plan {
     pub fn action(&self, ix: NodeIndex) -> &Action {
-        &self.actions[&ix]
+        &self.actions[ix.index()]
     }
 
     pub fn summary(&self) -> Summary {
-        summarize(self.actions.values(), self.orphans.len())
+        summarize(self.actions.iter(), self.orphans.len())
     }
 
     pub fn has_work(&self) -> bool {
-        self.actions.values().any(Action::will_run)
+        self.actions.iter().any(Action::will_run)
     }
 }
 
@@ -325,21 +326,15 @@ fn input_changes(
 /// and the key of their last result; `whole` says the graph holds the whole config, so records
 /// of undeclared ids are orphans — unless their result is still in use under another id (a node
 /// that stopped or started being shared between cells changes its id, not its key).
-pub fn plan(
-    graph: &Graph,
-    view: &dyn CacheView,
-    forced: &BTreeSet<String>,
-    recorded: &[(String, Digest)],
-    whole: bool,
-) -> Plan {
-    let mut actions: HashMap<NodeIndex, Action> = HashMap::with_capacity(graph.len());
+pub fn plan(graph: &Graph, view: &dyn CacheView, forced: &BTreeSet<String>) -> Plan {
+    let mut actions: Vec<Action> = Vec::with_capacity(graph.len());
     // Per node that runs: the chain from it to the root cause, for "upstream" reasons.
     let mut cause: HashMap<NodeIndex, Vec<String>> = HashMap::new();
     for ix in graph.order() {
         let node = graph.node(ix);
         let forced_here = forced.contains(&node.id);
         if !forced_here && view.has_result(&node.key) {
-            actions.insert(ix, Action::Cached);
+            actions.push(Action::Cached);
             continue;
         }
         let last = view.last(&node.id);
@@ -362,7 +357,7 @@ pub fn plan(
         let mut upstream_runs = false;
         for d in graph.deps(ix) {
             let dep = graph.node(d);
-            if actions[&d].will_run() {
+            if actions[d.index()].will_run() {
                 upstream_runs = true;
                 let mut because = vec![dep.id.clone()];
                 because.extend(cause.get(&d).into_iter().flatten().skip(1).cloned());
@@ -405,21 +400,28 @@ pub fn plan(
             }
             _ => Action::Rebuild { reasons },
         };
-        actions.insert(ix, action);
+        actions.push(action);
     }
-    let orphans = if whole {
-        let in_use: std::collections::HashSet<Digest> = graph
-            .order()
-            .into_iter()
-            .map(|ix| graph.node(ix).key)
-            .collect();
-        recorded
-            .iter()
-            .filter(|(id, key)| graph.find(id).is_none() && !in_use.contains(key))
-            .map(|(id, _)| id.clone())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Plan { actions, orphans }
+    Plan {
+        actions,
+        orphans: Vec::new(),
+    }
+}
+
+/// The recorded ids (with the key of their last result) that `graph` no longer declares, sorted.
+/// An id whose result is still in use under another id is not one: its node was renamed.
+/// Only meaningful when `graph` is the whole config.
+pub fn orphans(graph: &Graph, recorded: &[(&str, Digest)]) -> Vec<String> {
+    let in_use: crate::hash::DigestSet = graph
+        .order()
+        .into_iter()
+        .map(|ix| graph.node(ix).key)
+        .collect();
+    let mut orphans: Vec<String> = recorded
+        .iter()
+        .filter(|(id, key)| graph.find(id).is_none() && !in_use.contains(key))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    orphans.sort();
+    orphans
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::plan::{SavedPlan, StoreView, config_digest, forced_ids};
+use super::plan::{SavedPlan, StoreView, forced_ids};
 use super::{Cli, CliError, Select, context};
 use crate::builders::Builtin;
 use crate::exec::{self, BuildOptions, Outcome, Progress};
@@ -60,9 +60,9 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         Some(s) => s.forced.iter().cloned().collect(),
         None => forced_ids(&graph, &args.force)?,
     };
-    let plan = plan::plan(&graph, &view, &forced, &[], false);
+    let plan = plan::plan(&graph, &view, &forced);
     if let (Some(saved), Some(path)) = (&saved, &args.plan) {
-        saved.check(config_digest(&loaded.config), &graph, &plan, path)?;
+        saved.check(loaded.config.digest(), &graph, &plan, path)?;
     }
     for w in store.take_warnings() {
         eprintln!("warning: {w}");
@@ -81,7 +81,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         root: loaded.config.root.clone(),
         progress: Progress::new(
             args.quiet,
-            plan.actions.values().filter(|a| a.will_run()).count(),
+            plan.actions.iter().filter(|a| a.will_run()).count(),
         ),
         image_builder: crate::imagebuilder::Install::from_config(&loaded.config),
     };

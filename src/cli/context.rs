@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use super::{CliError, Select};
 use crate::config::{self, Config};
 use crate::graph::{self, Graph};
+use crate::hash::Digest;
 use crate::matrix::Cell;
 use crate::statcache::StatCache;
 
@@ -100,6 +101,15 @@ pub fn cache_dir(config: &Config, flag: &Option<PathBuf>) -> PathBuf {
 
 /// Digests every input file (through the stat cache under `cache`) and lowers the cells.
 pub fn lower(loaded: &Loaded, cache: Option<&Path>) -> Result<Graph, CliError> {
+    lower_keyed(loaded, cache).map(|(g, _)| g)
+}
+
+/// [`lower`], and the graph's snapshot key: a digest of everything the graph was lowered from
+/// (`None` when this kiln binary cannot be identified).
+pub fn lower_keyed(
+    loaded: &Loaded,
+    cache: Option<&Path>,
+) -> Result<(Graph, Option<Digest>), CliError> {
     let stat = StatCache::load(cache.map(|c| c.join("statcache")));
     let paths = graph::input_paths(&loaded.config);
     let digests = stat
@@ -109,13 +119,67 @@ pub fn lower(loaded: &Loaded, cache: Option<&Path>) -> Result<Graph, CliError> {
     if cache.is_some_and(Path::exists) {
         let _ = stat.save();
     }
-    let graph =
-        graph::lower(&loaded.config, loaded.all.clone(), &digests).map_err(CliError::Config)?;
-    Ok(if loaded.whole {
+    let build = build_id();
+    let key = build.as_ref().map(|b| {
+        graph::snapshot::snapshot_key(loaded.config.digest(), &loaded.config.root, &digests, b)
+    });
+    let graph = lower_cached(loaded, cache.filter(|_| key.is_some()), key, &digests)?;
+    let graph = if loaded.whole {
         graph
     } else {
         let names: std::collections::HashSet<&str> =
             loaded.cells.iter().map(|c| c.name.as_str()).collect();
         graph.select(&names)
-    })
+    };
+    Ok((graph, key))
+}
+
+/// Lowers through the graph snapshot kept in the cache (`graph.snapshot`): when nothing lowering
+/// reads has changed since it was written, the graph is loaded instead of lowered again.
+fn lower_cached(
+    loaded: &Loaded,
+    cache: Option<&Path>,
+    key: Option<Digest>,
+    digests: &std::collections::HashMap<PathBuf, graph::Content>,
+) -> Result<Graph, CliError> {
+    let file = cache
+        .filter(|c| c.exists())
+        .map(|c| c.join("graph.snapshot"));
+    if let (Some(file), Some(key)) = (&file, key)
+        && let Some(g) = std::fs::read(file)
+            .ok()
+            .and_then(|bytes| graph::snapshot::decode(&bytes, key, loaded.all.clone()))
+    {
+        return Ok(g);
+    }
+    let g = graph::lower(&loaded.config, loaded.all.clone(), digests).map_err(CliError::Config)?;
+    if let (Some(file), Some(bytes)) = (file, key.and_then(|k| graph::snapshot::encode(&g, k))) {
+        save_memo(&file, &bytes);
+    }
+    Ok(g)
+}
+
+/// Replaces a file that only saves time (a snapshot, a memo) through a temp file and a rename,
+/// so readers never see half of it; failing costs time next run, never correctness.
+pub fn save_memo(file: &Path, bytes: &[u8]) {
+    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+    if std::fs::write(&tmp, bytes).is_err() || std::fs::rename(&tmp, file).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Identifies this kiln binary: its version and the size, modification time and inode of its
+/// executable, so a rebuilt kiln never trusts a graph lowered by another build. `None` when the
+/// executable cannot be found: then no snapshot is used.
+fn build_id() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::env::current_exe().and_then(std::fs::metadata).ok()?;
+    Some(format!(
+        "{} {} {}.{} {}",
+        env!("CARGO_PKG_VERSION"),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
 }

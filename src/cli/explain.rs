@@ -24,7 +24,7 @@ pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
         )));
     };
     let view = StoreView::open(dir, &graph)?;
-    let plan = plan::plan(&graph, &view, &BTreeSet::new(), &[], false);
+    let plan = plan::plan(&graph, &view, &BTreeSet::new());
     let n = graph.node(ix);
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<9} {v}\n"));

@@ -1,7 +1,7 @@
 //! `kiln plan`: every node with its action and the reasons for it; `-o` saves the plan for
 //! `kiln build --plan`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -10,9 +10,9 @@ use clap::{Args, ValueEnum};
 use super::render::{self, Style};
 use super::{Cli, CliError, Select, context};
 use crate::graph::Graph;
-use crate::hash::Digest;
+use crate::hash::{Digest, DigestSet};
 use crate::plan::{self, CacheView, LastResult, Plan};
-use crate::store::{LocalStore, Record};
+use crate::store::LocalStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PlanFormat {
@@ -45,59 +45,110 @@ pub struct PlanArgs {
 /// The cache as the planner sees it, backed by a local store (or nothing, before a first build).
 pub struct StoreView {
     pub store: Option<LocalStore>,
-    keys: HashSet<Digest>,
-    records: BTreeMap<String, Record>,
+    keys: DigestSet,
+    /// The key of the last record of every id: read from `records.log` when first needed
+    /// (a plan with nothing to do needs none).
+    records: std::sync::OnceLock<Records>,
 }
 
+type Records = HashMap<String, Digest, rustc_hash::FxBuildHasher>;
+
 impl StoreView {
-    /// Opens the cache and checks the result entry of every node of `graph` that has one (in
-    /// parallel): a corrupt entry is moved aside and reported, and counts as missing, so the
-    /// plan and the build agree.
+    /// Opens the cache and checks the result entry of every node of `graph` (see
+    /// [`LocalStore::intact_keys`]): a corrupt entry is moved aside and reported, and counts as
+    /// missing, so the plan and the build agree.
     pub fn open(dir: PathBuf, graph: &Graph) -> Result<StoreView, CliError> {
         if !dir.exists() {
             return Ok(StoreView {
                 store: None,
-                keys: HashSet::new(),
-                records: BTreeMap::new(),
+                keys: DigestSet::default(),
+                records: Records::default().into(),
             });
         }
-        let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
-        let store = LocalStore::open(&dir).map_err(fail)?;
-        let listed = store.action_keys().map_err(fail)?;
+        let store = LocalStore::open(&dir).map_err(|e| CliError::Failed(e.to_string()))?;
         let wanted: Vec<Digest> = graph
             .order()
             .into_iter()
             .map(|ix| graph.node(ix).key)
-            .filter(|k| listed.contains(k))
             .collect();
         let keys = store.intact_keys(&wanted);
         for w in store.take_warnings() {
             eprintln!("warning: {w}");
         }
-        let records = store.load_records().map_err(fail)?;
         Ok(StoreView {
             store: Some(store),
             keys,
-            records,
+            records: std::sync::OnceLock::new(),
         })
     }
 
-    /// Every recorded id with the key of its last result.
-    pub fn recorded(&self) -> Vec<(String, Digest)> {
-        self.records
-            .values()
-            .map(|r| (r.id.clone(), r.key))
-            .collect()
+    fn records(&self) -> &Records {
+        self.records.get_or_init(|| {
+            let Some(store) = &self.store else {
+                return Records::default();
+            };
+            match store.record_history() {
+                Ok(history) => history.into_iter().map(|r| (r.id, r.key)).collect(),
+                Err(e) => {
+                    eprintln!("warning: {e}; the plan shows no reasons and no orphans");
+                    Records::default()
+                }
+            }
+        })
+    }
+
+    /// The recorded ids that `graph` (the whole config) no longer declares; see
+    /// [`plan::orphans`]. They are a function of the graph and of `records.log`, so they are
+    /// kept in `cache/orphans` under the graph's snapshot key and the log's stat, and
+    /// `records.log` is not read again while neither changes.
+    pub fn orphans(&self, graph: &Graph, graph_key: Option<Digest>) -> Vec<String> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        let memo_path = store.root().join("orphans");
+        let memo_key = graph_key.and_then(|g| Some((g, store.records_stamp()?)));
+        if let Some(key) = &memo_key
+            && let Some(memo) = std::fs::read(&memo_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<OrphanMemo>(&b).ok())
+            && memo.graph == key.0
+            && memo.records == key.1
+        {
+            return memo.orphans;
+        }
+        let recorded: Vec<(&str, Digest)> = self
+            .records()
+            .iter()
+            .map(|(id, key)| (id.as_str(), *key))
+            .collect();
+        let orphans = plan::orphans(graph, &recorded);
+        if let Some((graph, records)) = memo_key {
+            let memo = OrphanMemo {
+                graph,
+                records,
+                orphans,
+            };
+            context::save_memo(&memo_path, &serde_json::to_vec(&memo).expect("orphan memo"));
+            return memo.orphans;
+        }
+        orphans
     }
 
     /// What an orphaned id published, from its last result.
     pub fn published(&self, id: &str) -> BTreeMap<String, String> {
-        self.records
+        self.records()
             .get(id)
-            .and_then(|r| self.store.as_ref()?.get_action(&r.key).ok().flatten())
+            .and_then(|key| self.store.as_ref()?.get_action(key).ok().flatten())
             .map(|a| a.facts)
             .unwrap_or_default()
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OrphanMemo {
+    graph: Digest,
+    records: [i64; 6],
+    orphans: Vec<String>,
 }
 
 impl CacheView for StoreView {
@@ -106,16 +157,13 @@ impl CacheView for StoreView {
     }
 
     fn last(&self, id: &str) -> Option<LastResult> {
-        let rec = self.records.get(id)?;
+        let key = *self.records().get(id)?;
         let manifest = self
             .store
             .as_ref()
-            .and_then(|s| s.get_action(&rec.key).ok().flatten())
+            .and_then(|s| s.get_action(&key).ok().flatten())
             .map(|a| a.manifest);
-        Some(LastResult {
-            key: rec.key,
-            manifest,
-        })
+        Some(LastResult { key, manifest })
     }
 
     fn blob(&self, digest: &Digest) -> Option<Vec<u8>> {
@@ -148,25 +196,16 @@ pub fn forced_ids(graph: &Graph, force: &[String]) -> Result<BTreeSet<String>, C
     Ok(out)
 }
 
-/// A digest over every config file read (images.kdl, modules, images.lock): a saved plan is
-/// only valid for the config it was made from.
-pub fn config_digest(config: &crate::config::Config) -> Digest {
-    let mut h = crate::hash::KeyHasher::new("config");
-    for f in config.sources.files() {
-        // Named relative to the config root, so `-f ./images.kdl` and `-f images.kdl` agree.
-        let name = f.path.strip_prefix(&config.root).unwrap_or(&f.path);
-        h.str(&name.to_string_lossy()).str(&f.text);
-    }
-    h.finish()
-}
-
 pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &args.select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
-    let graph = context::lower(&loaded, Some(&dir))?;
+    let (graph, graph_key) = context::lower_keyed(&loaded, Some(&dir))?;
     let view = StoreView::open(dir, &graph)?;
     let forced = forced_ids(&graph, &args.force)?;
-    let plan = plan::plan(&graph, &view, &forced, &view.recorded(), loaded.whole);
+    let mut plan = plan::plan(&graph, &view, &forced);
+    if loaded.whole {
+        plan.orphans = view.orphans(&graph, graph_key);
+    }
     let orphans: Vec<(String, BTreeMap<String, String>)> = plan
         .orphans
         .iter()
@@ -178,13 +217,7 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
         loaded.cells.iter().map(|c| c.name.clone()).collect()
     };
     let json = || {
-        let mut v = render::json(
-            &graph,
-            &plan,
-            &orphans,
-            config_digest(&loaded.config),
-            &cells,
-        );
+        let mut v = render::json(&graph, &plan, &orphans, loaded.config.digest(), &cells);
         v["forced"] = serde_json::json!(forced);
         v
     };

@@ -1,7 +1,7 @@
 //! Plan renderings: text for people (grouped by cell, colour on a terminal), JSON for machines
 //! (a documented, versioned schema; also the saved-plan format), markdown for pull requests.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use petgraph::graph::NodeIndex;
@@ -27,14 +27,18 @@ impl Style {
         }
     }
 
-    fn action(&self, a: &Action, text: &str) -> String {
-        let code = match a {
-            Action::New => "32",
-            Action::Rebuild { .. } => "33",
-            Action::RebuildIfUpstreamChanges { .. } => "36",
-            Action::Cached => "2",
+    /// The escape sequences that start and end a line painted for `a` (empty without color).
+    fn action_codes(&self, a: &Action) -> (&'static str, &'static str) {
+        if !self.color {
+            return ("", "");
+        }
+        let start = match a {
+            Action::New => "\x1b[32m",
+            Action::Rebuild { .. } => "\x1b[33m",
+            Action::RebuildIfUpstreamChanges { .. } => "\x1b[36m",
+            Action::Cached => "\x1b[2m",
         };
-        self.paint(code, text)
+        (start, "\x1b[0m")
     }
 }
 
@@ -45,19 +49,15 @@ fn by_cell(graph: &Graph) -> Vec<(String, Vec<NodeIndex>)> {
         .iter()
         .map(|c| (c.name.clone(), Vec::new()))
         .collect();
-    let pos: BTreeMap<&str, usize> = graph
+    let pos: HashMap<&str, usize, rustc_hash::FxBuildHasher> = graph
         .cells
         .iter()
         .enumerate()
         .map(|(i, c)| (c.name.as_str(), i))
         .collect();
-    let mut seen = HashSet::new();
     for ix in graph.order() {
         let node = graph.node(ix);
-        let first = node.cells.iter().filter_map(|c| pos.get(&**c)).min();
-        if let Some(&i) = first
-            && seen.insert(ix)
-        {
+        if let Some(&i) = node.cells.iter().filter_map(|c| pos.get(&**c)).min() {
             groups[i].1.push(ix);
         }
     }
@@ -94,15 +94,16 @@ pub fn text(
         for ix in nodes {
             let n = graph.node(ix);
             let a = plan.action(ix);
-            let line = format!(
-                "{:2} {:width$}  {:8}  {}  {}",
+            let (start, end) = style.action_codes(a);
+            let _ = writeln!(
+                out,
+                "  {start}{:2} {:width$}  {:8}  {}  {}{end}",
                 a.symbol(),
                 n.id,
                 n.step.as_str(),
-                n.key.short(),
+                n.key.short_display(),
                 a.label()
             );
-            let _ = writeln!(out, "  {}", style.action(a, &line));
             reason_lines(a, "       ", &mut out);
         }
     }

@@ -10,7 +10,7 @@ use crate::matrix::MatrixSpec;
 
 /// A setting, variable or parameter value. Versions and names are strings; KDL floats are
 /// rejected at parse time so `1.31` never silently becomes `1.31000…`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     Str(String),
     Int(i64),
@@ -71,6 +71,19 @@ pub struct Config {
     pub matrices: Vec<MatrixDecl>,
     pub providers: BTreeMap<String, Provider>,
     pub modules: BTreeMap<String, Module>,
+}
+
+impl Config {
+    /// A digest over every config file read (images.kdl, its imports, images.lock), each named
+    /// relative to the config root, so `-f ./images.kdl` and `-f images.kdl` agree.
+    pub fn digest(&self) -> crate::hash::Digest {
+        let mut h = crate::hash::KeyHasher::new("config");
+        for f in self.sources.files() {
+            let name = f.path.strip_prefix(&self.root).unwrap_or(&f.path);
+            h.str(&name.to_string_lossy()).str(&f.text);
+        }
+        h.finish()
+    }
 }
 
 /// A pinned external tool, such as `tool "image-builder" "v0.1.55"`.
@@ -197,7 +210,7 @@ pub struct Overlay {
 }
 
 /// Execution policy: cloud quotas, retries, timeouts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub limit: Option<u32>,
     pub retries: Option<u32>,
@@ -232,7 +245,7 @@ pub struct Override {
     pub loc: Loc,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PatchOp {
     /// Append to arrays (`jq '.provisioners += $patch[0].provisioners'`).
     Append,
@@ -273,7 +286,7 @@ pub struct Ship {
 }
 
 /// A secret by reference: handed to the step at run time, never hashed, logged or stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Secret {
     /// The name the step sees (an environment variable).
     pub name: String,
@@ -281,7 +294,7 @@ pub struct Secret {
     pub source: SecretSource,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SecretSource {
     Env(String),
     File(PathBuf),

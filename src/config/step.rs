@@ -4,7 +4,9 @@
 use std::fmt;
 
 /// The four steps of an image, in their usual order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum StepKind {
     Patch,
@@ -42,7 +44,9 @@ impl fmt::Display for StepKind {
 }
 
 /// What runs a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum BuilderKind {
     /// Applies the provider's JSON patches to an image-builder packer template.

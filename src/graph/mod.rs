@@ -3,6 +3,7 @@
 mod lower;
 mod node;
 mod render;
+pub mod snapshot;
 
 use std::collections::HashMap;
 
@@ -18,7 +19,7 @@ use crate::matrix::Cell;
 #[derive(Debug)]
 pub struct Graph {
     g: DiGraph<Node, ()>,
-    by_id: HashMap<String, NodeIndex>,
+    by_id: HashMap<String, NodeIndex, rustc_hash::FxBuildHasher>,
     pub cells: Vec<Cell>,
 }
 

@@ -8,14 +8,14 @@ use crate::config::{BuilderKind, PatchOp, Policy, Secret, StepKind, Value};
 use crate::hash::{Digest, KeyHasher};
 
 /// What a file or directory input holds, as digested by the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Content {
     File(Digest),
     /// Every file below the directory, sorted by relative path.
     Dir(Vec<DirEntry>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirEntry {
     /// Relative to the directory, with `/` separators.
     pub rel: String,
@@ -24,7 +24,7 @@ pub struct DirEntry {
 }
 
 /// A file or directory a node reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileInput {
     /// Relative to the config root, with `/` separators: what keys and plans name.
     pub rel: String,
@@ -56,7 +56,7 @@ impl FileInput {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FileRole {
     /// A JSON patch on the packer template.
     Patch(PatchOp),
@@ -125,6 +125,19 @@ impl<T> Section<T> {
         }
     }
 
+    /// A section whose digest was computed before (see `graph::snapshot`).
+    pub(super) fn restore(
+        value: T,
+        digest: Digest,
+        entries: fn(&T) -> Vec<(InputName, String)>,
+    ) -> Section<T> {
+        Section {
+            value,
+            digest,
+            entries,
+        }
+    }
+
     /// The section's manifest entries, sorted.
     pub fn entries(&self) -> Vec<(InputName, String)> {
         let mut list = (self.entries)(&self.value);
@@ -142,7 +155,7 @@ impl<T> std::ops::Deref for Section<T> {
 
 /// A small sorted name → value table: far lighter than a `BTreeMap` for the handful of
 /// parameters and variables every node carries.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Table(Box<[(String, Value)]>);
 
 impl Table {
@@ -179,20 +192,24 @@ pub type Files = Section<Vec<FileInput>>;
 pub type Tools = Section<BTreeMap<String, String>>;
 
 pub fn vars_section(vars: Table) -> Vars {
-    Section::new("vars", vars, |vars| {
-        vars.iter()
-            .map(|(k, v)| (InputName::Var(k.clone()), v.canonical()))
-            .collect()
-    })
+    Section::new("vars", vars, var_entries)
+}
+
+pub(super) fn var_entries(vars: &Table) -> Vec<(InputName, String)> {
+    vars.iter()
+        .map(|(k, v)| (InputName::Var(k.clone()), v.canonical()))
+        .collect()
 }
 
 pub fn tools_section(tools: BTreeMap<String, String>) -> Tools {
-    Section::new("tools", tools, |tools| {
-        tools
-            .iter()
-            .map(|(k, v)| (InputName::Tool(k.clone()), v.clone()))
-            .collect()
-    })
+    Section::new("tools", tools, tool_entries)
+}
+
+pub(super) fn tool_entries(tools: &BTreeMap<String, String>) -> Vec<(InputName, String)> {
+    tools
+        .iter()
+        .map(|(k, v)| (InputName::Tool(k.clone()), v.clone()))
+        .collect()
 }
 
 /// A shipped directory is listed file by file, so a plan can name the file that changed and
@@ -201,7 +218,7 @@ pub fn files_section(files: Vec<FileInput>) -> Files {
     Section::new("files", files, file_entries)
 }
 
-fn file_entries(files: &Vec<FileInput>) -> Vec<(InputName, String)> {
+pub(super) fn file_entries(files: &Vec<FileInput>) -> Vec<(InputName, String)> {
     let mut entries = Vec::new();
     for f in files {
         match (&f.content, &f.role) {

@@ -12,12 +12,10 @@ use super::LocalStore;
 use super::error::{EntryKind, Result, StoreError};
 use super::fs::{self, fanout_path};
 use super::types::ActionResult;
-use crate::hash::Digest;
+use super::verified::{Stamp, Verified};
+use crate::hash::{Digest, DigestSet};
 
 const HEADER: &str = "kiln-action-v1";
-
-/// What `ac.verified` remembers of an entry found intact: size, mtime (s, ns) and inode.
-type Stamp = (u64, i64, i64, u64);
 
 impl LocalStore {
     pub(crate) fn action_location(&self, key: &Digest) -> PathBuf {
@@ -67,47 +65,85 @@ impl LocalStore {
         }
     }
 
-    /// Which of `keys` have an intact entry. An entry whose size, modification time and inode
-    /// are those recorded when it was last found intact (the index `ac.verified`, like a stat
-    /// cache) is not read again; every other one is checked by its header digest, in parallel.
-    /// Corrupt entries are moved aside and reported.
-    pub fn intact_keys(&self, keys: &[Digest]) -> HashSet<Digest> {
+    /// Which of `keys` have an intact entry. Planners call this for tens of thousands of keys,
+    /// so it goes by the index `ac.verified`:
+    /// - a fan-out directory whose stat is the one recorded when its entries were last checked
+    ///   has had no entry created, removed or renamed since, so the entries recorded then are
+    ///   taken as they are, without a system call;
+    /// - in any other directory, an entry whose stat is the one recorded is not read again;
+    /// - every other entry is read and checked against its header digest; corrupt ones are moved
+    ///   aside and reported.
+    ///
+    /// An entry overwritten in place (not renamed over) keeps its directory's stat, so only
+    /// `kiln cache verify` and readers of the entry notice that; kiln itself never does that.
+    pub fn intact_keys(&self, keys: &[Digest]) -> DigestSet {
         use rayon::prelude::*;
-        use std::os::unix::fs::MetadataExt;
+        use rustix::fs::{AtFlags, Mode, OFlags};
         let index_path = self.root.join("ac.verified");
-        let known: std::collections::HashMap<Digest, Stamp> = std::fs::read_to_string(&index_path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split(' ');
-                let key = it.next()?.parse().ok()?;
-                let stamp = (
-                    it.next()?.parse().ok()?,
-                    it.next()?.parse().ok()?,
-                    it.next()?.parse().ok()?,
-                    it.next()?.parse().ok()?,
-                );
-                Some((key, stamp))
+        // A directory changed less than this long ago could change again within the same tick
+        // of its clock and keep its stat: its stamp is not recorded.
+        let settled = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64 - 2);
+        let known = Verified::decode(std::fs::read(&index_path).unwrap_or_default());
+        // Directories are stat-ed before their entries: a change made meanwhile shows next time.
+        let dirs: Vec<(Option<rustix::fd::OwnedFd>, Option<Stamp>)> = (0..=255u8)
+            .map(|b| {
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                match rustix::fs::open(self.ac.join(format!("{b:02x}")), flags, Mode::empty()) {
+                    Ok(fd) => {
+                        let stamp = rustix::fs::fstat(&fd).ok().map(|st| Stamp::of(&st));
+                        (Some(fd), stamp)
+                    }
+                    Err(_) => (None, None),
+                }
             })
+            .collect();
+        let trusted: Vec<bool> = (0..=255u8)
+            .map(|b| dirs[b as usize].1.is_some() && dirs[b as usize].1 == known.dir(b))
             .collect();
         let checked: Vec<(Digest, Stamp, bool)> = keys
             .par_iter()
             .filter_map(|k| {
-                let meta = std::fs::metadata(self.action_location(k)).ok()?;
-                let stamp = (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino());
-                if known.get(k) == Some(&stamp) {
+                let b = k.as_bytes()[0] as usize;
+                let recorded = known.get(k);
+                if trusted[b]
+                    && let Some(stamp) = recorded
+                {
+                    return Some((*k, stamp, false));
+                }
+                let dir = dirs[b].0.as_ref()?;
+                let name = blake3::Hash::from_bytes(*k.as_bytes()).to_hex();
+                let st = rustix::fs::statat(dir, name.as_str(), AtFlags::empty()).ok()?;
+                let stamp = Stamp::of(&st);
+                if recorded == Some(stamp) {
                     return Some((*k, stamp, false));
                 }
                 self.action_intact(k).then_some((*k, stamp, true))
             })
             .collect();
-        if checked.iter().any(|(_, _, fresh)| *fresh) || checked.len() != known.len() {
-            let mut text = String::with_capacity(checked.len() * 110);
-            for (k, (size, s, ns, ino), _) in &checked {
-                text.push_str(&format!("{k} {size} {s} {ns} {ino}\n"));
+        let dir_stamps: Vec<Option<Stamp>> = dirs
+            .iter()
+            .map(|(_, s)| s.filter(|s| s.mtime.0 < settled))
+            .collect();
+        let changed = checked.iter().any(|(_, _, fresh)| *fresh)
+            || (0..=255u8).any(|b| dir_stamps[b as usize] != known.dir(b));
+        if changed {
+            // What was known of unchanged directories stays known, wanted now or not.
+            let now: DigestSet = checked.iter().map(|(k, _, _)| *k).collect();
+            let mut entries: Vec<(Digest, Stamp)> =
+                checked.iter().map(|(k, s, _)| (*k, *s)).collect();
+            for b in (0..=255u8).filter(|b| trusted[*b as usize]) {
+                entries.extend(known.entries_in(b).filter(|(k, _)| !now.contains(k)));
             }
             // Only an optimisation: failing to save it costs time next run, never correctness.
-            let _ = fs::write_atomic(&self.tmp, &index_path, text.as_bytes(), false, false);
+            let _ = fs::write_atomic(
+                &self.tmp,
+                &index_path,
+                &Verified::encode(&dir_stamps, &mut entries),
+                false,
+                false,
+            );
         }
         checked.into_iter().map(|(k, _, _)| k).collect()
     }

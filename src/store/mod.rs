@@ -24,6 +24,7 @@ mod gc;
 mod lock;
 mod records;
 mod types;
+mod verified;
 mod verify;
 
 #[cfg(test)]

@@ -65,6 +65,21 @@ impl LocalStore {
             .collect())
     }
 
+    /// The stat of `records.log` (size, modification and change times, inode): it changes with
+    /// every append and every rewrite. `None` if there is no log.
+    pub fn records_stamp(&self) -> Option<[i64; 6]> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.records).ok()?;
+        Some([
+            m.size() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.ino() as i64,
+        ])
+    }
+
     /// Every record, oldest first.
     pub fn record_history(&self) -> Result<Vec<Record>> {
         Ok(self.read_record_log()?.records)
@@ -77,20 +92,7 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(StoreError::io("read", path)(e)),
         };
-        let mut log = RecordLog {
-            records: Vec::new(),
-            garbled: Vec::new(),
-        };
-        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<Record>(line) {
-                Ok(record) => log.records.push(record),
-                Err(_) => log.garbled.push(i + 1),
-            }
-        }
-        Ok(log)
+        Ok(parse_record_log(&bytes))
     }
 
     /// Replaces the log with `records`, atomically.
@@ -104,5 +106,99 @@ impl LocalStore {
             bytes.push(b'\n');
         }
         fs::write_atomic(&self.tmp, &self.records, &bytes, false, true)
+    }
+}
+
+/// Parses the log's lines in parallel (planners read tens of thousands of them).
+fn parse_record_log(bytes: &[u8]) -> RecordLog {
+    use rayon::prelude::*;
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let parsed: Vec<Option<std::result::Result<Record, ()>>> = lines
+        .par_iter()
+        .map(|line| {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                return None;
+            }
+            Some(
+                parse_plain_line(line)
+                    .map(Ok)
+                    .unwrap_or_else(|| serde_json::from_slice::<Record>(line).map_err(|_| ())),
+            )
+        })
+        .collect();
+    let mut log = RecordLog {
+        records: Vec::with_capacity(parsed.len()),
+        garbled: Vec::new(),
+    };
+    for (i, p) in parsed.into_iter().enumerate() {
+        match p {
+            Some(Ok(record)) => log.records.push(record),
+            Some(Err(())) => log.garbled.push(i + 1),
+            None => {}
+        }
+    }
+    log
+}
+
+/// The line exactly as `append_record` writes it, `{"id":"…","key":"<hex>","unix_ms":N}`, with an
+/// id that needs no escaping; anything else is left to serde_json.
+fn parse_plain_line(line: &[u8]) -> Option<Record> {
+    let rest = line.strip_prefix(b"{\"id\":\"")?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let (id, rest) = rest.split_at(end);
+    let rest = rest.strip_prefix(b"\",\"key\":\"")?;
+    let (hex, rest) = rest.split_at_checked(64)?;
+    let rest = rest.strip_prefix(b"\",\"unix_ms\":")?;
+    let digits = rest.strip_suffix(b"}")?;
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(Record {
+        id: std::str::from_utf8(id).ok()?.to_string(),
+        key: std::str::from_utf8(hex).ok()?.parse().ok()?,
+        unix_ms: std::str::from_utf8(digits).ok()?.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::Digest;
+
+    #[test]
+    fn plain_lines_parse_like_serde_json_does() {
+        let rec = |id: &str| Record {
+            id: id.into(),
+            key: Digest::of_bytes(id.as_bytes()),
+            unix_ms: 1_763_800_000_123,
+        };
+        for id in [
+            "aws/ubuntu-2404/1.31/build",
+            "",
+            "a\"b",
+            "tab\there",
+            "ünïcode/ß",
+            "back\\slash",
+        ] {
+            let line = serde_json::to_vec(&rec(id)).unwrap();
+            let fast = parse_plain_line(&line);
+            if let Some(r) = &fast {
+                assert_eq!(r, &rec(id));
+            }
+            let log = parse_record_log(&line);
+            assert_eq!(log.records, vec![rec(id)], "{id:?}");
+        }
+        assert!(parse_plain_line(&serde_json::to_vec(&rec("x")).unwrap()).is_some());
+        for bad in [
+            &b"{\"id\":\"x\",\"key\":\"00\",\"unix_ms\":1}"[..],
+            b"{\"id\":\"x\"",
+            b"garbage",
+        ] {
+            assert!(parse_plain_line(bad).is_none());
+        }
+        let log = parse_record_log(b"garbage\n\n{\"id\":\"x\"");
+        assert_eq!((log.records.len(), log.garbled), (0, vec![1, 3]));
     }
 }

@@ -581,6 +581,22 @@ fn a_removed_cell_is_an_orphan_and_nothing_is_deleted() {
     assert_eq!(again["orphans"], plan["orphans"]);
 }
 
+/// Flips bytes in the middle of an action entry: the entry is replaced (a new file renamed over
+/// it, as a crash or a restore would leave it), or overwritten in place.
+fn garble(path: &std::path::Path, in_place: bool) {
+    let mut bytes = std::fs::read(path).unwrap();
+    for b in &mut bytes[100..110] {
+        *b ^= 0xff;
+    }
+    if in_place {
+        std::fs::write(path, bytes).unwrap();
+    } else {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+}
+
 /// A corrupt action-cache entry must read as missing: the plan says rebuild, the build redoes
 /// it, and the cache verifies afterwards.
 #[test]
@@ -590,12 +606,7 @@ fn a_corrupt_cache_entry_is_rebuilt() {
         .as_str()
         .unwrap()
         .to_string();
-    let path = ac_entry(&p, &key);
-    let mut bytes = std::fs::read(&path).unwrap();
-    for b in &mut bytes[100..110] {
-        *b ^= 0xff;
-    }
-    std::fs::write(&path, bytes).unwrap();
+    garble(&ac_entry(&p, &key), false);
     let plan = plan_json(&p, &[]);
     assert_eq!(
         with_action(&plan, &["rebuild"]),
@@ -610,6 +621,32 @@ fn a_corrupt_cache_entry_is_rebuilt() {
     p.kiln(&["cache", "verify"]).expect_code(0);
 }
 
+/// The planner does not stat entries in a fan-out directory that has not changed since it last
+/// checked them. An entry overwritten in place (kiln never does that) therefore still plans as
+/// cached; `kiln cache verify` finds it and `--repair` takes it out, after which it rebuilds.
+#[test]
+fn an_entry_overwritten_in_place_is_found_by_cache_verify() {
+    let p = built();
+    // Directories last changed long ago are trusted once checked.
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for dir in std::fs::read_dir(p.path().join("cache/ac")).unwrap() {
+        let dir = std::fs::File::open(dir.unwrap().path()).unwrap();
+        dir.set_modified(an_hour_ago).unwrap();
+    }
+    let key = node(&plan_json(&p, &[]), "beta/two/1.31/build")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    garble(&ac_entry(&p, &key), true);
+    assert!(with_action(&plan_json(&p, &[]), &["rebuild"]).is_empty());
+    p.kiln(&["cache", "verify"]).expect_code(1);
+    p.kiln(&["cache", "verify", "--repair"]).expect_code(0);
+    let plan = plan_json(&p, &[]);
+    assert_eq!(will_run(&plan), ids(&["beta/two/1.31/build"]));
+    let (_, r) = build(&p, &[]);
+    assert_build_matches_plan("an entry repaired after an in-place overwrite", &plan, &r);
+}
+
 /// What does work today: once `kiln cache verify --repair` has moved the corrupt entry aside,
 /// the plan says `result_missing` and the build redoes exactly that node.
 #[test]
@@ -619,12 +656,7 @@ fn a_corrupt_cache_entry_is_rebuilt_after_repair() {
         .as_str()
         .unwrap()
         .to_string();
-    let path = ac_entry(&p, &key);
-    let mut bytes = std::fs::read(&path).unwrap();
-    for b in &mut bytes[100..110] {
-        *b ^= 0xff;
-    }
-    std::fs::write(&path, bytes).unwrap();
+    garble(&ac_entry(&p, &key), false);
     p.kiln(&["cache", "verify"]).expect_code(1);
     p.kiln(&["cache", "verify", "--repair"]).expect_code(0);
     let plan = plan_json(&p, &[]);
@@ -935,4 +967,24 @@ fn force_reruns_exactly_the_named_nodes() {
         "{}",
         out.stderr
     );
+}
+
+/// The lowered graph is kept in `cache/graph.snapshot` and used while nothing it was lowered
+/// from changes; a garbled snapshot is ignored and written anew.
+#[test]
+fn the_graph_snapshot_is_used_only_while_it_is_valid() {
+    let p = built();
+    let first = plan_json(&p, &[]);
+    let snapshot = p.path().join("cache/graph.snapshot");
+    let bytes = std::fs::read(&snapshot).expect("plan keeps a snapshot");
+    let mut garbled = bytes.clone();
+    let mid = garbled.len() / 2;
+    garbled[mid] ^= 0xff;
+    std::fs::write(&snapshot, &garbled).unwrap();
+    assert_eq!(plan_json(&p, &[]), first);
+    assert_eq!(std::fs::read(&snapshot).unwrap(), bytes);
+    set_greeting(&p);
+    let changed = plan_json(&p, &[]);
+    assert_ne!(changed["nodes"], first["nodes"]);
+    assert_ne!(std::fs::read(&snapshot).unwrap(), bytes);
 }

@@ -1,0 +1,327 @@
+//! A compact binary image of a lowered graph, so that an unchanged config is not lowered again:
+//! like Nix's evaluation cache, the image is valid for exactly one [`snapshot_key`], a digest of
+//! everything lowering reads (the config files, the input files' digests and the kiln binary).
+//! Pure: bytes in, bytes out; the caller keeps the file.
+//!
+//! Layout: the magic line, the key (32 bytes), the blake3 of the body (32 bytes), then the body
+//! (postcard). A truncated or garbled image, or one made for another key, decodes to `None`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::{Deserialize, Serialize};
+
+use super::Graph;
+use super::node::{
+    Content, FileInput, Node, Recipe, Section, Table, file_entries, tool_entries, var_entries,
+};
+use crate::config::{BuilderKind, Policy, Secret, StepKind};
+use crate::hash::{Digest, KEY_ENCODING_VERSION, KeyHasher};
+use crate::matrix::Cell;
+
+const MAGIC: &[u8] = b"kiln-graph-v1\n";
+
+/// The digest an image is valid for. `config` covers every config file read (images.kdl, its
+/// imports, images.lock); `digests` every input file; `build` identifies the kiln binary, whose
+/// lowering rules and embedded image-builder data the graph also depends on.
+pub fn snapshot_key(
+    config: Digest,
+    root: &Path,
+    digests: &HashMap<PathBuf, Content>,
+    build: &str,
+) -> Digest {
+    let mut h = KeyHasher::new("graph-snapshot");
+    h.str(KEY_ENCODING_VERSION)
+        .str(build)
+        .digest(&config)
+        .str(&root.to_string_lossy());
+    let mut inputs: Vec<(&PathBuf, &Content)> = digests.iter().collect();
+    inputs.sort_by(|a, b| a.0.cmp(b.0));
+    h.begin("inputs", inputs.len());
+    for (path, content) in inputs {
+        h.str(&path.to_string_lossy());
+        match content {
+            Content::File(d) => {
+                h.str("file").digest(d);
+            }
+            Content::Dir(entries) => {
+                h.begin("dir", entries.len());
+                for e in entries {
+                    h.str(&e.rel)
+                        .digest(&e.digest)
+                        .str(if e.exec { "x" } else { "-" });
+                }
+            }
+        }
+    }
+    h.finish()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Image {
+    providers: Vec<String>,
+    vars: Vec<(Table, Digest)>,
+    files: Vec<(Vec<FileInput>, Digest)>,
+    tools: Vec<(std::collections::BTreeMap<String, String>, Digest)>,
+    secrets: Vec<Vec<Secret>>,
+    nodes: Vec<NodeImage>,
+}
+
+/// A node with its shared parts as indices into the image's tables. Its dependencies' kinds and
+/// keys are those of its upstream nodes.
+#[derive(Serialize, Deserialize)]
+struct NodeImage {
+    id: String,
+    step: StepKind,
+    builder: BuilderKind,
+    provider: u32,
+    cells: Vec<u32>,
+    params: Table,
+    vars: u32,
+    files: u32,
+    tools: u32,
+    upstream: Vec<u32>,
+    secrets: u32,
+    policy: Policy,
+    key: Digest,
+    recipe_digest: Digest,
+}
+
+/// Numbers shared values by identity (`Arc` pointer), in first-seen order.
+struct Interner<T> {
+    index: HashMap<usize, u32>,
+    values: Vec<T>,
+}
+
+impl<T> Interner<T> {
+    fn new() -> Interner<T> {
+        Interner {
+            index: HashMap::new(),
+            values: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, ptr: usize, value: impl FnOnce() -> T) -> u32 {
+        *self.index.entry(ptr).or_insert_with(|| {
+            self.values.push(value());
+            self.values.len() as u32 - 1
+        })
+    }
+}
+
+/// Encodes a whole lowered graph (not a selection: cell indices refer to `graph.cells`).
+/// `None` if it cannot be encoded (a path that is not UTF-8, say): then nothing is cached.
+pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
+    let cell_index: HashMap<&str, u32> = graph
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i as u32))
+        .collect();
+    let mut providers = Interner::new();
+    let mut vars = Interner::new();
+    let mut files = Interner::new();
+    let mut tools = Interner::new();
+    let mut secrets = Interner::new();
+    let mut nodes = Vec::with_capacity(graph.len());
+    for ix in graph.order() {
+        let n = graph.node(ix);
+        let r = &n.recipe;
+        nodes.push(NodeImage {
+            id: n.id.clone(),
+            step: n.step,
+            builder: n.builder,
+            provider: providers.add(Arc::as_ptr(&n.provider) as *const u8 as usize, || {
+                n.provider.to_string()
+            }),
+            cells: n
+                .cells
+                .iter()
+                .map(|c| cell_index.get(&**c).copied())
+                .collect::<Option<_>>()?,
+            params: r.params.clone(),
+            vars: vars.add(Arc::as_ptr(&r.vars) as usize, || {
+                (r.vars.value.clone(), r.vars.digest)
+            }),
+            files: files.add(Arc::as_ptr(&r.files) as usize, || {
+                (r.files.value.clone(), r.files.digest)
+            }),
+            tools: tools.add(Arc::as_ptr(&r.tools) as usize, || {
+                (r.tools.value.clone(), r.tools.digest)
+            }),
+            upstream: n
+                .deps
+                .iter()
+                .map(|(_, key)| graph.deps(ix).find(|d| graph.node(*d).key == *key))
+                .map(|d| d.map(|d| d.index() as u32))
+                .collect::<Option<_>>()?,
+            secrets: secrets.add(Arc::as_ptr(&n.secrets) as *const u8 as usize, || {
+                n.secrets.to_vec()
+            }),
+            policy: n.policy,
+            key: n.key,
+            recipe_digest: n.recipe_digest,
+        });
+    }
+    let image = Image {
+        providers: providers.values,
+        vars: vars.values,
+        files: files.values,
+        tools: tools.values,
+        secrets: secrets.values,
+        nodes,
+    };
+    let body = postcard::to_allocvec(&image).ok()?;
+    let mut out = Vec::with_capacity(MAGIC.len() + 64 + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(blake3::hash(&body).as_bytes());
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+/// The graph an image holds, if it is intact and was made for `key` from these `cells`.
+pub fn decode(bytes: &[u8], key: Digest, cells: Vec<Cell>) -> Option<Graph> {
+    let rest = bytes.strip_prefix(MAGIC)?;
+    if rest.len() < 64 || rest[..32] != key.as_bytes()[..] {
+        return None;
+    }
+    let (sum, body) = rest[32..].split_at(32);
+    if blake3::hash(body).as_bytes()[..] != sum[..] {
+        return None;
+    }
+    let image: Image = postcard::from_bytes(body).ok()?;
+    let providers: Vec<Arc<str>> = image.providers.iter().map(|p| p.as_str().into()).collect();
+    let vars: Vec<Arc<_>> = image
+        .vars
+        .into_iter()
+        .map(|(v, d)| Arc::new(Section::restore(v, d, var_entries)))
+        .collect();
+    let files: Vec<Arc<_>> = image
+        .files
+        .into_iter()
+        .map(|(v, d)| Arc::new(Section::restore(v, d, file_entries)))
+        .collect();
+    let tools: Vec<Arc<_>> = image
+        .tools
+        .into_iter()
+        .map(|(v, d)| Arc::new(Section::restore(v, d, tool_entries)))
+        .collect();
+    let secrets: Vec<Arc<[Secret]>> = image.secrets.into_iter().map(Arc::from).collect();
+    let names: Vec<Arc<str>> = cells.iter().map(|c| c.name.as_str().into()).collect();
+
+    let mut g: DiGraph<Node, ()> = DiGraph::with_capacity(image.nodes.len(), image.nodes.len());
+    for n in image.nodes {
+        let mut deps = Vec::with_capacity(n.upstream.len());
+        for &u in &n.upstream {
+            // Nodes come after their dependencies.
+            let up = g.node_weight(NodeIndex::new(u as usize))?;
+            deps.push((up.step, up.key));
+        }
+        let ix = g.add_node(Node {
+            id: n.id,
+            step: n.step,
+            builder: n.builder,
+            provider: providers.get(n.provider as usize)?.clone(),
+            cells: n
+                .cells
+                .iter()
+                .map(|&c| names.get(c as usize).cloned())
+                .collect::<Option<_>>()?,
+            recipe: Recipe {
+                step: n.step,
+                builder: n.builder,
+                params: n.params,
+                vars: vars.get(n.vars as usize)?.clone(),
+                files: files.get(n.files as usize)?.clone(),
+                tools: tools.get(n.tools as usize)?.clone(),
+            },
+            deps,
+            secrets: secrets.get(n.secrets as usize)?.clone(),
+            policy: n.policy,
+            key: n.key,
+            recipe_digest: n.recipe_digest,
+        });
+        for &u in &n.upstream {
+            g.add_edge(NodeIndex::new(u as usize), ix, ());
+        }
+    }
+    Some(Graph::new(g, cells))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lowers a config of this repository the way `kiln plan` does.
+    fn lowered(file: &str) -> (Graph, Vec<Cell>, HashMap<PathBuf, Content>) {
+        let (config, _) = crate::config::load(Path::new(file)).expect("the config loads");
+        let (cells, _) = crate::config::cells::expand_all(&config).expect("cells");
+        let paths = crate::graph::input_paths(&config);
+        let digests = crate::statcache::StatCache::load(None)
+            .digest_all(&paths)
+            .expect("inputs");
+        let graph = crate::graph::lower(&config, cells.clone(), &digests).expect("lowers");
+        (graph, cells, digests)
+    }
+
+    #[test]
+    fn a_decoded_graph_is_the_lowered_graph() {
+        for file in ["images.kdl", "examples/local/images.kdl"] {
+            let (graph, cells, _) = lowered(file);
+            let key = Digest::of_bytes(file.as_bytes());
+            let bytes = encode(&graph, key).expect("encodes");
+            let back = decode(&bytes, key, cells).expect("decodes");
+            assert_eq!(back.len(), graph.len(), "{file}");
+            assert_eq!(back.edge_count(), graph.edge_count(), "{file}");
+            for ix in graph.order() {
+                let (a, b) = (graph.node(ix), back.node(ix));
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{file}: {}", a.id);
+                assert_eq!(a.manifest(), b.manifest(), "{file}: {}", a.id);
+                let deps = |g: &Graph| g.deps(ix).collect::<Vec<_>>();
+                assert_eq!(deps(&graph), deps(&back), "{file}: {}", a.id);
+                assert_eq!(back.find(&a.id), Some(ix));
+            }
+        }
+    }
+
+    #[test]
+    fn an_image_is_only_read_back_intact_and_for_its_own_key() {
+        let (graph, cells, _) = lowered("examples/local/images.kdl");
+        let key = Digest::of_bytes(b"k");
+        let bytes = encode(&graph, key).expect("encodes");
+        assert!(decode(&bytes, key, cells.clone()).is_some());
+        assert!(decode(&bytes, Digest::of_bytes(b"other"), cells.clone()).is_none());
+        for cut in [0, 10, MAGIC.len() + 40, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut], key, cells.clone()).is_none(), "{cut}");
+        }
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 5;
+        flipped[last] ^= 1;
+        assert!(decode(&flipped, key, cells.clone()).is_none());
+        // Cells that no longer match the image's indices.
+        assert!(decode(&bytes, key, Vec::new()).is_none());
+    }
+
+    #[test]
+    fn the_key_covers_every_input_and_the_build() {
+        let (graph, _, digests) = lowered("examples/local/images.kdl");
+        assert!(!graph.is_empty());
+        let root = Path::new("/r");
+        let config = Digest::of_bytes(b"config");
+        let base = snapshot_key(config, root, &digests, "b1");
+        assert_eq!(base, snapshot_key(config, root, &digests.clone(), "b1"));
+        assert_ne!(base, snapshot_key(config, root, &digests, "b2"));
+        assert_ne!(
+            base,
+            snapshot_key(Digest::of_bytes(b"c2"), root, &digests, "b1")
+        );
+        assert_ne!(base, snapshot_key(config, Path::new("/s"), &digests, "b1"));
+        let mut changed = digests.clone();
+        let (path, _) = digests.iter().next().expect("an input");
+        changed.insert(path.clone(), Content::File(Digest::of_bytes(b"new")));
+        assert_ne!(base, snapshot_key(config, root, &changed, "b1"));
+    }
+}
