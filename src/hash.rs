@@ -44,10 +44,13 @@ impl Digest {
         struct Short<'a>(&'a Digest);
         impl fmt::Display for Short<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                for b in &self.0.0[..6] {
-                    write!(f, "{b:02x}")?;
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut out = [0u8; 12];
+                for (i, b) in self.0.0[..6].iter().enumerate() {
+                    out[2 * i] = HEX[(b >> 4) as usize];
+                    out[2 * i + 1] = HEX[(b & 15) as usize];
                 }
-                Ok(())
+                f.write_str(std::str::from_utf8(&out).expect("hex digits"))
             }
         }
         Short(self)

@@ -1,6 +1,7 @@
 //! What several subcommands share: load the config, expand and select cells, lower the graph.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{CliError, Select};
 use crate::config::{self, Config};
@@ -13,9 +14,9 @@ pub struct Loaded {
     pub config: Config,
     /// Every cell of every matrix: ids are computed over all of them, so they do not depend on
     /// the filters.
-    pub all: Vec<Cell>,
-    /// The cells the filters select.
-    pub cells: Vec<Cell>,
+    pub all: Arc<[Cell]>,
+    /// The cells the filters select (`all` itself when no filter narrows them).
+    pub cells: Arc<[Cell]>,
     /// Whether no filter narrowed the cells (orphans are only meaningful then).
     pub whole: bool,
 }
@@ -38,16 +39,21 @@ pub fn load(file: &Path, select: &Select, images: bool) -> Result<Loaded, CliErr
         && select.provider.is_empty()
         && select.os.is_empty()
         && select.cell.is_empty();
-    let selected = filter(&config, cells.clone(), select)?;
+    let all: Arc<[Cell]> = cells.into();
+    let selected = if whole {
+        all.clone()
+    } else {
+        filter(&config, &all, select)?.into()
+    };
     Ok(Loaded {
         config,
-        all: cells,
+        all,
         cells: selected,
         whole,
     })
 }
 
-fn filter(config: &Config, cells: Vec<Cell>, s: &Select) -> Result<Vec<Cell>, CliError> {
+fn filter(config: &Config, cells: &[Cell], s: &Select) -> Result<Vec<Cell>, CliError> {
     if let Some(m) = &s.matrix
         && !config.matrices.iter().any(|d| &d.spec.name == m)
     {
@@ -77,7 +83,7 @@ fn filter(config: &Config, cells: Vec<Cell>, s: &Select) -> Result<Vec<Cell>, Cl
                 .is_some_and(|v| wanted.iter().any(|w| w == v))
     };
     let out: Vec<Cell> = cells
-        .into_iter()
+        .iter()
         .filter(|c| s.matrix.as_ref().is_none_or(|m| &c.matrix == m))
         .filter(|c| s.cell.is_empty() || s.cell.contains(&c.name))
         .filter(|c| {
@@ -85,6 +91,7 @@ fn filter(config: &Config, cells: Vec<Cell>, s: &Select) -> Result<Vec<Cell>, Cl
                 && axis(c, "provider", &s.provider)
                 && axis(c, "os", &s.os)
         })
+        .cloned()
         .collect();
     if out.is_empty() {
         return Err(CliError::Usage(

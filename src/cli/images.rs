@@ -41,7 +41,7 @@ pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
         .filter(|n| n.step == StepKind::Publish)
         .collect();
     let mut entries = Vec::new();
-    for cell in &loaded.cells {
+    for cell in loaded.cells.iter() {
         let node = publish
             .iter()
             .find(|n| n.cells.iter().any(|c| **c == *cell.name));

@@ -13,7 +13,7 @@ pub fn run(file: &Path, select: &Select, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     let width = loaded.cells.iter().map(|c| c.name.len()).max().unwrap_or(0);
-    for c in &loaded.cells {
+    for c in loaded.cells.iter() {
         let values: Vec<String> = c.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("{:width$}  {}  [{}]", c.name, values.join(" "), c.matrix);
     }

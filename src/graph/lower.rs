@@ -474,7 +474,7 @@ type FilesByUse = HashMap<(bool, bool), Arc<Files>>;
 /// declared providers and releases (see `config::cells::check_images`).
 pub fn lower(
     config: &Config,
-    cells: Vec<Cell>,
+    cells: Arc<[Cell]>,
     digests: &HashMap<PathBuf, Content>,
 ) -> Result<Graph, Diags> {
     let tool = config.tools.get("image-builder");
@@ -527,7 +527,7 @@ pub fn lower(
     // What cells share: one base and one set of file sections per provider, release and overrides.
     let mut bases: HashMap<BaseKey, (Base, FilesByUse)> = HashMap::new();
     let mut cell_base: Vec<Option<BaseKey>> = Vec::with_capacity(cells.len());
-    for cell in &cells {
+    for cell in cells.iter() {
         let (Some(p), Some(k)) = (cell.values.get("provider"), cell.values.get("kubernetes"))
         else {
             cell_base.push(None);

@@ -6,6 +6,7 @@ mod render;
 pub mod snapshot;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -20,11 +21,12 @@ use crate::matrix::Cell;
 pub struct Graph {
     g: DiGraph<Node, ()>,
     by_id: HashMap<String, NodeIndex, rustc_hash::FxBuildHasher>,
-    pub cells: Vec<Cell>,
+    /// The cells the graph was lowered from (or selected), in matrix order.
+    pub cells: Arc<[Cell]>,
 }
 
 impl Graph {
-    fn new(g: DiGraph<Node, ()>, cells: Vec<Cell>) -> Graph {
+    fn new(g: DiGraph<Node, ()>, cells: Arc<[Cell]>) -> Graph {
         let by_id = g.node_indices().map(|ix| (g[ix].id.clone(), ix)).collect();
         Graph { g, by_id, cells }
     }

@@ -3,8 +3,10 @@
 //! everything lowering reads (the config files, the input files' digests and the kiln binary).
 //! Pure: bytes in, bytes out; the caller keeps the file.
 //!
-//! Layout: the magic line, the key (32 bytes), the blake3 of the body (32 bytes), then the body
-//! (postcard). A truncated or garbled image, or one made for another key, decodes to `None`.
+//! Layout: the magic line, the key (32 bytes), the blake3 of the body (32 bytes), then the body:
+//! the shared tables and the node count, then every node, each a postcard value of its own, so
+//! nodes are decoded one at a time straight into the graph. A truncated or garbled image, or one
+//! made for another key, decodes to `None`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,14 +61,15 @@ pub fn snapshot_key(
     h.finish()
 }
 
+/// What nodes share, referred to by index.
 #[derive(Serialize, Deserialize)]
-struct Image {
+struct Tables {
     providers: Vec<String>,
     vars: Vec<(Table, Digest)>,
     files: Vec<(Vec<FileInput>, Digest)>,
     tools: Vec<(std::collections::BTreeMap<String, String>, Digest)>,
     secrets: Vec<Vec<Secret>>,
-    nodes: Vec<NodeImage>,
+    nodes: u32,
 }
 
 /// A node with its shared parts as indices into the image's tables. Its dependencies' kinds and
@@ -165,15 +168,18 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
             recipe_digest: n.recipe_digest,
         });
     }
-    let image = Image {
+    let tables = Tables {
         providers: providers.values,
         vars: vars.values,
         files: files.values,
         tools: tools.values,
         secrets: secrets.values,
-        nodes,
+        nodes: nodes.len() as u32,
     };
-    let body = postcard::to_allocvec(&image).ok()?;
+    let mut body = postcard::to_allocvec(&tables).ok()?;
+    for n in &nodes {
+        body = postcard::to_extend(n, body).ok()?;
+    }
     let mut out = Vec::with_capacity(MAGIC.len() + 64 + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(key.as_bytes());
@@ -183,7 +189,7 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
 }
 
 /// The graph an image holds, if it is intact and was made for `key` from these `cells`.
-pub fn decode(bytes: &[u8], key: Digest, cells: Vec<Cell>) -> Option<Graph> {
+pub fn decode(bytes: &[u8], key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
     let rest = bytes.strip_prefix(MAGIC)?;
     if rest.len() < 64 || rest[..32] != key.as_bytes()[..] {
         return None;
@@ -192,28 +198,35 @@ pub fn decode(bytes: &[u8], key: Digest, cells: Vec<Cell>) -> Option<Graph> {
     if blake3::hash(body).as_bytes()[..] != sum[..] {
         return None;
     }
-    let image: Image = postcard::from_bytes(body).ok()?;
-    let providers: Vec<Arc<str>> = image.providers.iter().map(|p| p.as_str().into()).collect();
-    let vars: Vec<Arc<_>> = image
+    let (tables, mut rest) = postcard::take_from_bytes::<Tables>(body).ok()?;
+    let providers: Vec<Arc<str>> = tables.providers.iter().map(|p| p.as_str().into()).collect();
+    let vars: Vec<Arc<_>> = tables
         .vars
         .into_iter()
         .map(|(v, d)| Arc::new(Section::restore(v, d, var_entries)))
         .collect();
-    let files: Vec<Arc<_>> = image
+    let files: Vec<Arc<_>> = tables
         .files
         .into_iter()
         .map(|(v, d)| Arc::new(Section::restore(v, d, file_entries)))
         .collect();
-    let tools: Vec<Arc<_>> = image
+    let tools: Vec<Arc<_>> = tables
         .tools
         .into_iter()
         .map(|(v, d)| Arc::new(Section::restore(v, d, tool_entries)))
         .collect();
-    let secrets: Vec<Arc<[Secret]>> = image.secrets.into_iter().map(Arc::from).collect();
+    let secrets: Vec<Arc<[Secret]>> = tables.secrets.into_iter().map(Arc::from).collect();
     let names: Vec<Arc<str>> = cells.iter().map(|c| c.name.as_str().into()).collect();
 
-    let mut g: DiGraph<Node, ()> = DiGraph::with_capacity(image.nodes.len(), image.nodes.len());
-    for n in image.nodes {
+    // Every node takes at least a byte: a count larger than that is a garbled image.
+    let count = tables.nodes as usize;
+    if count > rest.len() {
+        return None;
+    }
+    let mut g: DiGraph<Node, ()> = DiGraph::with_capacity(count, count);
+    for _ in 0..count {
+        let (n, more) = postcard::take_from_bytes::<NodeImage>(rest).ok()?;
+        rest = more;
         let mut deps = Vec::with_capacity(n.upstream.len());
         for &u in &n.upstream {
             // Nodes come after their dependencies.
@@ -248,6 +261,9 @@ pub fn decode(bytes: &[u8], key: Digest, cells: Vec<Cell>) -> Option<Graph> {
             g.add_edge(NodeIndex::new(u as usize), ix, ());
         }
     }
+    if !rest.is_empty() {
+        return None;
+    }
     Some(Graph::new(g, cells))
 }
 
@@ -256,9 +272,10 @@ mod tests {
     use super::*;
 
     /// Lowers a config of this repository the way `kiln plan` does.
-    fn lowered(file: &str) -> (Graph, Vec<Cell>, HashMap<PathBuf, Content>) {
+    fn lowered(file: &str) -> (Graph, Arc<[Cell]>, HashMap<PathBuf, Content>) {
         let (config, _) = crate::config::load(Path::new(file)).expect("the config loads");
         let (cells, _) = crate::config::cells::expand_all(&config).expect("cells");
+        let cells: Arc<[Cell]> = cells.into();
         let paths = crate::graph::input_paths(&config);
         let digests = crate::statcache::StatCache::load(None)
             .digest_all(&paths)
@@ -302,7 +319,7 @@ mod tests {
         flipped[last] ^= 1;
         assert!(decode(&flipped, key, cells.clone()).is_none());
         // Cells that no longer match the image's indices.
-        assert!(decode(&bytes, key, Vec::new()).is_none());
+        assert!(decode(&bytes, key, Arc::from(Vec::new())).is_none());
     }
 
     #[test]

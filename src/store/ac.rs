@@ -102,21 +102,21 @@ impl LocalStore {
         let trusted: Vec<bool> = (0..=255u8)
             .map(|b| dirs[b as usize].1.is_some() && dirs[b as usize].1 == known.dir(b))
             .collect();
-        let checked: Vec<(Digest, Stamp, bool)> = keys
+        let (mut intact, unsure): (DigestSet, Vec<Digest>) = keys.par_iter().partition_map(|k| {
+            if trusted[k.as_bytes()[0] as usize] && known.get(k).is_some() {
+                rayon::iter::Either::Left(*k)
+            } else {
+                rayon::iter::Either::Right(*k)
+            }
+        });
+        let checked: Vec<(Digest, Stamp, bool)> = unsure
             .par_iter()
             .filter_map(|k| {
-                let b = k.as_bytes()[0] as usize;
-                let recorded = known.get(k);
-                if trusted[b]
-                    && let Some(stamp) = recorded
-                {
-                    return Some((*k, stamp, false));
-                }
-                let dir = dirs[b].0.as_ref()?;
+                let dir = dirs[k.as_bytes()[0] as usize].0.as_ref()?;
                 let name = blake3::Hash::from_bytes(*k.as_bytes()).to_hex();
                 let st = rustix::fs::statat(dir, name.as_str(), AtFlags::empty()).ok()?;
                 let stamp = Stamp::of(&st);
-                if recorded == Some(stamp) {
+                if known.get(k) == Some(stamp) {
                     return Some((*k, stamp, false));
                 }
                 self.action_intact(k).then_some((*k, stamp, true))
@@ -130,11 +130,10 @@ impl LocalStore {
             || (0..=255u8).any(|b| dir_stamps[b as usize] != known.dir(b));
         if changed {
             // What was known of unchanged directories stays known, wanted now or not.
-            let now: DigestSet = checked.iter().map(|(k, _, _)| *k).collect();
             let mut entries: Vec<(Digest, Stamp)> =
                 checked.iter().map(|(k, s, _)| (*k, *s)).collect();
             for b in (0..=255u8).filter(|b| trusted[*b as usize]) {
-                entries.extend(known.entries_in(b).filter(|(k, _)| !now.contains(k)));
+                entries.extend(known.entries_in(b));
             }
             // Only an optimisation: failing to save it costs time next run, never correctness.
             let _ = fs::write_atomic(
@@ -145,7 +144,8 @@ impl LocalStore {
                 false,
             );
         }
-        checked.into_iter().map(|(k, _, _)| k).collect()
+        intact.extend(checked.into_iter().map(|(k, _, _)| k));
+        intact
     }
 
     /// The keys of every action entry, from directory listings alone (no entry is read).

@@ -106,11 +106,15 @@ impl Verified {
 
     /// The stamp recorded for `key`.
     pub fn get(&self, key: &Digest) -> Option<Stamp> {
+        // Keys are uniformly random: comparing their first 8 bytes as a number almost always
+        // decides, which is far cheaper than a 32-byte memcmp per step.
+        let prefix = |b: &[u8]| u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+        let want = (prefix(key.as_bytes()), key.as_bytes());
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = (lo + hi) / 2;
             let r = self.record(mid);
-            match r[..32].cmp(key.as_bytes()) {
+            match (prefix(r), &r[..32]).cmp(&(want.0, &want.1[..])) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return Some(Stamp::read(&r[32..])),
