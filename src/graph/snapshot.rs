@@ -73,15 +73,16 @@ struct Tables {
 }
 
 /// A node with its shared parts as indices into the image's tables. Its dependencies' kinds and
-/// keys are those of its upstream nodes.
+/// keys are those of its upstream nodes. Written from borrowed parts (`&str`, `&Table`), read
+/// back as owned ones: the encoding is the same.
 #[derive(Serialize, Deserialize)]
-struct NodeImage {
-    id: String,
+struct NodeImage<S, P> {
+    id: S,
     step: StepKind,
     builder: BuilderKind,
     provider: u32,
     cells: Vec<u32>,
-    params: Table,
+    params: P,
     vars: u32,
     files: u32,
     tools: u32,
@@ -128,57 +129,69 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
     let mut files = Interner::new();
     let mut tools = Interner::new();
     let mut secrets = Interner::new();
-    let mut nodes = Vec::with_capacity(graph.len());
-    for ix in graph.order() {
-        let n = graph.node(ix);
-        let r = &n.recipe;
-        nodes.push(NodeImage {
-            id: n.id.clone(),
-            step: n.step,
-            builder: n.builder,
-            provider: providers.add(Arc::as_ptr(&n.provider) as *const u8 as usize, || {
-                n.provider.to_string()
-            }),
-            cells: n
-                .cells
-                .iter()
-                .map(|c| cell_index.get(&**c).copied())
-                .collect::<Option<_>>()?,
-            params: r.params.clone(),
-            vars: vars.add(Arc::as_ptr(&r.vars) as usize, || {
-                (r.vars.value.clone(), r.vars.digest)
-            }),
-            files: files.add(Arc::as_ptr(&r.files) as usize, || {
-                (r.files.value.clone(), r.files.digest)
-            }),
-            tools: tools.add(Arc::as_ptr(&r.tools) as usize, || {
-                (r.tools.value.clone(), r.tools.digest)
-            }),
-            upstream: n
-                .deps
-                .iter()
-                .map(|(_, key)| graph.deps(ix).find(|d| graph.node(*d).key == *key))
-                .map(|d| d.map(|d| d.index() as u32))
-                .collect::<Option<_>>()?,
-            secrets: secrets.add(Arc::as_ptr(&n.secrets) as *const u8 as usize, || {
-                n.secrets.to_vec()
-            }),
-            policy: n.policy,
-            key: n.key,
-            recipe_digest: n.recipe_digest,
-        });
-    }
+    // Shared parts first (the tables come before the nodes), then each node on its own.
+    let shared: Vec<[u32; 5]> = graph
+        .order()
+        .into_iter()
+        .map(|ix| {
+            let n = graph.node(ix);
+            let r = &n.recipe;
+            [
+                providers.add(Arc::as_ptr(&n.provider) as *const u8 as usize, || {
+                    n.provider.to_string()
+                }),
+                vars.add(Arc::as_ptr(&r.vars) as usize, || {
+                    (r.vars.value.clone(), r.vars.digest)
+                }),
+                files.add(Arc::as_ptr(&r.files) as usize, || {
+                    (r.files.value.clone(), r.files.digest)
+                }),
+                tools.add(Arc::as_ptr(&r.tools) as usize, || {
+                    (r.tools.value.clone(), r.tools.digest)
+                }),
+                secrets.add(Arc::as_ptr(&n.secrets) as *const u8 as usize, || {
+                    n.secrets.to_vec()
+                }),
+            ]
+        })
+        .collect();
     let tables = Tables {
         providers: providers.values,
         vars: vars.values,
         files: files.values,
         tools: tools.values,
         secrets: secrets.values,
-        nodes: nodes.len() as u32,
+        nodes: graph.len() as u32,
     };
     let mut body = postcard::to_allocvec(&tables).ok()?;
-    for n in &nodes {
-        body = postcard::to_extend(n, body).ok()?;
+    for (ix, [provider, vars, files, tools, secrets]) in graph.order().into_iter().zip(shared) {
+        let n = graph.node(ix);
+        let image = NodeImage {
+            id: n.id.as_str(),
+            step: n.step,
+            builder: n.builder,
+            provider,
+            cells: n
+                .cells
+                .iter()
+                .map(|c| cell_index.get(&**c).copied())
+                .collect::<Option<_>>()?,
+            params: &n.recipe.params,
+            vars,
+            files,
+            tools,
+            upstream: n
+                .deps
+                .iter()
+                .map(|(_, key)| graph.deps(ix).find(|d| graph.node(*d).key == *key))
+                .map(|d| d.map(|d| d.index() as u32))
+                .collect::<Option<_>>()?,
+            secrets,
+            policy: n.policy,
+            key: n.key,
+            recipe_digest: n.recipe_digest,
+        };
+        body = postcard::to_extend(&image, body).ok()?;
     }
     let mut out = Vec::with_capacity(MAGIC.len() + 64 + body.len());
     out.extend_from_slice(MAGIC);
@@ -225,7 +238,7 @@ pub fn decode(bytes: &[u8], key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
     }
     let mut g: DiGraph<Node, ()> = DiGraph::with_capacity(count, count);
     for _ in 0..count {
-        let (n, more) = postcard::take_from_bytes::<NodeImage>(rest).ok()?;
+        let (n, more) = postcard::take_from_bytes::<NodeImage<String, Table>>(rest).ok()?;
         rest = more;
         let mut deps = Vec::with_capacity(n.upstream.len());
         for &u in &n.upstream {
