@@ -5,6 +5,7 @@
 pub mod log;
 pub mod process;
 mod progress;
+mod workdir;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use crate::store::{ActionResult, LocalStore, Output, Record, now_unix_ms};
 use log::NodeLog;
 use process::{ProcTable, Spawner, StepError};
 pub use progress::Progress;
+use workdir::WorkDirs;
 
 pub struct BuildOptions {
     pub jobs: usize,
@@ -132,6 +134,7 @@ struct Shared {
     root: PathBuf,
     progress: Progress,
     image_builder: Arc<crate::imagebuilder::Install>,
+    work_dirs: WorkDirs,
 }
 
 /// How one node's run ended.
@@ -284,16 +287,16 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
             "== {} ({}), attempt {attempt} of {tries}",
             node.id, node.builder
         ));
-        let work = sh.store.tmp_dir().join(format!(
-            "work-{}-{attempt}-{}",
-            node.key.short(),
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&work);
-        if let Err(e) = std::fs::create_dir_all(&work) {
-            last_err = StepError::Failed(format!("cannot create {}: {e}", work.display()));
-            break;
-        }
+        let work = match sh.work_dirs.take() {
+            Ok(w) => w,
+            Err(e) => {
+                last_err = StepError::Failed(format!(
+                    "cannot create a work directory in {}: {e}",
+                    sh.store.tmp_dir().display()
+                ));
+                break;
+            }
+        };
         let ctx = StepCtx {
             node: node.clone(),
             work: work.clone(),
@@ -323,16 +326,19 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
                 // Storing outputs and committing the result block on the file system: keep
                 // that off the runtime's workers, so other nodes go on starting meanwhile.
                 let commit = {
-                    let (sh, job, log_file, work) =
-                        (sh.clone(), job.clone(), log_file.clone(), work.clone());
+                    let (sh, job, log, work) = (sh.clone(), job.clone(), log.clone(), work.clone());
                     let took = t0.elapsed();
                     tokio::task::spawn_blocking(move || {
                         let stored = store_outputs(&sh.store, out);
-                        let _ = std::fs::remove_dir_all(&work);
+                        sh.work_dirs.release(work);
                         let (outputs, facts) = stored?;
-                        let log_digest = std::fs::read(&log_file)
-                            .ok()
-                            .and_then(|b| sh.store.put_blob(&b).ok());
+                        // The finished log becomes its own blob: a hard link, not a copy.
+                        let log_digest = log.seal().and_then(|(digest, size)| {
+                            sh.store
+                                .link_blob(log.path(), &digest, size)
+                                .ok()
+                                .map(|()| digest)
+                        });
                         let r =
                             result_for(&job, outputs, facts, attempt, started, took, log_digest);
                         keep_inputs(&sh.store, &job.node);
@@ -351,7 +357,7 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
                 };
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&work);
+                sh.work_dirs.release(work);
                 log.line(&format!("== attempt {attempt} failed: {e}"));
                 let stop = matches!(e, StepError::Cancelled);
                 last_err = e;
@@ -407,6 +413,7 @@ pub async fn execute(
         root: opts.root.clone(),
         progress: opts.progress.clone(),
         image_builder: Arc::new(opts.image_builder.clone()),
+        work_dirs: WorkDirs::new(store.tmp_dir()),
     });
 
     let order = graph.order();
