@@ -8,7 +8,7 @@ mod progress;
 mod workdir;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,18 +191,38 @@ fn result_for(
     }
 }
 
-/// Copies a step's output files into the content store.
+/// Stores a step's output files in the content store. A regular file of the work directory with
+/// no other name becomes its blob by a hard link: the directory is emptied next, so nothing
+/// changes the file again. Anything else (a symlink, a file with other names, a file outside the
+/// work directory) is copied.
 fn store_outputs(
     store: &LocalStore,
+    work: &Path,
     out: crate::builders::StepOutput,
 ) -> Result<(Vec<Output>, BTreeMap<String, String>), String> {
     let mut outputs = Vec::new();
     for (name, path) in out.outputs {
-        let (digest, size) = store.put_file(&path).map_err(|e| e.to_string())?;
+        let (digest, size) = if only_in(work, &path) {
+            store.link_file(&path)
+        } else {
+            store.put_file(&path)
+        }
+        .map_err(|e| e.to_string())?;
         outputs.push(Output { name, digest, size });
     }
     outputs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((outputs, out.facts))
+}
+
+/// Whether `path` is a regular file inside `dir` (not through a symlink) with no other name.
+fn only_in(dir: &Path, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let single = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1);
+    single
+        && match (dir.canonicalize(), path.canonicalize()) {
+            (Ok(dir), Ok(path)) => path.starts_with(dir),
+            _ => false,
+        }
 }
 
 /// Keeps small input files in the content store, so a later plan can show what changed in them.
@@ -329,7 +349,7 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
                     let (sh, job, log, work) = (sh.clone(), job.clone(), log.clone(), work.clone());
                     let took = t0.elapsed();
                     tokio::task::spawn_blocking(move || {
-                        let stored = store_outputs(&sh.store, out);
+                        let stored = store_outputs(&sh.store, &work, out);
                         sh.work_dirs.release(work);
                         let (outputs, facts) = stored?;
                         // The finished log becomes its own blob: a hard link, not a copy.

@@ -631,3 +631,60 @@ fn a_log_is_its_own_blob_and_a_rebuild_does_not_touch_the_old_one() {
     assert_ne!(std::fs::metadata(&log).unwrap().ino(), meta.ino());
     p.kiln(&["cache", "verify"]).expect_code(0);
 }
+
+/// Outputs become blobs by hard links: several nodes writing identical outputs at the same time
+/// all succeed and share one blob, which keeps no other name once the work directories are
+/// emptied; an output that is a symlink to a file outside the work directory is copied, and that
+/// file is left as it was.
+#[test]
+fn identical_outputs_stored_concurrently_share_one_blob() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let module = r#"module "cmd" {
+    var "cell" "{name}"
+    step "build" builder="command" inputs="vars" {
+        argv "sh" "-c" "sleep 0.1; echo same > out.txt; ln -s SHARED shared.txt"
+        outputs "out.txt" "shared.txt"
+    }
+    step "publish" builder="command" inputs="vars" {
+        argv "sh" "-c" "test \"$(cat upstream/build/out.txt)\" = same && test \"$(cat upstream/build/shared.txt)\" = outside"
+    }
+}
+"#;
+    let p = Project::new().with_file("shared.txt", "outside\n");
+    let shared = p.path().join("shared.txt");
+    let p = p
+        .with_file(
+            "modules/cmd.kdl",
+            &module.replace("SHARED", &shared.to_string_lossy()),
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "p"; os "a" "b" "c" "d" "e" "f"; }
+provider "p" module="cmd"
+"#,
+        );
+    let out = p.kiln(&["build", "-j", "4", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "12 built, 0 cached");
+    p.kiln(&["cache", "verify"]).expect_code(0);
+    let mut blobs = Vec::new();
+    collect_files(&p.path().join("cache/cas"), &mut blobs);
+    let same: Vec<_> = blobs
+        .iter()
+        .filter(|b| std::fs::read(b).unwrap() == b"same\n")
+        .collect();
+    assert_eq!(same.len(), 1, "{same:?}");
+    assert_eq!(std::fs::metadata(same[0]).unwrap().nlink(), 1);
+    let meta = std::fs::metadata(&shared).unwrap();
+    assert_eq!(meta.nlink(), 1);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    assert!(
+        std::fs::read_dir(p.path().join("cache/tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
