@@ -264,7 +264,21 @@ fn try_cutoff(sh: &Shared, job: &Job) -> Option<ActionResult> {
     Some(r)
 }
 
-async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
+/// Tells the executor that a job's step succeeded, so its job slot (and provider slot) can take
+/// the next node while the job stores and commits its result. A failed step frees its slot only
+/// when its job ends, so `--fail-fast` sees the failure before anything new starts.
+struct StepSlot {
+    ix: NodeIndex,
+    done: tokio::sync::mpsc::UnboundedSender<NodeIndex>,
+}
+
+impl StepSlot {
+    fn free(&self) {
+        let _ = self.done.send(self.ix);
+    }
+}
+
+async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOutcome {
     let job = Arc::new(job);
     let node = &job.node;
     if matches!(job.action, Action::RebuildIfUpstreamChanges { .. })
@@ -343,6 +357,7 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
                     "== succeeded in {:.1}s",
                     t0.elapsed().as_secs_f64()
                 ));
+                slot.free();
                 // Storing outputs and committing the result block on the file system: keep
                 // that off the runtime's workers, so other nodes go on starting meanwhile.
                 let commit = {
@@ -478,13 +493,27 @@ pub async fn execute(
     ready.reverse(); // pop() takes them in graph order
 
     let mut running: JoinSet<(NodeIndex, Duration, JobOutcome)> = JoinSet::new();
+    // Jobs by task, and the jobs whose step still runs: a job slot (and a provider slot) is
+    // taken while a step runs, not while its result is stored and committed.
+    let mut tasks: HashMap<tokio::task::Id, NodeIndex> = HashMap::new();
+    let mut stepping: HashSet<NodeIndex> = HashSet::new();
+    let (step_done_tx, mut step_done) = tokio::sync::mpsc::unbounded_channel();
     let mut per_provider: HashMap<std::sync::Arc<str>, u32> = HashMap::new();
+    let free_slot = |ix: NodeIndex,
+                     stepping: &mut HashSet<NodeIndex>,
+                     per_provider: &mut HashMap<Arc<str>, u32>| {
+        if stepping.remove(&ix)
+            && let Some(c) = per_provider.get_mut(&graph.node(ix).provider)
+        {
+            *c -= 1;
+        }
+    };
     let mut stop = false;
     loop {
         let cancelled = *cancel_rx.borrow();
         // Start what fits.
         let mut deferred = Vec::new();
-        while !stop && !cancelled && running.len() < opts.jobs.max(1) {
+        while !stop && !cancelled && stepping.len() < opts.jobs.max(1) {
             let Some(ix) = ready.pop() else { break };
             let node = graph.node(ix);
             let used = per_provider.get(&node.provider).copied().unwrap_or(0);
@@ -525,33 +554,54 @@ pub async fn execute(
                 dep_outputs,
             };
             let sh = sh.clone();
-            running.spawn(async move {
+            let slot = StepSlot {
+                ix,
+                done: step_done_tx.clone(),
+            };
+            let task = running.spawn(async move {
                 let t = Instant::now();
-                let r = run_job(sh, job).await;
+                let r = run_job(sh, job, slot).await;
                 (ix, t.elapsed(), r)
             });
+            tasks.insert(task.id(), ix);
+            stepping.insert(ix);
         }
         ready.extend(deferred.into_iter().rev());
-        let Some(done) = running.join_next().await else {
+        if running.is_empty() {
             break;
+        }
+        let done = tokio::select! {
+            Some(ix) = step_done.recv() => {
+                free_slot(ix, &mut stepping, &mut per_provider);
+                continue;
+            }
+            done = running.join_next_with_id() => done,
         };
+        let Some(done) = done else { break };
+        let task = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some(ix) = tasks.remove(&task) {
+            free_slot(ix, &mut stepping, &mut per_provider);
+        }
         let Ok((
-            ix,
-            took,
-            JobOutcome {
-                outcome: out,
-                attempts,
-                log,
-                result,
-            },
+            _,
+            (
+                ix,
+                took,
+                JobOutcome {
+                    outcome: out,
+                    attempts,
+                    log,
+                    result,
+                },
+            ),
         )) = done
         else {
             continue;
         };
         let node = graph.node(ix);
-        if let Some(c) = per_provider.get_mut(&node.provider) {
-            *c -= 1;
-        }
         sh.progress.finished(node, &out, took);
         let failed = matches!(out, Outcome::Failed(_));
         if let Some(r) = result {

@@ -688,3 +688,51 @@ provider "p" module="cmd"
             .is_none()
     );
 }
+
+/// `-j` bounds the steps that run at once, and a provider's `limit` bounds its own; a job slot
+/// is free again once its step is over, while its result is still being stored.
+#[test]
+fn jobs_and_provider_limits_bound_concurrent_steps() {
+    let p = Project::new();
+    let runs = p.path().join("runs");
+    std::fs::create_dir_all(runs.join("all")).unwrap();
+    std::fs::create_dir_all(runs.join("a")).unwrap();
+    std::fs::create_dir_all(runs.join("b")).unwrap();
+    // Each step marks itself running (globally and per provider), notes how many are, waits a
+    // little and unmarks itself.
+    let module = r#"module "cmd" {
+    var "cell" "{name}"
+    step "build" builder="command" inputs="vars" {
+        argv "sh" "-c" "R=RUNS; touch $R/all/{name} $R/{provider}/{name}; ls $R/all | wc -l >> $R/all.seen; ls $R/{provider} | wc -l >> $R/{provider}.seen; sleep 0.1; rm $R/all/{name} $R/{provider}/{name}"
+    }
+}
+"#;
+    let p = p
+        .with_file(
+            "modules/cmd.kdl",
+            &module.replace("RUNS", &runs.to_string_lossy()),
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "a" "b"; os "1" "2" "3" "4" "5"; }
+provider "a" module="cmd" { limit 1; }
+provider "b" module="cmd"
+"#,
+        );
+    let out = p.kiln(&["build", "-j", "3", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "10 built, 0 cached");
+    let max = |f: &str| {
+        p.read(&format!("runs/{f}.seen"))
+            .lines()
+            .map(|l| l.trim().parse::<u32>().unwrap())
+            .max()
+            .unwrap()
+    };
+    assert!(max("all") <= 3, "{}", max("all"));
+    assert_eq!(max("a"), 1);
+    assert!(max("b") <= 3);
+}
