@@ -2,6 +2,7 @@
 //! per-provider limits; retries with debug settings, timeouts, early cutoff, cancellation.
 //! A node's result is recorded only once it fully succeeded, so an interrupted build resumes.
 
+mod commit;
 pub mod log;
 pub mod process;
 mod progress;
@@ -21,6 +22,7 @@ use crate::config::SecretSource;
 use crate::graph::{Graph, Node};
 use crate::plan::{Action, Plan};
 use crate::store::{ActionResult, LocalStore, Output, Record, now_unix_ms};
+use commit::Committer;
 use log::NodeLog;
 use process::{ProcTable, Spawner, StepError};
 pub use progress::Progress;
@@ -135,6 +137,7 @@ struct Shared {
     progress: Progress,
     image_builder: Arc<crate::imagebuilder::Install>,
     work_dirs: WorkDirs,
+    committer: Committer,
 }
 
 /// How one node's run ended.
@@ -377,18 +380,27 @@ async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOutcome {
                         let r =
                             result_for(&job, outputs, facts, attempt, started, took, log_digest);
                         keep_inputs(&sh.store, &job.node);
-                        record(&sh.store, &r).map(|()| r)
+                        sh.store.put_action(&r).map_err(|e| e.to_string())?;
+                        Ok(r)
                     })
                 };
-                return match commit.await {
-                    Ok(Ok(r)) => ended(Outcome::Built, attempt, Some(log_file), Some(r)),
-                    Ok(Err(e)) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
-                    Err(e) => ended(
-                        Outcome::Failed(format!("recording the result: {e}")),
-                        attempt,
-                        Some(log_file),
-                        None,
-                    ),
+                // The record is the commit point; it goes with whatever else is ready.
+                let commit = match commit.await {
+                    Ok(Ok(r)) => sh
+                        .committer
+                        .commit(Record {
+                            id: r.id.clone(),
+                            key: r.key,
+                            unix_ms: now_unix_ms(),
+                        })
+                        .await
+                        .map(|()| r),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(format!("storing the result: {e}")),
+                };
+                return match commit {
+                    Ok(r) => ended(Outcome::Built, attempt, Some(log_file), Some(r)),
+                    Err(e) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
                 };
             }
             Err(e) => {
@@ -449,6 +461,7 @@ pub async fn execute(
         progress: opts.progress.clone(),
         image_builder: Arc::new(opts.image_builder.clone()),
         work_dirs: WorkDirs::new(store.tmp_dir()),
+        committer: Committer::start(store.clone()),
     });
 
     let order = graph.order();
