@@ -24,7 +24,8 @@ use crate::store::{ActionResult, LocalStore};
 /// Everything a step may use while it runs.
 pub struct StepCtx {
     pub node: Node,
-    /// An empty directory for this attempt; removed afterwards.
+    /// An empty directory for this attempt, emptied afterwards (after the outputs are stored)
+    /// and reused by later attempts of any node.
     pub work: PathBuf,
     /// The config root: relative bucket paths resolve against it.
     pub root: PathBuf,

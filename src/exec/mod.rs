@@ -2,12 +2,14 @@
 //! per-provider limits; retries with debug settings, timeouts, early cutoff, cancellation.
 //! A node's result is recorded only once it fully succeeded, so an interrupted build resumes.
 
+mod commit;
 pub mod log;
 pub mod process;
 mod progress;
+mod workdir;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,9 +22,11 @@ use crate::config::SecretSource;
 use crate::graph::{Graph, Node};
 use crate::plan::{Action, Plan};
 use crate::store::{ActionResult, LocalStore, Output, Record, now_unix_ms};
+use commit::Committer;
 use log::NodeLog;
 use process::{ProcTable, Spawner, StepError};
 pub use progress::Progress;
+use workdir::WorkDirs;
 
 pub struct BuildOptions {
     pub jobs: usize,
@@ -132,6 +136,8 @@ struct Shared {
     root: PathBuf,
     progress: Progress,
     image_builder: Arc<crate::imagebuilder::Install>,
+    work_dirs: WorkDirs,
+    committer: Committer,
 }
 
 /// How one node's run ended.
@@ -188,18 +194,38 @@ fn result_for(
     }
 }
 
-/// Copies a step's output files into the content store.
+/// Stores a step's output files in the content store. A regular file of the work directory with
+/// no other name becomes its blob by a hard link: the directory is emptied next, so nothing
+/// changes the file again. Anything else (a symlink, a file with other names, a file outside the
+/// work directory) is copied.
 fn store_outputs(
     store: &LocalStore,
+    work: &Path,
     out: crate::builders::StepOutput,
 ) -> Result<(Vec<Output>, BTreeMap<String, String>), String> {
     let mut outputs = Vec::new();
     for (name, path) in out.outputs {
-        let (digest, size) = store.put_file(&path).map_err(|e| e.to_string())?;
+        let (digest, size) = if only_in(work, &path) {
+            store.link_file(&path)
+        } else {
+            store.put_file(&path)
+        }
+        .map_err(|e| e.to_string())?;
         outputs.push(Output { name, digest, size });
     }
     outputs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((outputs, out.facts))
+}
+
+/// Whether `path` is a regular file inside `dir` (not through a symlink) with no other name.
+fn only_in(dir: &Path, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let single = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1);
+    single
+        && match (dir.canonicalize(), path.canonicalize()) {
+            (Ok(dir), Ok(path)) => path.starts_with(dir),
+            _ => false,
+        }
 }
 
 /// Keeps small input files in the content store, so a later plan can show what changed in them.
@@ -241,7 +267,21 @@ fn try_cutoff(sh: &Shared, job: &Job) -> Option<ActionResult> {
     Some(r)
 }
 
-async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
+/// Tells the executor that a job's step succeeded, so its job slot (and provider slot) can take
+/// the next node while the job stores and commits its result. A failed step frees its slot only
+/// when its job ends, so `--fail-fast` sees the failure before anything new starts.
+struct StepSlot {
+    ix: NodeIndex,
+    done: tokio::sync::mpsc::UnboundedSender<NodeIndex>,
+}
+
+impl StepSlot {
+    fn free(&self) {
+        let _ = self.done.send(self.ix);
+    }
+}
+
+async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOutcome {
     let job = Arc::new(job);
     let node = &job.node;
     if matches!(job.action, Action::RebuildIfUpstreamChanges { .. })
@@ -284,16 +324,16 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
             "== {} ({}), attempt {attempt} of {tries}",
             node.id, node.builder
         ));
-        let work = sh.store.tmp_dir().join(format!(
-            "work-{}-{attempt}-{}",
-            node.key.short(),
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&work);
-        if let Err(e) = std::fs::create_dir_all(&work) {
-            last_err = StepError::Failed(format!("cannot create {}: {e}", work.display()));
-            break;
-        }
+        let work = match sh.work_dirs.take() {
+            Ok(w) => w,
+            Err(e) => {
+                last_err = StepError::Failed(format!(
+                    "cannot create a work directory in {}: {e}",
+                    sh.store.tmp_dir().display()
+                ));
+                break;
+            }
+        };
         let ctx = StepCtx {
             node: node.clone(),
             work: work.clone(),
@@ -320,38 +360,51 @@ async fn run_job(sh: Arc<Shared>, job: Job) -> JobOutcome {
                     "== succeeded in {:.1}s",
                     t0.elapsed().as_secs_f64()
                 ));
+                slot.free();
                 // Storing outputs and committing the result block on the file system: keep
                 // that off the runtime's workers, so other nodes go on starting meanwhile.
                 let commit = {
-                    let (sh, job, log_file, work) =
-                        (sh.clone(), job.clone(), log_file.clone(), work.clone());
+                    let (sh, job, log, work) = (sh.clone(), job.clone(), log.clone(), work.clone());
                     let took = t0.elapsed();
                     tokio::task::spawn_blocking(move || {
-                        let stored = store_outputs(&sh.store, out);
-                        let _ = std::fs::remove_dir_all(&work);
+                        let stored = store_outputs(&sh.store, &work, out);
+                        sh.work_dirs.release(work);
                         let (outputs, facts) = stored?;
-                        let log_digest = std::fs::read(&log_file)
-                            .ok()
-                            .and_then(|b| sh.store.put_blob(&b).ok());
+                        // The finished log becomes its own blob: a hard link, not a copy.
+                        let log_digest = log.seal().and_then(|(digest, size)| {
+                            sh.store
+                                .link_blob(log.path(), &digest, size)
+                                .ok()
+                                .map(|()| digest)
+                        });
                         let r =
                             result_for(&job, outputs, facts, attempt, started, took, log_digest);
                         keep_inputs(&sh.store, &job.node);
-                        record(&sh.store, &r).map(|()| r)
+                        sh.store.put_action(&r).map_err(|e| e.to_string())?;
+                        Ok(r)
                     })
                 };
-                return match commit.await {
-                    Ok(Ok(r)) => ended(Outcome::Built, attempt, Some(log_file), Some(r)),
-                    Ok(Err(e)) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
-                    Err(e) => ended(
-                        Outcome::Failed(format!("recording the result: {e}")),
-                        attempt,
-                        Some(log_file),
-                        None,
-                    ),
+                // The record is the commit point; it goes with whatever else is ready.
+                let commit = match commit.await {
+                    Ok(Ok(r)) => sh
+                        .committer
+                        .commit(Record {
+                            id: r.id.clone(),
+                            key: r.key,
+                            unix_ms: now_unix_ms(),
+                        })
+                        .await
+                        .map(|()| r),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(format!("storing the result: {e}")),
+                };
+                return match commit {
+                    Ok(r) => ended(Outcome::Built, attempt, Some(log_file), Some(r)),
+                    Err(e) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
                 };
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&work);
+                sh.work_dirs.release(work);
                 log.line(&format!("== attempt {attempt} failed: {e}"));
                 let stop = matches!(e, StepError::Cancelled);
                 last_err = e;
@@ -407,6 +460,8 @@ pub async fn execute(
         root: opts.root.clone(),
         progress: opts.progress.clone(),
         image_builder: Arc::new(opts.image_builder.clone()),
+        work_dirs: WorkDirs::new(store.tmp_dir()),
+        committer: Committer::start(store.clone()),
     });
 
     let order = graph.order();
@@ -451,13 +506,27 @@ pub async fn execute(
     ready.reverse(); // pop() takes them in graph order
 
     let mut running: JoinSet<(NodeIndex, Duration, JobOutcome)> = JoinSet::new();
+    // Jobs by task, and the jobs whose step still runs: a job slot (and a provider slot) is
+    // taken while a step runs, not while its result is stored and committed.
+    let mut tasks: HashMap<tokio::task::Id, NodeIndex> = HashMap::new();
+    let mut stepping: HashSet<NodeIndex> = HashSet::new();
+    let (step_done_tx, mut step_done) = tokio::sync::mpsc::unbounded_channel();
     let mut per_provider: HashMap<std::sync::Arc<str>, u32> = HashMap::new();
+    let free_slot = |ix: NodeIndex,
+                     stepping: &mut HashSet<NodeIndex>,
+                     per_provider: &mut HashMap<Arc<str>, u32>| {
+        if stepping.remove(&ix)
+            && let Some(c) = per_provider.get_mut(&graph.node(ix).provider)
+        {
+            *c -= 1;
+        }
+    };
     let mut stop = false;
     loop {
         let cancelled = *cancel_rx.borrow();
         // Start what fits.
         let mut deferred = Vec::new();
-        while !stop && !cancelled && running.len() < opts.jobs.max(1) {
+        while !stop && !cancelled && stepping.len() < opts.jobs.max(1) {
             let Some(ix) = ready.pop() else { break };
             let node = graph.node(ix);
             let used = per_provider.get(&node.provider).copied().unwrap_or(0);
@@ -498,33 +567,54 @@ pub async fn execute(
                 dep_outputs,
             };
             let sh = sh.clone();
-            running.spawn(async move {
+            let slot = StepSlot {
+                ix,
+                done: step_done_tx.clone(),
+            };
+            let task = running.spawn(async move {
                 let t = Instant::now();
-                let r = run_job(sh, job).await;
+                let r = run_job(sh, job, slot).await;
                 (ix, t.elapsed(), r)
             });
+            tasks.insert(task.id(), ix);
+            stepping.insert(ix);
         }
         ready.extend(deferred.into_iter().rev());
-        let Some(done) = running.join_next().await else {
+        if running.is_empty() {
             break;
+        }
+        let done = tokio::select! {
+            Some(ix) = step_done.recv() => {
+                free_slot(ix, &mut stepping, &mut per_provider);
+                continue;
+            }
+            done = running.join_next_with_id() => done,
         };
+        let Some(done) = done else { break };
+        let task = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some(ix) = tasks.remove(&task) {
+            free_slot(ix, &mut stepping, &mut per_provider);
+        }
         let Ok((
-            ix,
-            took,
-            JobOutcome {
-                outcome: out,
-                attempts,
-                log,
-                result,
-            },
+            _,
+            (
+                ix,
+                took,
+                JobOutcome {
+                    outcome: out,
+                    attempts,
+                    log,
+                    result,
+                },
+            ),
         )) = done
         else {
             continue;
         };
         let node = graph.node(ix);
-        if let Some(c) = per_provider.get_mut(&node.provider) {
-            *c -= 1;
-        }
         sh.progress.finished(node, &out, took);
         let failed = matches!(out, Outcome::Failed(_));
         if let Some(r) = result {

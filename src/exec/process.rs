@@ -2,9 +2,11 @@
 //! it runs in its own process group so a timeout or Ctrl-C reaches everything it started, and it
 //! is always reaped.
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::LazyLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +63,47 @@ pub struct Spawner {
     pub deadline: Option<(tokio::time::Instant, Duration)>,
 }
 
+/// Where a bare program name (no `/`) is found on kiln's `PATH`, looked up once per process:
+/// otherwise every spawn searches `PATH` anew with one failed `execve` per directory before the
+/// right one. `None` leaves the search to the spawn: for a path, when the step's environment sets
+/// `PATH`, or when the name is not found.
+fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    static FOUND: LazyLock<Mutex<HashMap<String, (OsString, PathBuf)>>> =
+        LazyLock::new(Default::default);
+    if program.contains('/') || env.iter().any(|(k, _)| k == "PATH") {
+        return None;
+    }
+    let path_var = std::env::var_os("PATH")?;
+    let mut found = FOUND.lock().expect("program cache");
+    if let Some((searched, at)) = found.get(program)
+        && *searched == path_var
+    {
+        return Some(at.clone());
+    }
+    let at = search_path(program, &path_var)?;
+    found.insert(program.to_string(), (path_var, at.clone()));
+    Some(at)
+}
+
+/// The first executable file `dir/name` for the directories of a `PATH` value, as `execvp` would
+/// find it. `None` when there is none, or when a relative directory comes first (it would be
+/// relative to the child's working directory, not to kiln's).
+fn search_path(name: &str, path_var: &OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in std::env::split_paths(path_var) {
+        if !dir.is_absolute() {
+            return None;
+        }
+        let candidate = dir.join(name);
+        if std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
 async fn pump(reader: impl AsyncRead + Unpin, log: Arc<NodeLog>) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -80,7 +123,14 @@ impl Spawner {
             return Err(StepError::Failed("empty command".into()));
         };
         self.log.line(&format!("$ {}", argv.join(" ")));
-        let mut cmd = Command::new(program);
+        let mut cmd = match resolve(program, env) {
+            Some(path) => {
+                let mut cmd = Command::new(path);
+                cmd.arg0(program);
+                cmd
+            }
+            None => Command::new(program),
+        };
         cmd.args(args)
             .current_dir(cwd)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -151,5 +201,38 @@ impl Spawner {
 
     pub fn cancelled(&self) -> bool {
         *self.cancel.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_name_is_found_like_execvp_finds_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::TempDir::new().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        // Not executable in `a`, a directory of that name in `b`... then the real one.
+        std::fs::write(a.join("tool"), "").unwrap();
+        std::fs::create_dir(b.join("tool")).unwrap();
+        let c = tmp.path().join("c");
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(c.join("tool"), "").unwrap();
+        std::fs::set_permissions(c.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([&a, &b, &c]).unwrap();
+        assert_eq!(search_path("tool", &path), Some(c.join("tool")));
+        assert_eq!(search_path("missing", &path), None);
+        // A relative directory first: the child's working directory decides, not kiln.
+        let relative = std::env::join_paths([Path::new("bin"), &c]).unwrap();
+        assert_eq!(search_path("tool", &relative), None);
+    }
+
+    #[test]
+    fn paths_and_a_step_path_are_left_to_the_spawn() {
+        assert_eq!(resolve("/bin/sh", &[]), None);
+        assert_eq!(resolve("sh", &[("PATH".into(), "/bin".into())]), None);
     }
 }

@@ -35,18 +35,74 @@ impl LocalStore {
         if fs::file_len_if_exists(&dest) == Some(size) {
             return Ok((digest, size));
         }
+        self.copy_in(path, &digest, size, &dest)?;
+        Ok((digest, size))
+    }
+
+    /// Copies `path`, expected to hash to `digest`, into `tmp/`, checks the copy and renames it
+    /// to `dest` (replacing whatever is there).
+    fn copy_in(&self, path: &Path, digest: &Digest, size: u64, dest: &Path) -> Result<()> {
         let mut tmp = fs::temp_file(&self.tmp, "blob-")?;
         let mut src = std::fs::File::open(path).map_err(StoreError::io("open", path))?;
         io::copy(&mut src, tmp.as_file_mut()).map_err(StoreError::io("copy", path))?;
         let (copied, copied_size) =
             fs::hash_file(tmp.path()).map_err(StoreError::io("read", tmp.path()))?;
-        if copied != digest || copied_size != size {
+        if copied != *digest || copied_size != size {
             return Err(StoreError::SourceChanged {
                 path: path.to_path_buf(),
             });
         }
-        fs::persist(tmp, &dest, true, self.sync_each())?;
+        fs::persist(tmp, dest, true, self.sync_each())
+    }
+
+    /// Stores the file at `path` by giving it a second name under `cas/` (a hard link) instead
+    /// of copying it, and returns its digest and size. The file becomes read-only and must not
+    /// change afterwards: it *is* the blob. Whoever rewrites `path` later must unlink it first
+    /// and create a new file, never truncate it in place.
+    ///
+    /// A file that changed while it was hashed and linked (size or modification time) is an
+    /// error; the blob it may have left is caught by readers, which verify every blob.
+    pub fn link_file(&self, path: &Path) -> Result<(Digest, u64)> {
+        let stamp = |path: &Path| {
+            std::fs::metadata(path)
+                .and_then(|m| Ok((m.len(), m.modified()?)))
+                .map_err(StoreError::io("inspect", path))
+        };
+        let before = stamp(path)?;
+        let (digest, size) = fs::hash_file(path).map_err(StoreError::io("read", path))?;
+        self.link_blob(path, &digest, size)?;
+        if stamp(path)? != before || before.0 != size {
+            return Err(StoreError::SourceChanged {
+                path: path.to_path_buf(),
+            });
+        }
         Ok((digest, size))
+    }
+
+    /// Like [`LocalStore::link_file`] for a file whose digest and size the caller already knows
+    /// (it wrote every byte itself). Readers verify blobs, so a wrong digest is only a miss.
+    ///
+    /// The link goes straight to the final name: if a blob is already there (another writer of
+    /// the same bytes was first), this one is left as it is. A blob of the wrong size there is
+    /// replaced by a copy, and so is the link when the file system refuses hard links.
+    pub fn link_blob(&self, path: &Path, digest: &Digest, size: u64) -> Result<()> {
+        let dest = self.blob_location(digest);
+        let linked = (|| {
+            fs::set_read_only(path)?;
+            if self.sync_each() {
+                std::fs::File::open(path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(StoreError::io("sync", path))?;
+            }
+            fs::link_new(path, &dest, self.sync_each()).map_err(StoreError::io("link", path))
+        })();
+        match linked {
+            Ok(fs::Linked::New) => Ok(()),
+            Ok(fs::Linked::Exists) if fs::file_len_if_exists(&dest) == Some(size) => Ok(()),
+            // A damaged blob, a file that is not ours to make read-only, or no hard links
+            // here: store a copy the usual way.
+            Ok(fs::Linked::Exists) | Err(_) => self.copy_in(path, digest, size, &dest),
+        }
     }
 
     /// Whether the blob is present. Cheap: does not check its content (readers do).

@@ -19,15 +19,24 @@ pub(crate) fn fanout_path(dir: &Path, d: &Digest) -> PathBuf {
 /// Creates `dir` if missing; when it had to be created, syncs its parent so the new directory
 /// entry survives a crash.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
+    ensure_dir_synced(dir, true)
+}
+
+/// Like [`ensure_dir`]; without `sync` the caller makes the new entry durable later.
+fn ensure_dir_synced(dir: &Path, sync: bool) -> Result<()> {
+    create_dir(dir, sync).map_err(StoreError::io("create directory", dir))
+}
+
+fn create_dir(dir: &Path, sync: bool) -> io::Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => {
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
+            if sync && let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
             }
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) => Err(StoreError::io("create directory", dir)(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -49,6 +58,9 @@ pub(crate) fn temp_file(tmp_dir: &Path, prefix: &str) -> Result<NamedTempFile> {
 /// Renames a fully written temp file to `dest`: readers see either the old file or the complete
 /// new one, never a partial one. With `sync`, the file and then `dest`'s directory are synced
 /// too; without, the caller makes them durable later (see `LocalStore::defer_sync`).
+///
+/// `dest`'s directory (a fan-out directory) is created the first time a rename into it finds it
+/// missing, so an existing one costs nothing.
 pub(crate) fn persist(tmp: NamedTempFile, dest: &Path, read_only: bool, sync: bool) -> Result<()> {
     let tmp_path = tmp.path().to_path_buf();
     if read_only {
@@ -60,21 +72,60 @@ pub(crate) fn persist(tmp: NamedTempFile, dest: &Path, read_only: bool, sync: bo
             .map_err(StoreError::io("sync", &tmp_path))?;
     }
     let parent = dest.parent().expect("store paths have a parent");
-    ensure_dir(parent)?;
-    tmp.persist(dest)
-        .map_err(|e| StoreError::io("move a temp file to", dest)(e.error))?;
+    let tmp = match tmp.persist(dest) {
+        Ok(_) => None,
+        Err(e) if e.error.kind() == io::ErrorKind::NotFound => Some(e.file),
+        Err(e) => return Err(StoreError::io("move a temp file to", dest)(e.error)),
+    };
+    if let Some(tmp) = tmp {
+        ensure_dir_synced(parent, sync)?;
+        tmp.persist(dest)
+            .map_err(|e| StoreError::io("move a temp file to", dest)(e.error))?;
+    }
     if sync { sync_dir(parent) } else { Ok(()) }
 }
 
-/// Flushes everything written to the file system that holds `dir` (one `syncfs`).
-pub(crate) fn sync_filesystem(dir: &Path) -> Result<()> {
+/// How [`link_new`] ended.
+pub(crate) enum Linked {
+    /// `dest` is a new name of `src`.
+    New,
+    /// Something already has the name `dest`; nothing was changed.
+    Exists,
+}
+
+/// Gives the file `src` the new name `dest` with one `link(2)`, straight to the final name: no
+/// temp name, so two writers of the same `dest` cannot race (one gets [`Linked::Exists`]).
+/// `dest`'s directory is created when missing. With `sync`, the directory is synced.
+pub(crate) fn link_new(src: &Path, dest: &Path, sync: bool) -> io::Result<Linked> {
+    let parent = dest.parent().expect("store paths have a parent");
+    let linked = match fs::hard_link(src, dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !parent.is_dir() => {
+            create_dir(parent, sync)?;
+            fs::hard_link(src, dest)
+        }
+        other => other,
+    };
+    match linked {
+        Ok(()) => {
+            if sync {
+                File::open(parent)?.sync_all()?;
+            }
+            Ok(Linked::New)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Linked::Exists),
+        Err(e) => Err(e),
+    }
+}
+
+/// Flushes everything written to the file system that holds `file` (one `syncfs`); `path` is
+/// its name, for errors.
+pub(crate) fn sync_filesystem(file: &File, path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let f = File::open(dir).map_err(StoreError::io("open", dir))?;
-    // SAFETY: syncfs(2) on a descriptor we own for the duration of the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+    // SAFETY: syncfs(2) on a descriptor that `file` keeps open for the duration of the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
         Ok(())
     } else {
-        Err(StoreError::io("sync the file system of", dir)(
+        Err(StoreError::io("sync the file system of", path)(
             io::Error::last_os_error(),
         ))
     }
@@ -95,14 +146,14 @@ pub(crate) fn write_atomic(
 }
 
 #[cfg(unix)]
-fn set_read_only(path: &Path) -> Result<()> {
+pub(crate) fn set_read_only(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o444))
         .map_err(StoreError::io("set permissions of", path))
 }
 
 #[cfg(not(unix))]
-fn set_read_only(_path: &Path) -> Result<()> {
+pub(crate) fn set_read_only(_path: &Path) -> Result<()> {
     Ok(())
 }
 

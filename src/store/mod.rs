@@ -13,8 +13,11 @@
 //! ```
 //!
 //! Every write goes to a temp file in `tmp/`, is synced and renamed into place, so a crash at any
-//! moment never leaves a partial entry under `cas/` or `ac/`. Readers verify what they read: a
-//! corrupt entry is treated as a miss, moved aside and reported through [`LocalStore::take_warnings`].
+//! moment never leaves a partial entry under `cas/` or `ac/`. A finished file that its writer
+//! will never change again (a node's log) can instead become a blob by a hard link straight to its
+//! final name ([`LocalStore::link_blob`]). Fan-out directories are created when a rename or link
+//! first finds them missing. Readers verify what they read: a corrupt entry is treated as a miss,
+//! moved aside and reported through [`LocalStore::take_warnings`].
 
 mod ac;
 mod cas;
@@ -58,6 +61,8 @@ pub struct LocalStore {
     warnings: Mutex<Vec<StoreWarning>>,
     /// See [`LocalStore::defer_sync`].
     deferred_sync: std::sync::atomic::AtomicBool,
+    /// `records.log`, kept open for appending once a record has been appended.
+    records_file: Mutex<Option<std::sync::Arc<std::fs::File>>>,
 }
 
 impl LocalStore {
@@ -88,6 +93,7 @@ impl LocalStore {
             lock_path: root.join("lock"),
             warnings: Mutex::new(Vec::new()),
             deferred_sync: std::sync::atomic::AtomicBool::new(false),
+            records_file: Mutex::new(None),
         };
         for dir in [&store.cas, &store.ac, &store.logs, &store.tmp] {
             fs::ensure_dir(dir)?;

@@ -3,7 +3,7 @@
 //! crash) is skipped, never fatal.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use super::LocalStore;
@@ -21,17 +21,52 @@ pub(crate) struct RecordLog {
 impl LocalStore {
     /// Appends `record` with a single `write` of one line to the log opened `O_APPEND`, then
     /// syncs it. If the log ends in a torn line, the new line starts on a fresh line.
+    ///
+    /// The log stays open between appends (a build appends once per node); the check for a torn
+    /// last line is done when it is opened, and again after a failed append.
     pub fn append_record(&self, record: &Record) -> Result<()> {
+        self.append_records(std::slice::from_ref(record))
+    }
+
+    /// Appends several records with one `write` and one sync (and, in group-commit mode, one
+    /// `syncfs` before them).
+    pub fn append_records(&self, records: &[Record]) -> Result<()> {
         let path = &self.records;
-        if !self.sync_each() {
-            // The record is the commit point: what it refers to must be durable first.
-            fs::sync_filesystem(&self.root)?;
+        let mut lines = Vec::with_capacity(records.len() * 160);
+        for record in records {
+            serde_json::to_writer(&mut lines, record).map_err(|source| StoreError::Encode {
+                what: format!("the record of {}", record.id),
+                source,
+            })?;
+            lines.push(b'\n');
         }
-        let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
-            what: format!("the record of {}", record.id),
-            source,
-        })?;
-        line.push(b'\n');
+        let (file, torn) = self.records_file()?;
+        if !self.sync_each() {
+            // The records are the commit point: what they refer to must be durable first.
+            fs::sync_filesystem(&file, path)?;
+        }
+        if torn {
+            lines.insert(0, b'\n');
+        }
+        let appended = (&*file)
+            .write_all(&lines)
+            .map_err(StoreError::io("append to", path))
+            .and_then(|()| file.sync_data().map_err(StoreError::io("sync", path)));
+        if appended.is_err() {
+            // Part of the lines may be there: check again before the next append.
+            *self.records_file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        appended
+    }
+
+    /// `records.log`, open for appending, and whether it ends in a torn line (only the first
+    /// time it is opened).
+    fn records_file(&self) -> Result<(std::sync::Arc<File>, bool)> {
+        let path = &self.records;
+        let mut open = self.records_file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = &*open {
+            return Ok((file.clone(), false));
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -42,18 +77,17 @@ impl LocalStore {
             .metadata()
             .map_err(StoreError::io("inspect", path))?
             .len();
+        let mut torn = false;
         if len > 0 {
             let mut last = [0u8; 1];
             file.seek(SeekFrom::Start(len - 1))
                 .and_then(|_| file.read_exact(&mut last))
                 .map_err(StoreError::io("read", path))?;
-            if last[0] != b'\n' {
-                line.insert(0, b'\n');
-            }
+            torn = last[0] != b'\n';
         }
-        file.write_all(&line)
-            .map_err(StoreError::io("append to", path))?;
-        file.sync_data().map_err(StoreError::io("sync", path))
+        let file = std::sync::Arc::new(file);
+        *open = Some(file.clone());
+        Ok((file, torn))
     }
 
     /// The last record of every logical id.
@@ -105,7 +139,10 @@ impl LocalStore {
             })?;
             bytes.push(b'\n');
         }
-        fs::write_atomic(&self.tmp, &self.records, &bytes, false, true)
+        fs::write_atomic(&self.tmp, &self.records, &bytes, false, true)?;
+        // The open handle belongs to the replaced file.
+        *self.records_file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
     }
 }
 

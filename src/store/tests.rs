@@ -105,6 +105,90 @@ fn put_file_round_trip() {
     assert!(store.put_file(&dir.path().join("nope")).is_err());
 }
 
+/// Files with the same bytes, linked into the store from several threads at once: every call
+/// succeeds, one blob remains, and every file is still there under its own name.
+#[test]
+fn identical_files_linked_concurrently() {
+    let (dir, store) = store();
+    let store = Arc::new(store);
+    let content = b"the same log, written by several nodes\n";
+    let paths: Vec<_> = (0..16)
+        .map(|i| {
+            let p = dir.path().join(format!("log-{i}"));
+            std::fs::write(&p, content).unwrap();
+            p
+        })
+        .collect();
+    for round in 0..2 {
+        let barrier = Arc::new(std::sync::Barrier::new(paths.len()));
+        let handles: Vec<_> = paths
+            .iter()
+            .cloned()
+            .map(|p| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    store.link_file(&p).unwrap()
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(
+                h.join().unwrap(),
+                (Digest::of_bytes(content), content.len() as u64),
+                "round {round}"
+            );
+        }
+    }
+    let d = Digest::of_bytes(content);
+    assert_eq!(store.get_blob(&d).unwrap().unwrap(), content);
+    for p in &paths {
+        assert_eq!(std::fs::read(p).unwrap(), content);
+        assert!(std::fs::metadata(p).unwrap().permissions().readonly());
+    }
+    let blobs = std::fs::read_dir(store.blob_location(&d).parent().unwrap())
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 1);
+    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    assert!(store.verify().unwrap().is_ok());
+}
+
+/// A linked file is the blob: its other name can go (a new log replaces the old one) and the
+/// blob stays; a blob of the wrong size under the digest's name is replaced by a good copy.
+#[test]
+fn linked_blobs_outlive_their_first_name_and_replace_damaged_ones() {
+    let (dir, store) = store();
+    let p = dir.path().join("a.log");
+    std::fs::write(&p, b"log one").unwrap();
+    let (d, _) = store.link_file(&p).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    assert_eq!(store.get_blob(&d).unwrap().unwrap(), b"log one");
+
+    let q = dir.path().join("b.log");
+    std::fs::write(&q, b"log two").unwrap();
+    let d2 = Digest::of_bytes(b"log two");
+    let dest = store.blob_location(&d2);
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::write(&dest, b"log tw").unwrap();
+    assert_eq!(store.link_file(&q).unwrap(), (d2, 7));
+    assert_eq!(store.get_blob(&d2).unwrap().unwrap(), b"log two");
+    assert!(store.take_warnings().is_empty());
+}
+
+/// Fan-out directories are made on first use, also after someone removed one.
+#[test]
+fn fanout_directories_are_created_when_missing() {
+    let (_dir, store) = store();
+    let d = store.put_blob(b"first").unwrap();
+    let prefix = store.blob_location(&d).parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&prefix).unwrap();
+    store.put_blob(b"first").unwrap();
+    assert_eq!(store.get_blob(&d).unwrap().unwrap(), b"first");
+    let r = action(&store, "x", 7);
+    assert_eq!(store.get_action(&r.key).unwrap().unwrap(), r);
+}
+
 #[test]
 fn corrupt_blob_is_a_miss_with_a_warning() {
     let (_dir, store) = store();
@@ -220,11 +304,12 @@ fn records_last_per_id_wins_and_torn_lines_are_skipped() {
     assert_eq!(records["b"].key, key(2));
     assert_eq!(store.record_history().unwrap().len(), 3);
 
-    // A crash mid-append leaves a torn last line.
+    // A crash mid-append leaves a torn last line; the next process opens the store anew.
     let log = store.root().join("records.log");
     let mut bytes = std::fs::read(&log).unwrap();
     bytes.extend_from_slice(br#"{"id":"a","key":"ab"#);
     std::fs::write(&log, bytes).unwrap();
+    let store = LocalStore::open(store.root()).unwrap();
     assert_eq!(store.load_records().unwrap()["a"].key, key(3));
     assert_eq!(store.record_history().unwrap().len(), 3);
     let report = store.verify().unwrap();

@@ -567,3 +567,172 @@ fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         }
     }
 }
+
+/// Every attempt starts in an empty work directory, though directories are reused: whatever a
+/// step (or a failed attempt) left there is gone before the next one starts, and nothing is left
+/// under `tmp/` after the build.
+#[test]
+fn every_attempt_starts_in_an_empty_work_directory() {
+    let step = r#"step "build" builder="command" inputs="vars" retries=1 {
+        argv "sh" "-c" "test -z \"$(ls -A)\" || {{ echo not empty: $(ls -A); exit 3; }}; mkdir -p d/e; touch junk .hidden d/e/f; chmod 0444 junk; test $KILN_ATTEMPT = 2 || test {os} = one"
+    }"#;
+    let p = Project::new()
+        .with_file(
+            "modules/cmd.kdl",
+            &format!("module \"cmd\" {{\n    var \"cell\" \"{{name}}\"\n    {step}\n}}\n"),
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "p"; os "one" "two" "three" "four" "five"; }
+provider "p" module="cmd"
+"#,
+        );
+    let out = p.kiln(&["build", "-j", "2", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "5 built, 0 cached");
+    let log = p.kiln(&["logs", "p/two/1.31/build"]).stdout;
+    assert!(log.contains("attempt 1 failed"), "{log}");
+    assert!(!log.contains("] not empty"), "{log}");
+    let left: Vec<_> = std::fs::read_dir(p.path().join("cache/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in tmp/: {left:?}");
+}
+
+/// A finished log is also its blob in the content store (one file, two names, read-only). A
+/// rebuild writes a new log file and leaves the old blob intact.
+#[test]
+fn a_log_is_its_own_blob_and_a_rebuild_does_not_touch_the_old_one() {
+    use std::os::unix::fs::MetadataExt;
+    let p = project("");
+    p.kiln(&["build", "-j", "2", "--quiet"]).expect_code(0);
+    let log = p.path().join("cache/logs/alpha__one__1.31__build.log");
+    let old = std::fs::read(&log).unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    assert_eq!(meta.nlink(), 2);
+    assert_eq!(meta.mode() & 0o777, 0o444);
+    let mut blobs = Vec::new();
+    collect_files(&p.path().join("cache/cas"), &mut blobs);
+    let blob = blobs
+        .iter()
+        .find(|b| std::fs::metadata(b).unwrap().ino() == meta.ino())
+        .expect("the log's blob")
+        .clone();
+
+    let again = p.kiln(&["build", "--quiet", "--force", "alpha-one-k8s-1.31"]);
+    again.expect_code(0);
+    assert_eq!(std::fs::read(&blob).unwrap(), old);
+    let new = p.kiln(&["logs", "alpha/one/1.31/build"]).stdout;
+    assert!(new.contains("== alpha/one/1.31/build (command)"), "{new}");
+    assert_ne!(std::fs::metadata(&log).unwrap().ino(), meta.ino());
+    p.kiln(&["cache", "verify"]).expect_code(0);
+}
+
+/// Outputs become blobs by hard links: several nodes writing identical outputs at the same time
+/// all succeed and share one blob, which keeps no other name once the work directories are
+/// emptied; an output that is a symlink to a file outside the work directory is copied, and that
+/// file is left as it was.
+#[test]
+fn identical_outputs_stored_concurrently_share_one_blob() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let module = r#"module "cmd" {
+    var "cell" "{name}"
+    step "build" builder="command" inputs="vars" {
+        argv "sh" "-c" "sleep 0.1; echo same > out.txt; ln -s SHARED shared.txt"
+        outputs "out.txt" "shared.txt"
+    }
+    step "publish" builder="command" inputs="vars" {
+        argv "sh" "-c" "test \"$(cat upstream/build/out.txt)\" = same && test \"$(cat upstream/build/shared.txt)\" = outside"
+    }
+}
+"#;
+    let p = Project::new().with_file("shared.txt", "outside\n");
+    let shared = p.path().join("shared.txt");
+    let p = p
+        .with_file(
+            "modules/cmd.kdl",
+            &module.replace("SHARED", &shared.to_string_lossy()),
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "p"; os "a" "b" "c" "d" "e" "f"; }
+provider "p" module="cmd"
+"#,
+        );
+    let out = p.kiln(&["build", "-j", "4", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "12 built, 0 cached");
+    p.kiln(&["cache", "verify"]).expect_code(0);
+    let mut blobs = Vec::new();
+    collect_files(&p.path().join("cache/cas"), &mut blobs);
+    let same: Vec<_> = blobs
+        .iter()
+        .filter(|b| std::fs::read(b).unwrap() == b"same\n")
+        .collect();
+    assert_eq!(same.len(), 1, "{same:?}");
+    assert_eq!(std::fs::metadata(same[0]).unwrap().nlink(), 1);
+    let meta = std::fs::metadata(&shared).unwrap();
+    assert_eq!(meta.nlink(), 1);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    assert!(
+        std::fs::read_dir(p.path().join("cache/tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+/// `-j` bounds the steps that run at once, and a provider's `limit` bounds its own; a job slot
+/// is free again once its step is over, while its result is still being stored.
+#[test]
+fn jobs_and_provider_limits_bound_concurrent_steps() {
+    let p = Project::new();
+    let runs = p.path().join("runs");
+    std::fs::create_dir_all(runs.join("all")).unwrap();
+    std::fs::create_dir_all(runs.join("a")).unwrap();
+    std::fs::create_dir_all(runs.join("b")).unwrap();
+    // Each step marks itself running (globally and per provider), notes how many are, waits a
+    // little and unmarks itself.
+    let module = r#"module "cmd" {
+    var "cell" "{name}"
+    step "build" builder="command" inputs="vars" {
+        argv "sh" "-c" "R=RUNS; touch $R/all/{name} $R/{provider}/{name}; ls $R/all | wc -l >> $R/all.seen; ls $R/{provider} | wc -l >> $R/{provider}.seen; sleep 0.1; rm $R/all/{name} $R/{provider}/{name}"
+    }
+}
+"#;
+    let p = p
+        .with_file(
+            "modules/cmd.kdl",
+            &module.replace("RUNS", &runs.to_string_lossy()),
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "a" "b"; os "1" "2" "3" "4" "5"; }
+provider "a" module="cmd" { limit 1; }
+provider "b" module="cmd"
+"#,
+        );
+    let out = p.kiln(&["build", "-j", "3", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "10 built, 0 cached");
+    let max = |f: &str| {
+        p.read(&format!("runs/{f}.seen"))
+            .lines()
+            .map(|l| l.trim().parse::<u32>().unwrap())
+            .max()
+            .unwrap()
+    };
+    assert!(max("all") <= 3, "{}", max("all"));
+    assert_eq!(max("a"), 1);
+    assert!(max("b") <= 3);
+}
