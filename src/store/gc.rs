@@ -36,6 +36,8 @@ pub struct GcReport {
     pub blobs_kept: usize,
     pub blobs_removed: usize,
     pub blob_bytes_freed: u64,
+    /// Temp files and step work directories under `tmp/` older than [`TEMP_GRACE`], left by
+    /// interrupted builds.
     pub temp_files_removed: usize,
     pub temp_bytes_freed: u64,
     /// Lines of `records.log` dropped because their entries were collected (or were garbled).
@@ -128,17 +130,43 @@ impl LocalStore {
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_millis() as u64);
-            if !meta.is_file() || modified_ms.is_none_or(|m| m >= cutoff) {
+            if modified_ms.is_none_or(|m| m >= cutoff) {
                 continue;
             }
-            report.temp_files_removed += 1;
-            report.temp_bytes_freed += meta.len();
-            if !policy.dry_run {
-                fs::remove_file(&entry.path())?;
+            let path = entry.path();
+            if meta.is_file() {
+                report.temp_files_removed += 1;
+                report.temp_bytes_freed += meta.len();
+                if !policy.dry_run {
+                    fs::remove_file(&path)?;
+                }
+            } else if meta.is_dir() && entry.file_name().to_string_lossy().starts_with("work-") {
+                // A step's work directory that a killed build left behind.
+                report.temp_files_removed += 1;
+                report.temp_bytes_freed += tree_len(&path);
+                if !policy.dry_run {
+                    std::fs::remove_dir_all(&path)
+                        .map_err(super::error::StoreError::io("remove", &path))?;
+                }
             }
         }
         Ok(report)
     }
+}
+
+/// The bytes of every file below `dir`.
+fn tree_len(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_len(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// The keys gc keeps, per `policy`.

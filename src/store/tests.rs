@@ -466,6 +466,10 @@ fn gc_dry_run_removes_nothing_but_reports_the_same() {
         record(&store, "a", n, n as u64);
     }
     std::fs::write(store.tmp_dir().join("leftover"), b"partial").unwrap();
+    // A work directory a killed build left behind, and one that is not kiln's.
+    std::fs::create_dir_all(store.tmp_dir().join("work-1234-0/sub")).unwrap();
+    std::fs::write(store.tmp_dir().join("work-1234-0/sub/image.raw"), b"12345").unwrap();
+    std::fs::create_dir(store.tmp_dir().join("inspect-me")).unwrap();
     let policy = GcPolicy {
         keep_last: Some(1),
         older_than: None,
@@ -478,8 +482,8 @@ fn gc_dry_run_removes_nothing_but_reports_the_same() {
     assert!(dry.dry_run);
     assert_eq!(dry.actions_removed, 2);
     assert_eq!(dry.blobs_removed, 4);
-    assert_eq!(dry.temp_files_removed, 1);
-    assert_eq!(dry.temp_bytes_freed, 7);
+    assert_eq!(dry.temp_files_removed, 2);
+    assert_eq!(dry.temp_bytes_freed, 7 + 5);
     assert_eq!(dry.records_dropped, 2);
     assert_eq!(store.action_keys().unwrap().len(), 3);
     assert!(store.tmp_dir().join("leftover").exists());
@@ -504,6 +508,8 @@ fn gc_dry_run_removes_nothing_but_reports_the_same() {
     );
     assert_eq!(store.action_keys().unwrap(), [key(3)].into());
     assert!(!store.tmp_dir().join("leftover").exists());
+    assert!(!store.tmp_dir().join("work-1234-0").exists());
+    assert!(store.tmp_dir().join("inspect-me").is_dir());
     assert_eq!(store.record_history().unwrap().len(), 1);
 }
 
