@@ -32,14 +32,7 @@ impl LocalStore {
     /// `syncfs` before them).
     pub fn append_records(&self, records: &[Record]) -> Result<()> {
         let path = &self.records;
-        let mut lines = Vec::with_capacity(records.len() * 160);
-        for record in records {
-            serde_json::to_writer(&mut lines, record).map_err(|source| StoreError::Encode {
-                what: format!("the record of {}", record.id),
-                source,
-            })?;
-            lines.push(b'\n');
-        }
+        let mut lines = encode_lines(records)?;
         let (file, torn) = self.records_file()?;
         if !self.sync_each() {
             // The records are the commit point: what they refer to must be durable first.
@@ -131,19 +124,25 @@ impl LocalStore {
 
     /// Replaces the log with `records`, atomically.
     pub(crate) fn rewrite_records(&self, records: &[Record]) -> Result<()> {
-        let mut bytes = Vec::new();
-        for record in records {
-            serde_json::to_writer(&mut bytes, record).map_err(|source| StoreError::Encode {
-                what: format!("the record of {}", record.id),
-                source,
-            })?;
-            bytes.push(b'\n');
-        }
+        let bytes = encode_lines(records)?;
         fs::write_atomic(&self.tmp, &self.records, &bytes, false, true)?;
         // The open handle belongs to the replaced file.
         *self.records_file.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
+}
+
+/// One JSON line per record.
+fn encode_lines(records: &[Record]) -> Result<Vec<u8>> {
+    let mut lines = Vec::with_capacity(records.len() * 160);
+    for record in records {
+        serde_json::to_writer(&mut lines, record).map_err(|source| StoreError::Encode {
+            what: format!("the record of {}", record.id),
+            source,
+        })?;
+        lines.push(b'\n');
+    }
+    Ok(lines)
 }
 
 /// Parses the log's lines in parallel (planners read tens of thousands of them).
