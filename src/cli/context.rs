@@ -126,11 +126,20 @@ pub fn lower_keyed(
     if cache.is_some_and(Path::exists) {
         let _ = stat.save();
     }
-    let build = build_id();
-    let key = build.as_ref().map(|b| {
-        graph::snapshot::snapshot_key(loaded.config.digest(), &loaded.config.root, &digests, b)
+    let key = build_id().map(|b| {
+        graph::snapshot::snapshot_key(
+            loaded.config.digest(),
+            &loaded.config.root,
+            &digests,
+            b.as_str(),
+        )
     });
-    let graph = lower_cached(loaded, cache.filter(|_| key.is_some()), key, &digests)?;
+    let snapshot = key.zip(
+        cache
+            .filter(|c| c.exists())
+            .map(|c| c.join("graph.snapshot")),
+    );
+    let graph = lower_cached(loaded, snapshot, &digests)?;
     let graph = if loaded.whole {
         graph
     } else {
@@ -141,26 +150,25 @@ pub fn lower_keyed(
     Ok((graph, key))
 }
 
-/// Lowers through the graph snapshot kept in the cache (`graph.snapshot`): when nothing lowering
-/// reads has changed since it was written, the graph is loaded instead of lowered again.
+/// Lowers through the graph snapshot kept in the cache (`graph.snapshot`, valid for one key):
+/// when nothing lowering reads has changed since it was written, the graph is loaded instead of
+/// lowered again.
 fn lower_cached(
     loaded: &Loaded,
-    cache: Option<&Path>,
-    key: Option<Digest>,
+    snapshot: Option<(Digest, PathBuf)>,
     digests: &std::collections::HashMap<PathBuf, graph::Content>,
 ) -> Result<Graph, CliError> {
-    let file = cache
-        .filter(|c| c.exists())
-        .map(|c| c.join("graph.snapshot"));
-    if let (Some(file), Some(key)) = (&file, key)
+    if let Some((key, file)) = &snapshot
         && let Some(g) = std::fs::read(file)
             .ok()
-            .and_then(|bytes| graph::snapshot::decode(&bytes, key, loaded.all.clone()))
+            .and_then(|bytes| graph::snapshot::decode(&bytes, *key, loaded.all.clone()))
     {
         return Ok(g);
     }
     let g = graph::lower(&loaded.config, loaded.all.clone(), digests).map_err(CliError::Config)?;
-    if let (Some(file), Some(bytes)) = (file, key.and_then(|k| graph::snapshot::encode(&g, k))) {
+    if let Some((key, file)) = snapshot
+        && let Some(bytes) = graph::snapshot::encode(&g, key)
+    {
         save_memo(&file, &bytes);
     }
     Ok(g)
