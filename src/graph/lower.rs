@@ -316,10 +316,16 @@ impl Ctx<'_> {
                     )
                 })
                 .collect();
-            if step.builder == BuilderKind::ImageBuilder
-                && let Some(data) = self.image_builder
-            {
-                check_image_builder(data, step, &params, base, &mut problems);
+            if let Some(data) = self.image_builder {
+                match step.builder {
+                    BuilderKind::ImageBuilder => {
+                        check_image_builder(data, step, &params, base, &mut problems)
+                    }
+                    BuilderKind::TemplatePatch => {
+                        check_template(data, step, &params, &mut problems)
+                    }
+                    _ => {}
+                }
             }
             let recipe = Recipe {
                 step: step.kind,
@@ -352,6 +358,42 @@ impl Ctx<'_> {
         }
         CellPlan { steps, problems }
     }
+}
+
+/// A template-patch step's rendered `template` must be a packer template of the pinned version.
+fn check_template(
+    data: &imagebuilder::Data,
+    step: &crate::config::StepDecl,
+    params: &Table,
+    problems: &mut Vec<TemplateProblem>,
+) {
+    let Some(template) = params.get("template").map(Value::render) else {
+        return;
+    };
+    if data.has_template(&template) {
+        return;
+    }
+    let help = match data.suggest_template(&template) {
+        Some(s) => format!(
+            "did you mean `{s}`? Templates are named relative to image-builder's images/capi"
+        ),
+        None => format!(
+            "image-builder {} has these templates: {}",
+            data.version,
+            data.templates.join(", ")
+        ),
+    };
+    problems.push(TemplateProblem {
+        code: "kiln::image-builder::unknown-template",
+        label: "renders to an unknown template",
+        loc: step.params.get("template").map_or(step.loc, |p| p.loc),
+        what: format!("template {template}"),
+        message: format!(
+            "image-builder {} has no packer template `{template}`",
+            data.version
+        ),
+        help,
+    });
 }
 
 /// An image-builder step against the pinned version's data: its rendered make target must exist,

@@ -20,13 +20,16 @@ pub struct Data {
     pub targets: Vec<&'static str>,
     /// Scope (`config`, or a `packer/<dir>` name) → the variables it declares.
     pub variables: BTreeMap<&'static str, BTreeSet<&'static str>>,
+    /// Every packer template under `images/capi` (`packer/ami/packer.json`, …), sorted.
+    pub templates: Vec<&'static str>,
 }
 
-/// Embedded data files: (version, make-targets.txt, variables.txt).
-const SHIPPED: &[(&str, &str, &str)] = &[(
+/// Embedded data files: (version, make-targets.txt, variables.txt, templates.txt).
+const SHIPPED: &[(&str, &str, &str, &str)] = &[(
     "v0.1.55",
     include_str!("../../data/image-builder/v0.1.55/make-targets.txt"),
     include_str!("../../data/image-builder/v0.1.55/variables.txt"),
+    include_str!("../../data/image-builder/v0.1.55/templates.txt"),
 )];
 
 fn lines(text: &'static str) -> impl Iterator<Item = &'static str> {
@@ -38,9 +41,11 @@ fn lines(text: &'static str) -> impl Iterator<Item = &'static str> {
 static DATA: LazyLock<Vec<Data>> = LazyLock::new(|| {
     SHIPPED
         .iter()
-        .map(|(version, targets, vars)| {
+        .map(|(version, targets, vars, templates)| {
             let mut targets: Vec<&str> = lines(targets).collect();
             targets.sort_unstable();
+            let mut templates: Vec<&str> = lines(templates).collect();
+            templates.sort_unstable();
             let mut variables: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
             for l in lines(vars) {
                 if let Some((scope, name)) = l.split_once(' ') {
@@ -51,6 +56,7 @@ static DATA: LazyLock<Vec<Data>> = LazyLock::new(|| {
                 version,
                 targets,
                 variables,
+                templates,
             }
         })
         .collect()
@@ -63,7 +69,7 @@ pub fn data(version: &str) -> Option<&'static Data> {
 
 /// The image-builder versions this kiln knows.
 pub fn versions() -> Vec<&'static str> {
-    SHIPPED.iter().map(|(v, _, _)| *v).collect()
+    SHIPPED.iter().map(|(v, ..)| *v).collect()
 }
 
 /// The scope of variables every build reads (`packer/config/*.json`).
@@ -72,6 +78,15 @@ pub const CONFIG_SCOPE: &str = "config";
 impl Data {
     pub fn has_target(&self, target: &str) -> bool {
         self.targets.binary_search(&target).is_ok()
+    }
+
+    pub fn has_template(&self, path: &str) -> bool {
+        self.templates.binary_search(&path).is_ok()
+    }
+
+    /// The closest known template, for a "did you mean".
+    pub fn suggest_template(&self, path: &str) -> Option<&'static str> {
+        crate::config::diag::suggest(path, self.templates.iter().copied())
     }
 
     /// The closest known target, for a "did you mean".

@@ -77,6 +77,44 @@ fn shipped_data_matches_the_fixtures() {
         fs::read_to_string(data.join("make-targets.txt")).unwrap(),
         fs::read_to_string(ib_fixture().join("make-targets.txt")).unwrap()
     );
+    let mut text = "# Every packer template of image-builder v0.1.55 (a JSON file with `builders`), relative to\n# images/capi. Checked against the fixtures by `cargo test`; regenerate with KILN_BLESS=1.\n".to_string();
+    for t in templates() {
+        text.push_str(&format!("{t}\n"));
+    }
+    let path = data.join("templates.txt");
+    if blessing() {
+        fs::write(&path, &text).unwrap();
+    }
+    assert!(
+        fs::read_to_string(&path).unwrap() == text,
+        "{} is stale: run with KILN_BLESS=1",
+        path.display()
+    );
+}
+
+/// Every packer template of the fixture's image-builder: `packer/<dir>/<file>` whose JSON has
+/// `builders`.
+fn templates() -> BTreeSet<String> {
+    let packer = ib_fixture().join("packer");
+    let mut out = BTreeSet::new();
+    for dir in fs::read_dir(&packer).unwrap() {
+        let dir = dir.unwrap().path();
+        for f in fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            let Ok(doc) = serde_json::from_str::<Value>(&fs::read_to_string(&f).unwrap()) else {
+                continue;
+            };
+            if doc.get("builders").is_some() {
+                out.insert(
+                    f.strip_prefix(ib_fixture())
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// kiln's `append` is exactly `jq --slurpfile patch packer-patch.json
@@ -141,6 +179,32 @@ fn check_rejects_an_unknown_make_target_with_a_suggestion() {
     );
     assert!(err.contains("did you mean `build-ami-flatcar`?"), "{err}");
     assert!(err.contains("modules/aws.kdl:17:"), "{err}");
+}
+
+/// The template a patch step patches must be one of the pinned version's packer templates
+/// (hcloud's module patches one; without patches the step does not exist).
+#[test]
+fn check_rejects_an_unknown_template_with_a_suggestion() {
+    let p = Project::repo_config();
+    p.edit("modules/hcloud.kdl", |m| {
+        m.replace("packer/hcloud/packer.json", "packer/hcloud/packr.json")
+    });
+    let out = p.kiln(&["check"]);
+    out.expect_code(1);
+    let err = out.stderr;
+    assert!(
+        err.contains("kiln::image-builder::unknown-template"),
+        "{err}"
+    );
+    assert!(
+        err.contains("image-builder v0.1.55 has no packer template `packer/hcloud/packr.json`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("did you mean `packer/hcloud/packer.json`?"),
+        "{err}"
+    );
+    assert!(err.contains("modules/hcloud.kdl:10:"), "{err}");
 }
 
 #[test]
