@@ -14,12 +14,14 @@ Layout written under OUT:
     providers/pNN/scripts/*.sh      three scripts shipped into validate and build
     build.ninja                     the same nodes, edges and input files, as ninja stamps
 
-Why every node is per cell: the patch step's `template` names `{os}` and `{kubernetes}`, so the
-patch node's key differs per cell. With --shared-patch the template is a constant, kiln shares
-one patch node per provider across all its cells, and the graph has 20 + 3 x 20,000 nodes.
+Why every node is per cell: the patch step (a real image-builder template, `packer/ami/packer.json`)
+takes the cell's variables too (`inputs="patches vars"`), and the module declares
+`var "image_os" "{os}"`, so the patch node's key differs per cell. With --shared-patch it takes
+only the patches, kiln shares one patch node per provider across all its cells, and the graph
+has 20 + 3 x 20,000 nodes.
 
 Which files each node reads (from `BuilderKind::consumes()`):
-    patch    template-patch: the provider's patch files        -> patch.json
+    patch    template-patch: the provider's patch files (and vars) -> patch.json
     validate command:        vars, shipped files, secrets      -> the three scripts
     build    command:        vars, shipped files, secrets      -> the three scripts
     publish  upload:         secrets only                      -> no file
@@ -94,16 +96,17 @@ def gen_kiln(out, series, providers, oses, shared_patch):
         + "\n"
         + "\n".join(provs),
     )
-    template = "packer/{provider}/packer.json" if shared_patch else "packer/{os}/packer-{kubernetes}.json"
+    patch_inputs = "patches" if shared_patch else "patches vars"
     for p in providers:
         write(
             os.path.join(out, "modules", f"{p}.kdl"),
             f'module "{p}" {{\n'
             f'    var "provider_name" "{p}"\n'
+            f'    var "image_os" "{{os}}"\n'
             f'    retries 1\n'
             f'    timeout "2h"\n'
-            f'    step "patch" builder="template-patch" {{\n'
-            f'        template "{template}"\n'
+            f'    step "patch" builder="template-patch" inputs="{patch_inputs}" {{\n'
+            f'        template "packer/ami/packer.json"\n'
             f'    }}\n'
             f'    step "validate" builder="command" {{\n'
             f'        argv "./packer/{p}/scripts/validate.sh" "{{os}}" "{{kubernetes}}"\n'
