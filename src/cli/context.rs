@@ -159,8 +159,7 @@ fn lower_cached(
     digests: &std::collections::HashMap<PathBuf, graph::Content>,
 ) -> Result<Graph, CliError> {
     if let Some((key, file)) = &snapshot
-        && let Some(g) = std::fs::read(file)
-            .ok()
+        && let Some(g) = crate::store::map_file(file)
             .and_then(|bytes| graph::snapshot::decode(&bytes, *key, loaded.all.clone()))
     {
         return Ok(g);

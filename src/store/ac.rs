@@ -85,7 +85,8 @@ impl LocalStore {
         let settled = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64 - 2);
-        let known = Verified::decode(std::fs::read(&index_path).unwrap_or_default());
+        let mapped = fs::map_file(&index_path);
+        let known = Verified::decode(mapped.as_deref().unwrap_or_default());
         // Directories are stat-ed before their entries: a change made meanwhile shows next time.
         let dirs: Vec<(Option<rustix::fd::OwnedFd>, Option<Stamp>)> = (0..=255u8)
             .map(|b| {

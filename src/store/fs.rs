@@ -157,6 +157,17 @@ pub(crate) fn set_read_only(_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The bytes of a file the store replaces only by renaming over it, memory-mapped: large
+/// indexes and snapshots are read without copying them into fresh memory. `None` if it is
+/// missing, empty or cannot be mapped.
+pub fn map_file(path: &Path) -> Option<memmap2::Mmap> {
+    let file = File::open(path).ok()?;
+    // SAFETY: the mapping is only read. The files mapped here are written to a temp file and
+    // renamed into place, never changed in place, so the mapped inode does not change while
+    // it is mapped (a reader of a garbled file finds a bad checksum, never undefined bytes).
+    unsafe { memmap2::Mmap::map(&file) }.ok()
+}
+
 /// Hashes a file, memory-mapping and hashing it on all cores when it is big.
 /// Returns the digest and the number of bytes hashed.
 pub(crate) fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use error::{EntryKind, Result, StoreError, StoreWarning};
+pub use fs::map_file;
 pub use gc::{GcPolicy, GcReport};
 pub use lock::CacheLock;
 pub use types::{ActionResult, Output, Record};

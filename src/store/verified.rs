@@ -61,15 +61,15 @@ impl Stamp {
     }
 }
 
-/// A loaded index.
-pub(crate) struct Verified {
+/// A loaded index, borrowing its bytes.
+pub(crate) struct Verified<'a> {
     dirs: Vec<Option<Stamp>>,
-    records: Vec<u8>,
+    records: &'a [u8],
 }
 
-impl Verified {
+impl<'a> Verified<'a> {
     /// Reads the index from its bytes; anything malformed gives an empty index.
-    pub fn decode(mut bytes: Vec<u8>) -> Verified {
+    pub fn decode(bytes: &'a [u8]) -> Verified<'a> {
         let head = MAGIC.len() + DIRS * STAMP;
         if !(bytes.len() >= head
             && bytes.starts_with(MAGIC)
@@ -77,17 +77,16 @@ impl Verified {
         {
             return Verified {
                 dirs: vec![None; DIRS],
-                records: Vec::new(),
+                records: &[],
             };
         }
         let dirs = bytes[MAGIC.len()..head]
             .chunks(STAMP)
             .map(|b| Some(Stamp::read(b)).filter(|s| s.ino != 0))
             .collect();
-        bytes.drain(..head);
         Verified {
             dirs,
-            records: bytes,
+            records: &bytes[head..],
         }
     }
 
@@ -191,7 +190,8 @@ mod tests {
             .collect();
         let mut dirs = vec![None; 256];
         dirs[7] = Some(stamp(7));
-        let index = Verified::decode(Verified::encode(&dirs, &mut entries.clone()));
+        let bytes = Verified::encode(&dirs, &mut entries.clone());
+        let index = Verified::decode(&bytes);
         assert_eq!(index.len(), 500);
         for (k, s) in &entries {
             assert_eq!(index.get(k), Some(*s));
@@ -210,7 +210,7 @@ mod tests {
         }
         entries.clear();
         assert_eq!(
-            Verified::decode(Verified::encode(&dirs, &mut entries)).len(),
+            Verified::decode(&Verified::encode(&dirs, &mut entries)).len(),
             0
         );
     }
@@ -220,8 +220,8 @@ mod tests {
         let mut entries = vec![(Digest::of_bytes(b"a"), stamp(1))];
         let mut bytes = Verified::encode(&[], &mut entries);
         bytes.pop();
-        assert_eq!(Verified::decode(bytes).len(), 0);
-        assert_eq!(Verified::decode(b"something else".to_vec()).len(), 0);
-        assert_eq!(Verified::decode(Vec::new()).len(), 0);
+        assert_eq!(Verified::decode(&bytes).len(), 0);
+        assert_eq!(Verified::decode(b"something else").len(), 0);
+        assert_eq!(Verified::decode(&[]).len(), 0);
     }
 }
