@@ -173,10 +173,15 @@ fn lower_cached(
     Ok(g)
 }
 
-/// Replaces a file that only saves time (a snapshot, a memo) through a temp file and a rename,
-/// so readers never see half of it; failing costs time next run, never correctness.
+/// Replaces a file of the cache that only saves time (a snapshot, a memo) through a temp file in
+/// the cache's `tmp/` (where `kiln cache gc` removes what an interrupted write leaves) and a
+/// rename, so readers never see half of it. Failing costs time next run, never correctness.
 pub fn save_memo(file: &Path, bytes: &[u8]) {
-    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
+    let Some(cache) = file.parent() else { return };
+    let tmp_dir = cache.join("tmp");
+    let _ = std::fs::create_dir_all(&tmp_dir);
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = tmp_dir.join(format!("{name}-{}", std::process::id()));
     if std::fs::write(&tmp, bytes).is_err() || std::fs::rename(&tmp, file).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
