@@ -88,20 +88,12 @@ impl LocalStore {
         let mapped = fs::map_file(&index_path);
         let known = Verified::decode(mapped.as_deref().unwrap_or_default());
         // Directories are stat-ed before their entries: a change made meanwhile shows next time.
-        let dirs: Vec<(Option<rustix::fd::OwnedFd>, Option<Stamp>)> = (0..=255u8)
-            .map(|b| {
-                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-                match rustix::fs::open(self.ac.join(format!("{b:02x}")), flags, Mode::empty()) {
-                    Ok(fd) => {
-                        let stamp = rustix::fs::fstat(&fd).ok().map(|st| Stamp::of(&st));
-                        (Some(fd), stamp)
-                    }
-                    Err(_) => (None, None),
-                }
-            })
+        let dir_path = |b: usize| self.ac.join(format!("{b:02x}"));
+        let dirs: Vec<Option<Stamp>> = (0..256)
+            .map(|b| rustix::fs::stat(dir_path(b)).ok().map(|st| Stamp::of(&st)))
             .collect();
         let trusted: Vec<bool> = (0..=255u8)
-            .map(|b| dirs[b as usize].1.is_some() && dirs[b as usize].1 == known.dir(b))
+            .map(|b| dirs[b as usize].is_some() && dirs[b as usize] == known.dir(b))
             .collect();
         let (mut intact, unsure): (DigestSet, Vec<Digest>) = keys.par_iter().partition_map(|k| {
             if trusted[k.as_bytes()[0] as usize] && known.get(k).is_some() {
@@ -110,10 +102,19 @@ impl LocalStore {
                 rayon::iter::Either::Right(*k)
             }
         });
+        // Entries are stat-ed relative to their directory, opened when first needed.
+        let fds: Vec<std::sync::OnceLock<Option<rustix::fd::OwnedFd>>> =
+            (0..256).map(|_| std::sync::OnceLock::new()).collect();
         let checked: Vec<(Digest, Stamp, bool)> = unsure
             .par_iter()
             .filter_map(|k| {
-                let dir = dirs[k.as_bytes()[0] as usize].0.as_ref()?;
+                let b = k.as_bytes()[0] as usize;
+                let dir = fds[b]
+                    .get_or_init(|| {
+                        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                        rustix::fs::open(dir_path(b), flags, Mode::empty()).ok()
+                    })
+                    .as_ref()?;
                 let name = blake3::Hash::from_bytes(*k.as_bytes()).to_hex();
                 let st = rustix::fs::statat(dir, name.as_str(), AtFlags::empty()).ok()?;
                 let stamp = Stamp::of(&st);
@@ -125,7 +126,7 @@ impl LocalStore {
             .collect();
         let dir_stamps: Vec<Option<Stamp>> = dirs
             .iter()
-            .map(|(_, s)| s.filter(|s| s.mtime.0 < settled))
+            .map(|s| s.filter(|s| s.mtime.0 < settled))
             .collect();
         let changed = checked.iter().any(|(_, _, fresh)| *fresh)
             || (0..=255u8).any(|b| dir_stamps[b as usize] != known.dir(b));
