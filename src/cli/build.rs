@@ -55,12 +55,15 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         })
         .map_err(fail)?;
     let graph = context::lower(&loaded, Some(&dir))?;
-    let view = StoreView::open(dir.clone(), &graph)?;
+    let mut view = StoreView::open(dir.clone(), &graph)?;
     let forced: BTreeSet<String> = match &saved {
         Some(s) => s.forced.iter().cloned().collect(),
         None => forced_ids(&graph, &args.force)?,
     };
-    let plan = plan::plan(&graph, &view, &forced);
+    let mut plan = plan::plan(&graph, &view, &forced);
+    while view.forget_unreadable_upstream(&graph, &plan) {
+        plan = plan::plan(&graph, &view, &forced);
+    }
     if let (Some(saved), Some(path)) = (&saved, &args.plan) {
         saved.check(loaded.config.digest(), &graph, &plan, path)?;
     }

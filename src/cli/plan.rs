@@ -134,6 +134,43 @@ impl StoreView {
         orphans
     }
 
+    /// Reads the result of every cached node that a node due to run depends on (the build reads
+    /// them anyway) and forgets those that turn out unreadable: an entry damaged in place, which
+    /// the planner does not see (see [`LocalStore::intact_keys`]), is moved aside and reported,
+    /// and its node is planned again instead of failing its dependents later. Returns whether
+    /// any was forgotten: then the plan must be made again.
+    pub fn forget_unreadable_upstream(&mut self, graph: &Graph, plan: &Plan) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let mut stack: Vec<petgraph::graph::NodeIndex> = graph
+            .order()
+            .into_iter()
+            .filter(|ix| plan.action(*ix).will_run())
+            .flat_map(|ix| graph.deps(ix))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut forgot = false;
+        while let Some(ix) = stack.pop() {
+            if !seen.insert(ix) {
+                continue;
+            }
+            stack.extend(graph.deps(ix));
+            let key = graph.node(ix).key;
+            if plan.action(ix).will_run() || !self.keys.contains(&key) {
+                continue;
+            }
+            if !matches!(store.get_action(&key), Ok(Some(_))) {
+                self.keys.remove(&key);
+                forgot = true;
+            }
+        }
+        for w in store.take_warnings() {
+            eprintln!("warning: {w}");
+        }
+        forgot
+    }
+
     /// What an orphaned id published, from its last result.
     pub fn published(&self, id: &str) -> BTreeMap<String, String> {
         self.records()

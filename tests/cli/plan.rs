@@ -647,6 +647,32 @@ fn an_entry_overwritten_in_place_is_found_by_cache_verify() {
     assert_build_matches_plan("an entry repaired after an in-place overwrite", &plan, &r);
 }
 
+/// A build reads the results its running nodes depend on before it starts: one damaged in place
+/// is moved aside and its node rebuilt, instead of failing the nodes after it.
+#[test]
+fn a_build_rebuilds_a_damaged_upstream_it_needs() {
+    let p = built();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for dir in std::fs::read_dir(p.path().join("cache/ac")).unwrap() {
+        let dir = std::fs::File::open(dir.unwrap().path()).unwrap();
+        dir.set_modified(an_hour_ago).unwrap();
+    }
+    let key = node(&plan_json(&p, &[]), "beta/two/1.31/build")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    garble(&ac_entry(&p, &key), true);
+    let (out, r) = build(&p, &["--force", "beta/two/1.31/publish"]);
+    assert_eq!(
+        r.built,
+        ids(&["beta/two/1.31/build", "beta/two/1.31/publish"]),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("warning:"), "{}", out.stderr);
+    p.kiln(&["cache", "verify"]).expect_code(0);
+}
+
 /// What does work today: once `kiln cache verify --repair` has moved the corrupt entry aside,
 /// the plan says `result_missing` and the build redoes exactly that node.
 #[test]
