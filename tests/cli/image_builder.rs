@@ -64,15 +64,7 @@ fn shipped_data_matches_the_fixtures() {
     for (s, k) in declared_variables() {
         text.push_str(&format!("{s} {k}\n"));
     }
-    let path = data.join("variables.txt");
-    if blessing() {
-        fs::write(&path, &text).unwrap();
-    }
-    assert!(
-        fs::read_to_string(&path).unwrap() == text,
-        "{} is stale: run with KILN_BLESS=1",
-        path.display()
-    );
+    assert_generated(&data.join("variables.txt"), &text);
     assert_eq!(
         fs::read_to_string(data.join("make-targets.txt")).unwrap(),
         fs::read_to_string(ib_fixture().join("make-targets.txt")).unwrap()
@@ -81,12 +73,17 @@ fn shipped_data_matches_the_fixtures() {
     for t in templates() {
         text.push_str(&format!("{t}\n"));
     }
-    let path = data.join("templates.txt");
+    assert_generated(&data.join("templates.txt"), &text);
+}
+
+/// A shipped data file holds exactly `text`, generated from the fixtures (KILN_BLESS=1 writes it).
+#[track_caller]
+fn assert_generated(path: &Path, text: &str) {
     if blessing() {
-        fs::write(&path, &text).unwrap();
+        fs::write(path, text).unwrap();
     }
     assert!(
-        fs::read_to_string(&path).unwrap() == text,
+        fs::read_to_string(path).unwrap() == text,
         "{} is stale: run with KILN_BLESS=1",
         path.display()
     );

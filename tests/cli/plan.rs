@@ -318,11 +318,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "a deleted action-cache entry",
         edit: |p| {
-            let key = node(&plan_json(p, &[]), "beta/one/1.31/build")["key"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            std::fs::remove_file(ac_entry(p, &key)).unwrap();
+            std::fs::remove_file(ac_entry(p, "beta/one/1.31/build")).unwrap();
         },
         run: &["beta/one/1.31/build"],
         maybe: &[],
@@ -375,8 +371,21 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 /// The path of the action-cache entry for `key`.
-fn ac_entry(p: &Project, key: &str) -> std::path::PathBuf {
+/// The action-cache entry of node `id`'s current key.
+fn ac_entry(p: &Project, id: &str) -> std::path::PathBuf {
+    let plan = plan_json(p, &[]);
+    let key = node(&plan, id)["key"].as_str().unwrap();
     p.path().join("cache/ac").join(&key[..2]).join(key)
+}
+
+/// Makes every fan-out directory of `ac/` look last changed an hour ago, so the planner trusts
+/// them once it has checked them.
+fn settle_result_dirs(p: &Project) {
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for dir in std::fs::read_dir(p.path().join("cache/ac")).unwrap() {
+        let dir = std::fs::File::open(dir.unwrap().path()).unwrap();
+        dir.set_modified(an_hour_ago).unwrap();
+    }
 }
 
 #[test]
@@ -602,11 +611,7 @@ fn garble(path: &std::path::Path, in_place: bool) {
 #[test]
 fn a_corrupt_cache_entry_is_rebuilt() {
     let p = built();
-    let key = node(&plan_json(&p, &[]), "beta/two/1.31/build")["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    garble(&ac_entry(&p, &key), false);
+    garble(&ac_entry(&p, "beta/two/1.31/build"), false);
     let plan = plan_json(&p, &[]);
     assert_eq!(
         with_action(&plan, &["rebuild"]),
@@ -627,17 +632,8 @@ fn a_corrupt_cache_entry_is_rebuilt() {
 #[test]
 fn an_entry_overwritten_in_place_is_found_by_cache_verify() {
     let p = built();
-    // Directories last changed long ago are trusted once checked.
-    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    for dir in std::fs::read_dir(p.path().join("cache/ac")).unwrap() {
-        let dir = std::fs::File::open(dir.unwrap().path()).unwrap();
-        dir.set_modified(an_hour_ago).unwrap();
-    }
-    let key = node(&plan_json(&p, &[]), "beta/two/1.31/build")["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    garble(&ac_entry(&p, &key), true);
+    settle_result_dirs(&p);
+    garble(&ac_entry(&p, "beta/two/1.31/build"), true);
     assert!(with_action(&plan_json(&p, &[]), &["rebuild"]).is_empty());
     p.kiln(&["cache", "verify"]).expect_code(1);
     p.kiln(&["cache", "verify", "--repair"]).expect_code(0);
@@ -652,16 +648,8 @@ fn an_entry_overwritten_in_place_is_found_by_cache_verify() {
 #[test]
 fn a_build_rebuilds_a_damaged_upstream_it_needs() {
     let p = built();
-    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    for dir in std::fs::read_dir(p.path().join("cache/ac")).unwrap() {
-        let dir = std::fs::File::open(dir.unwrap().path()).unwrap();
-        dir.set_modified(an_hour_ago).unwrap();
-    }
-    let key = node(&plan_json(&p, &[]), "beta/two/1.31/build")["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    garble(&ac_entry(&p, &key), true);
+    settle_result_dirs(&p);
+    garble(&ac_entry(&p, "beta/two/1.31/build"), true);
     let (out, r) = build(&p, &["--force", "beta/two/1.31/publish"]);
     assert_eq!(
         r.built,
@@ -678,11 +666,7 @@ fn a_build_rebuilds_a_damaged_upstream_it_needs() {
 #[test]
 fn a_corrupt_cache_entry_is_rebuilt_after_repair() {
     let p = built();
-    let key = node(&plan_json(&p, &[]), "beta/two/1.31/build")["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    garble(&ac_entry(&p, &key), false);
+    garble(&ac_entry(&p, "beta/two/1.31/build"), false);
     p.kiln(&["cache", "verify"]).expect_code(1);
     p.kiln(&["cache", "verify", "--repair"]).expect_code(0);
     let plan = plan_json(&p, &[]);
