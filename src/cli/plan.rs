@@ -143,21 +143,16 @@ impl StoreView {
         let Some(store) = &self.store else {
             return false;
         };
-        let mut stack: Vec<petgraph::graph::NodeIndex> = graph
-            .order()
-            .into_iter()
-            .filter(|ix| plan.action(*ix).will_run())
-            .flat_map(|ix| graph.deps(ix))
-            .collect();
-        let mut seen = std::collections::HashSet::new();
+        let needed = graph.with_ancestors(
+            graph
+                .order()
+                .into_iter()
+                .filter(|ix| plan.action(*ix).will_run()),
+        );
         let mut forgot = false;
-        while let Some(ix) = stack.pop() {
-            if !seen.insert(ix) {
-                continue;
-            }
-            stack.extend(graph.deps(ix));
+        for ix in graph.order() {
             let key = graph.node(ix).key;
-            if plan.action(ix).will_run() || !self.keys.contains(&key) {
+            if !needed[ix.index()] || plan.action(ix).will_run() || !self.keys.contains(&key) {
                 continue;
             }
             if !matches!(store.get_action(&key), Ok(Some(_))) {
@@ -184,7 +179,7 @@ impl StoreView {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct OrphanMemo {
     graph: Digest,
-    records: [i64; 6],
+    records: crate::store::Stamp,
     orphans: Vec<String>,
 }
 

@@ -61,19 +61,25 @@ impl Graph {
         self.g.neighbors_directed(ix, Direction::Incoming)
     }
 
-    /// The nodes of the named cells and everything they depend on; ids and keys unchanged.
-    pub fn select(&self, cells: &std::collections::HashSet<&str>) -> Graph {
+    /// By node index: whether the node is one of `roots` or something they depend on.
+    pub fn with_ancestors(&self, roots: impl IntoIterator<Item = NodeIndex>) -> Vec<bool> {
         let mut keep = vec![false; self.g.node_count()];
-        let mut stack: Vec<NodeIndex> = self
-            .g
-            .node_indices()
-            .filter(|ix| self.g[*ix].cells.iter().any(|c| cells.contains(&**c)))
-            .collect();
+        let mut stack: Vec<NodeIndex> = roots.into_iter().collect();
         while let Some(ix) = stack.pop() {
             if !std::mem::replace(&mut keep[ix.index()], true) {
                 stack.extend(self.deps(ix));
             }
         }
+        keep
+    }
+
+    /// The nodes of the named cells and everything they depend on; ids and keys unchanged.
+    pub fn select(&self, cells: &std::collections::HashSet<&str>) -> Graph {
+        let keep = self.with_ancestors(
+            self.g
+                .node_indices()
+                .filter(|ix| self.g[*ix].cells.iter().any(|c| cells.contains(&**c))),
+        );
         let g = self.g.filter_map(
             |ix, n| keep[ix.index()].then(|| n.clone()),
             |_, &()| Some(()),

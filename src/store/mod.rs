@@ -43,6 +43,7 @@ pub use fs::map_file;
 pub use gc::{GcPolicy, GcReport};
 pub use lock::CacheLock;
 pub use types::{ActionResult, Output, Record};
+pub use verified::Stamp;
 pub use verify::{Problem, ProblemKind, VerifyReport};
 
 /// A cache directory on the local filesystem.

@@ -92,19 +92,12 @@ impl LocalStore {
             .collect())
     }
 
-    /// The stat of `records.log` (size, modification and change times, inode): it changes with
-    /// every append and every rewrite. `None` if there is no log.
-    pub fn records_stamp(&self) -> Option<[i64; 6]> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(&self.records).ok()?;
-        Some([
-            m.size() as i64,
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-            m.ino() as i64,
-        ])
+    /// The stat of `records.log`: it changes with every append and every rewrite. `None` if
+    /// there is no log.
+    pub fn records_stamp(&self) -> Option<super::Stamp> {
+        rustix::fs::stat(&self.records)
+            .ok()
+            .map(|st| super::Stamp::of(&st))
     }
 
     /// Every record, oldest first.

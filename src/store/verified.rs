@@ -16,9 +16,10 @@ const STAMP: usize = 6 * 8;
 const RECORD: usize = 32 + STAMP;
 const DIRS: usize = 256;
 
-/// What is remembered of an entry's stat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stamp {
+/// What is remembered of a file's stat: it changes whenever the file is written, replaced or
+/// restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
     pub size: u64,
     pub mtime: (i64, i64),
     pub ctime: (i64, i64),
