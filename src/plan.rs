@@ -120,9 +120,13 @@ pub enum Action {
     New,
     /// Built before with other inputs.
     Rebuild { reasons: Vec<DirtyReason> },
-    /// Only upstream nodes change; if their outputs come out identical, this node is skipped
-    /// (early cutoff).
-    RebuildIfUpstreamChanges { reasons: Vec<DirtyReason> },
+    /// Only upstream nodes change; if every upstream result this node receives comes out
+    /// identical, this node is skipped (early cutoff). `waits_on` names the upstream nodes that
+    /// run, in dependency order.
+    RebuildIfUpstreamChanges {
+        reasons: Vec<DirtyReason>,
+        waits_on: Vec<String>,
+    },
 }
 
 impl Action {
@@ -150,7 +154,9 @@ impl Action {
 
     pub fn reasons(&self) -> &[DirtyReason] {
         match self {
-            Action::Rebuild { reasons } | Action::RebuildIfUpstreamChanges { reasons } => reasons,
+            Action::Rebuild { reasons } | Action::RebuildIfUpstreamChanges { reasons, .. } => {
+                reasons
+            }
             _ => &[],
         }
     }
@@ -330,7 +336,21 @@ pub fn plan(graph: &Graph, view: &dyn CacheView, forced: &BTreeSet<String>) -> P
     let mut actions: Vec<Action> = Vec::with_capacity(graph.len());
     // Per node that runs: the chain from it to the root cause, for "upstream" reasons.
     let mut cause: HashMap<NodeIndex, Vec<String>> = HashMap::new();
+    // Per node that runs or has an ancestor that runs: the ancestors that run.
+    let mut running_above: HashMap<NodeIndex, BTreeSet<NodeIndex>> = HashMap::new();
     for ix in graph.order() {
+        let mut above = BTreeSet::new();
+        for d in graph.deps(ix) {
+            if let Some(a) = running_above.get(&d) {
+                above.extend(a.iter().copied());
+            }
+            if actions[d.index()].will_run() {
+                above.insert(d);
+            }
+        }
+        if !above.is_empty() {
+            running_above.insert(ix, above);
+        }
         let node = graph.node(ix);
         let forced_here = forced.contains(&node.id);
         if !forced_here && view.has_result(&node.key) {
@@ -396,7 +416,14 @@ pub fn plan(graph: &Graph, view: &dyn CacheView, forced: &BTreeSet<String>) -> P
         let action = match last {
             None if !forced_here => Action::New,
             _ if own_unchanged && upstream_runs && !forced_here => {
-                Action::RebuildIfUpstreamChanges { reasons }
+                // Index order is dependency order.
+                let waits_on = running_above
+                    .get(&ix)
+                    .into_iter()
+                    .flatten()
+                    .map(|d| graph.node(*d).id.clone())
+                    .collect();
+                Action::RebuildIfUpstreamChanges { reasons, waits_on }
             }
             _ => Action::Rebuild { reasons },
         };

@@ -66,6 +66,9 @@ fn by_cell(graph: &Graph) -> Vec<(String, Vec<NodeIndex>)> {
 }
 
 fn reason_lines(a: &Action, indent: &str, out: &mut String) {
+    if let Action::RebuildIfUpstreamChanges { waits_on, .. } = a {
+        let _ = writeln!(out, "{indent}· waits on: {}", waits_on.join(", "));
+    }
     for r in a.reasons() {
         let _ = writeln!(out, "{indent}· {}", r.describe());
         if let crate::plan::DirtyReason::FileChanged { diff: Some(d), .. } = r {

@@ -540,17 +540,18 @@ pub async fn execute(
             let mut seen = HashSet::new();
             let mut frontier: Vec<NodeIndex> = graph.deps(ix).collect();
             let mut missing = None;
-            for d in graph.deps(ix) {
-                if let Some(r) = load_result(&store, graph, &mut results, d) {
-                    dep_outputs.insert(graph.node(d).id.clone(), r.outputs_digest());
-                }
-            }
+            // Early cutoff is judged on every upstream result the step can read, not only on
+            // its nearest upstream nodes' (a publish step uploads the build's image through a
+            // validate step that outputs nothing).
             while let Some(d) = frontier.pop() {
                 if !seen.insert(d) {
                     continue;
                 }
                 match load_result(&store, graph, &mut results, d) {
-                    Some(r) => upstream.push((graph.node(d).step, r)),
+                    Some(r) => {
+                        dep_outputs.insert(graph.node(d).id.clone(), r.outputs_digest());
+                        upstream.push((graph.node(d).step, r));
+                    }
                     None => missing = Some(graph.node(d).id.clone()),
                 }
                 frontier.extend(graph.deps(d));

@@ -240,6 +240,10 @@ fn action_round_trip() {
     assert_eq!(a.outputs_digest(), b.outputs_digest());
     b.outputs[0].size += 1;
     assert_ne!(a.outputs_digest(), b.outputs_digest());
+    // A fact is handed on too: a new artifact id is a new upstream result.
+    let mut c = a.clone();
+    c.facts.insert("artifact_id".into(), "ami-2".into());
+    assert_ne!(a.outputs_digest(), c.outputs_digest());
 
     assert!(store.remove_action(&a.key).unwrap());
     assert!(!store.remove_action(&a.key).unwrap());

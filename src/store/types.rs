@@ -39,15 +39,21 @@ pub struct ActionResult {
 }
 
 impl ActionResult {
-    /// A canonical digest over the `(name, digest, size)` of every output, independent of the
-    /// order they are listed in. Dependents compare it for early cutoff.
+    /// A canonical digest over everything this result hands on to a dependent: the
+    /// `(name, digest, size)` of every output, independent of the order they are listed in, and
+    /// every fact (a publish step reads the build's artifact id). Dependents compare it for
+    /// early cutoff.
     pub fn outputs_digest(&self) -> Digest {
         let mut outputs: Vec<&Output> = self.outputs.iter().collect();
         outputs.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut h = KeyHasher::new("kiln-outputs");
+        let mut h = KeyHasher::new("kiln-outputs-v2");
         h.begin("outputs", outputs.len());
         for o in outputs {
             h.str(&o.name).digest(&o.digest).u64(o.size);
+        }
+        h.begin("facts", self.facts.len());
+        for (k, v) in &self.facts {
+            h.str(k).str(v);
         }
         h.finish()
     }

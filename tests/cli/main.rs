@@ -11,3 +11,4 @@ mod plan;
 mod publish;
 mod s3;
 mod support;
+mod truth;
