@@ -23,6 +23,11 @@ pub trait CacheView {
     fn blob(&self, digest: &Digest) -> Option<Vec<u8>>;
     /// The current content of an input file.
     fn read(&self, path: &std::path::Path) -> Option<Vec<u8>>;
+    /// Why the published artifacts that the cached result of this id claims no longer hold, as
+    /// a refresh found them (`None`: they held, were not checked, or the node publishes nothing).
+    fn drift(&self, _id: &str) -> Option<Vec<DirtyReason>> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +84,17 @@ pub enum DirtyReason {
         dep: String,
     },
     Forced,
+    /// A published artifact this node's cached result claims is gone (refresh).
+    PublishedMissing {
+        target: String,
+    },
+    /// A published artifact differs from what this node's cached result claims (refresh).
+    PublishedDrift {
+        target: String,
+        what: String,
+        found: String,
+        expected: String,
+    },
 }
 
 impl DirtyReason {
@@ -107,6 +123,13 @@ impl DirtyReason {
             }
             DirtyReason::UpstreamChanged { dep } => format!("upstream {dep} has a new result"),
             DirtyReason::Forced => "forced with --force".into(),
+            DirtyReason::PublishedMissing { target } => format!("missing: {target}"),
+            DirtyReason::PublishedDrift {
+                target,
+                what,
+                found,
+                expected,
+            } => format!("drift: {target} has {what} {found}, expected {expected}"),
         }
     }
 }
@@ -354,7 +377,13 @@ pub fn plan(graph: &Graph, view: &dyn CacheView, forced: &BTreeSet<String>) -> P
         let node = graph.node(ix);
         let forced_here = forced.contains(&node.id);
         if !forced_here && view.has_result(&node.key) {
-            actions.push(Action::Cached);
+            match view.drift(&node.id).filter(|r| !r.is_empty()) {
+                None => actions.push(Action::Cached),
+                Some(reasons) => {
+                    cause.insert(ix, vec![node.id.clone(), reasons[0].describe()]);
+                    actions.push(Action::Rebuild { reasons });
+                }
+            }
             continue;
         }
         let last = view.last(&node.id);

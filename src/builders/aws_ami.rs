@@ -15,8 +15,9 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 
 use super::cloud::{self, bounded, http_err};
-use super::{StepCtx, StepOutput};
+use super::{Checked, Claim, StepCtx, StepOutput};
 use crate::exec::process::StepError;
+use crate::plan::DirtyReason;
 
 const VERSION: &str = "2016-11-15";
 const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
@@ -340,6 +341,77 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     out.facts.insert("public".into(), public.to_string());
     cloud::log_facts(ctx, &out);
     Ok(out)
+}
+
+/// Refresh: every region's AMI still exists, is available, and is public when it was published
+/// public (one DescribeImages per region).
+pub async fn refresh(c: &Claim) -> Checked {
+    let ctx = &c.ctx;
+    let amis: Vec<(&str, &str)> = c
+        .result
+        .facts
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("ami.")?, v.as_str())))
+        .collect();
+    if amis.is_empty() {
+        return Checked::Unknown("its cached result records no ami.<region>".into());
+    }
+    let public = c.result.facts.get("public").map(String::as_str) == Some("true");
+    let ec2 = match (|| {
+        Ok::<_, StepError>(Ec2 {
+            client: cloud::client()?,
+            endpoint: cloud::str_param(ctx, "endpoint"),
+            key_id: cloud::required_secret(ctx, "AWS_ACCESS_KEY_ID")?.to_string(),
+            secret: cloud::required_secret(ctx, "AWS_SECRET_ACCESS_KEY")?.to_string(),
+            token: cloud::secret(ctx, "AWS_SESSION_TOKEN").map(String::from),
+        })
+    })() {
+        Ok(e) => e,
+        Err(e) => return Checked::Unknown(e.to_string()),
+    };
+    let mut reasons = Vec::new();
+    for (region, ami) in amis {
+        let target = format!("{ami} in {region}");
+        let xml = match ec2
+            .call(region, "DescribeImages", &[("ImageId.1", ami)])
+            .await
+        {
+            Ok(Ok(xml)) => xml,
+            Ok(Err(e)) if e.code.starts_with("InvalidAMIID") => {
+                reasons.push(DirtyReason::PublishedMissing { target });
+                continue;
+            }
+            Ok(Err(e)) => {
+                return Checked::Unknown(format!(
+                    "EC2 DescribeImages in {region} failed: {}: {}",
+                    e.code, e.message
+                ));
+            }
+            Err(e) => return Checked::Unknown(e.to_string()),
+        };
+        let images = first(&xml, "imagesSet").unwrap_or("");
+        if !tag_texts(images, "imageId").contains(&ami) {
+            reasons.push(DirtyReason::PublishedMissing { target });
+            continue;
+        }
+        let drift = |what: &str, found: &str, expected: &str| DirtyReason::PublishedDrift {
+            target: target.clone(),
+            what: what.into(),
+            found: found.into(),
+            expected: expected.into(),
+        };
+        let state = first(images, "imageState").unwrap_or("unknown");
+        if state != "available" {
+            reasons.push(drift("state", state, "available"));
+        } else if public && first(images, "isPublic") != Some("true") {
+            reasons.push(drift("launch permission", "private", "public"));
+        }
+    }
+    if reasons.is_empty() {
+        Checked::Held { witness: None }
+    } else {
+        Checked::Drift(reasons)
+    }
 }
 
 #[cfg(test)]

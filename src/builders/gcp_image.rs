@@ -16,8 +16,9 @@
 use std::io::Write;
 
 use super::cloud;
-use super::{StepCtx, StepOutput, io_err};
+use super::{Checked, Claim, StepCtx, StepOutput, io_err};
 use crate::exec::process::StepError;
+use crate::plan::DirtyReason;
 
 pub const KEY_SECRET: &str = "GOOGLE_APPLICATION_CREDENTIALS_JSON";
 
@@ -35,24 +36,12 @@ pub fn clean_resource_name(s: &str) -> String {
         .collect()
 }
 
-/// `gcloud compute images describe-from-family`: the name of the family's newest image. Its
-/// standard output is the answer; its errors go to the log.
-async fn from_family(
+/// Runs gcloud and returns what it printed on standard output; its errors go to the log.
+async fn gcloud_output(
     ctx: &StepCtx,
-    family: &str,
-    project: &str,
+    argv: &[String],
     env: &[(String, String)],
-) -> Result<String, StepError> {
-    let argv = [
-        "gcloud".to_string(),
-        "compute".into(),
-        "images".into(),
-        "describe-from-family".into(),
-        family.into(),
-        format!("--project={project}"),
-        "--format=value(name)".into(),
-        "--quiet".into(),
-    ];
+) -> Result<std::process::Output, StepError> {
     ctx.spawner.log.line(&format!("$ {}", argv.join(" ")));
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -72,18 +61,140 @@ async fn from_family(
     for l in String::from_utf8_lossy(&out.stderr).lines() {
         ctx.spawner.log.line(l);
     }
+    Ok(out)
+}
+
+fn status_text(status: std::process::ExitStatus) -> String {
+    match status.code() {
+        Some(0) => "printed nothing".to_string(),
+        Some(c) => format!("exited with status {c}"),
+        None => "was killed by a signal".to_string(),
+    }
+}
+
+/// `gcloud compute images describe-from-family`: the name of the family's newest image.
+async fn from_family(
+    ctx: &StepCtx,
+    family: &str,
+    project: &str,
+    env: &[(String, String)],
+) -> Result<String, StepError> {
+    let argv = [
+        "gcloud".to_string(),
+        "compute".into(),
+        "images".into(),
+        "describe-from-family".into(),
+        family.into(),
+        format!("--project={project}"),
+        "--format=value(name)".into(),
+        "--quiet".into(),
+    ];
+    let out = gcloud_output(ctx, &argv, env).await?;
     let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() || name.is_empty() {
         return Err(StepError::Failed(format!(
             "found no image of family {family} in project {project} (`gcloud compute images describe-from-family` {})",
-            match out.status.code() {
-                Some(0) => "printed nothing".to_string(),
-                Some(c) => format!("exited with status {c}"),
-                None => "was killed by a signal".to_string(),
-            }
+            status_text(out.status)
         )));
     }
     Ok(name)
+}
+
+type Env = Vec<(String, String)>;
+
+/// The environment that points gcloud at the step's service-account key, written to a 0600 file
+/// in the work directory that is removed when the returned file is dropped.
+fn key_env(ctx: &StepCtx) -> Result<(Env, Option<tempfile::NamedTempFile>), StepError> {
+    let mut env: Vec<(String, String)> = vec![("CLOUDSDK_CORE_DISABLE_PROMPTS".into(), "1".into())];
+    let Some(json) = cloud::secret(ctx, KEY_SECRET) else {
+        return Ok((env, None));
+    };
+    // tempfile creates the file 0600.
+    let mut f = tempfile::Builder::new()
+        .prefix("gcp-key-")
+        .suffix(".json")
+        .tempfile_in(&ctx.work)
+        .map_err(io_err("writing the service-account key"))?;
+    f.write_all(json.as_bytes())
+        .and_then(|_| f.as_file().sync_all())
+        .map_err(io_err("writing the service-account key"))?;
+    let path = f.path().to_string_lossy().into_owned();
+    env.push((
+        "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE".into(),
+        path.clone(),
+    ));
+    env.push(("GOOGLE_APPLICATION_CREDENTIALS".into(), path));
+    Ok((env, Some(f)))
+}
+
+/// Refresh: the image still exists and its IAM policy still grants the recorded role to the
+/// recorded member (`gcloud compute images get-iam-policy`).
+pub async fn refresh(c: &Claim) -> Checked {
+    let ctx = &c.ctx;
+    let facts = &c.result.facts;
+    let (Some(image), Some(project), Some(member), Some(role)) = (
+        facts.get("image"),
+        facts.get("project"),
+        facts.get("member"),
+        facts.get("role"),
+    ) else {
+        return Checked::Unknown(
+            "its cached result records no image, project, member and role".into(),
+        );
+    };
+    let (env, key) = match key_env(ctx) {
+        Ok(k) => k,
+        Err(e) => return Checked::Unknown(e.to_string()),
+    };
+    let argv = vec![
+        "gcloud".to_string(),
+        "compute".into(),
+        "images".into(),
+        "get-iam-policy".into(),
+        image.clone(),
+        format!("--project={project}"),
+        "--format=json".into(),
+        "--quiet".into(),
+    ];
+    let out = gcloud_output(ctx, &argv, &env).await;
+    drop(key);
+    let target = format!("gcp image {project}/{image}");
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => return Checked::Unknown(e.to_string()),
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("was not found") || err.contains("notFound") {
+            return Checked::Drift(vec![DirtyReason::PublishedMissing { target }]);
+        }
+        return Checked::Unknown(format!(
+            "`gcloud compute images get-iam-policy` {}",
+            status_text(out.status)
+        ));
+    }
+    let policy: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => return Checked::Unknown(format!("gcloud printed no IAM policy: {e}")),
+    };
+    let granted = policy["bindings"].as_array().is_some_and(|bs| {
+        bs.iter().any(|b| {
+            b["role"] == role.as_str()
+                && b["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m == member.as_str()))
+        })
+    });
+    if granted {
+        Checked::Held { witness: None }
+    } else {
+        Checked::Drift(vec![DirtyReason::PublishedDrift {
+            target,
+            what: "IAM policy".into(),
+            found: format!("no {role} for {member}"),
+            expected: format!("{role} for {member}"),
+        }])
+    }
 }
 
 /// The gcloud command line.
@@ -119,28 +230,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
             "the build recorded no `image` fact: give the step `image \"NAME\"` or `family \"FAMILY\"`".into(),
         ));
     }
-    let mut env: Vec<(String, String)> = vec![("CLOUDSDK_CORE_DISABLE_PROMPTS".into(), "1".into())];
-    let key = match cloud::secret(ctx, KEY_SECRET) {
-        Some(json) => {
-            // tempfile creates the file 0600; it is removed when `key` is dropped.
-            let mut f = tempfile::Builder::new()
-                .prefix("gcp-key-")
-                .suffix(".json")
-                .tempfile_in(&ctx.work)
-                .map_err(io_err("writing the service-account key"))?;
-            f.write_all(json.as_bytes())
-                .and_then(|_| f.as_file().sync_all())
-                .map_err(io_err("writing the service-account key"))?;
-            let path = f.path().to_string_lossy().into_owned();
-            env.push((
-                "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE".into(),
-                path.clone(),
-            ));
-            env.push(("GOOGLE_APPLICATION_CREDENTIALS".into(), path));
-            Some(f)
-        }
-        None => None,
-    };
+    let (env, key) = key_env(ctx)?;
     let result = async {
         let image = match (named, &family) {
             (Some(n), _) => n,

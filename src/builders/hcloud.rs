@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value as Json};
 
 use super::cloud::{self, bounded, http_err};
-use super::{StepCtx, StepOutput};
+use super::{Checked, Claim, StepCtx, StepOutput};
 use crate::exec::process::StepError;
+use crate::plan::DirtyReason;
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
 
@@ -126,6 +127,68 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     }
     cloud::log_facts(ctx, &out);
     Ok(out)
+}
+
+/// Refresh: the snapshot still exists (`GET /images/{id}`) and still has its labels.
+pub async fn refresh(c: &Claim) -> Checked {
+    let ctx = &c.ctx;
+    let Some(id) = c.result.facts.get("snapshot") else {
+        return Checked::Unknown("its cached result records no `snapshot`".into());
+    };
+    let token = match cloud::required_secret(ctx, "HCLOUD_TOKEN") {
+        Ok(t) => t,
+        Err(e) => return Checked::Unknown(e.to_string()),
+    };
+    let client = match cloud::client() {
+        Ok(c) => c,
+        Err(e) => return Checked::Unknown(e.to_string()),
+    };
+    let endpoint = cloud::str_param(ctx, "endpoint").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+    let url = format!("{}/images/{id}", endpoint.trim_end_matches('/'));
+    let target = format!("hcloud snapshot {id}");
+    let what = format!("reading hcloud image {id}");
+    let resp = match client.get(&url).bearer_auth(token).send().await {
+        Ok(r) => r,
+        Err(e) => return Checked::Unknown(http_err(&what)(e).to_string()),
+    };
+    let status = resp.status();
+    let text = match resp.text().await {
+        Ok(t) => t,
+        Err(e) => return Checked::Unknown(http_err(&what)(e).to_string()),
+    };
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Checked::Drift(vec![DirtyReason::PublishedMissing { target }]);
+    }
+    if !status.is_success() {
+        return Checked::Unknown(format!("{what} failed: {}", api_error(status, &text)));
+    }
+    let doc: Json = match serde_json::from_str(&text) {
+        Ok(d) => d,
+        Err(e) => return Checked::Unknown(format!("{what}: the answer is not JSON: {e}")),
+    };
+    let labels = labels_of(&doc);
+    let reasons: Vec<DirtyReason> = c
+        .result
+        .facts
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("label.")?, v)))
+        .filter(|(k, v)| labels.get(*k).and_then(Json::as_str) != Some(v.as_str()))
+        .map(|(k, v)| DirtyReason::PublishedDrift {
+            target: target.clone(),
+            what: format!("label {k}"),
+            found: labels
+                .get(k)
+                .and_then(Json::as_str)
+                .unwrap_or("(unset)")
+                .to_string(),
+            expected: v.clone(),
+        })
+        .collect();
+    if reasons.is_empty() {
+        Checked::Held { witness: None }
+    } else {
+        Checked::Drift(reasons)
+    }
 }
 
 #[cfg(test)]

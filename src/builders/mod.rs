@@ -70,12 +70,52 @@ pub struct StepOutput {
     /// Output name → file written by the step (stored in the content store afterwards).
     pub outputs: Vec<(String, PathBuf)>,
     pub facts: BTreeMap<String, String>,
+    /// For a publish step: evidence of what it left in the world (see [`Checked::Held`]).
+    pub witness: Option<String>,
+}
+
+/// A cached publish result to check against the world before it is trusted.
+pub struct Claim {
+    /// The node as it would run (parameters, secrets), with an empty work directory.
+    pub ctx: StepCtx,
+    /// The cached result: its facts are the claim.
+    pub result: ActionResult,
+    /// What the last refresh (or the publish) left as evidence, if it applies to this claim.
+    pub witness: Option<String>,
+}
+
+/// What a refresh found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// Everything claimed is there as claimed. The witness lets the next refresh confirm an
+    /// unchanged target cheaply (e.g. the stat of a `file://` object).
+    Held { witness: Option<String> },
+    /// Something claimed is missing or different: reasons to publish again.
+    Drift(Vec<crate::plan::DirtyReason>),
+    /// The check could not run (no credentials, the network is down, ...).
+    Unknown(String),
 }
 
 pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<StepOutput, StepError>> + Send + 'a>>;
+pub type RefreshFuture<'a> = Pin<Box<dyn Future<Output = Vec<Checked>> + Send + 'a>>;
 
 pub trait Runner: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a>;
+
+    /// Checks cached publish claims against their targets: one verdict per claim, in order. All
+    /// come in one call so that a builder can answer many with one request (an S3 LIST).
+    fn refresh<'a>(&'a self, claims: &'a [Claim]) -> RefreshFuture<'a>;
+}
+
+/// Whether a builder's results are claims about something outside kiln, checked by a refresh.
+pub fn makes_claims(builder: BuilderKind) -> bool {
+    matches!(
+        builder,
+        BuilderKind::Upload
+            | BuilderKind::AwsAmi
+            | BuilderKind::GcpImage
+            | BuilderKind::HcloudSnapshot
+    )
 }
 
 /// The runners this version of kiln ships.
@@ -95,6 +135,31 @@ impl Runner for Builtin {
                 (BuilderKind::GcpImage, _) => gcp_image::run(ctx).await,
                 (BuilderKind::HcloudSnapshot, _) => hcloud::run(ctx).await,
             }
+        })
+    }
+
+    fn refresh<'a>(&'a self, claims: &'a [Claim]) -> RefreshFuture<'a> {
+        Box::pin(async move {
+            let mut verdicts: Vec<Option<Checked>> = vec![None; claims.len()];
+            let uploads: Vec<usize> = (0..claims.len())
+                .filter(|i| claims[*i].ctx.node.builder == BuilderKind::Upload)
+                .collect();
+            let batch: Vec<&Claim> = uploads.iter().map(|i| &claims[*i]).collect();
+            for (i, v) in uploads.iter().zip(upload::refresh(&batch).await) {
+                verdicts[*i] = Some(v);
+            }
+            for (i, c) in claims.iter().enumerate() {
+                if verdicts[i].is_some() {
+                    continue;
+                }
+                verdicts[i] = Some(match c.ctx.node.builder {
+                    BuilderKind::AwsAmi => aws_ami::refresh(c).await,
+                    BuilderKind::HcloudSnapshot => hcloud::refresh(c).await,
+                    BuilderKind::GcpImage => gcp_image::refresh(c).await,
+                    b => Checked::Unknown(format!("the {b} builder makes no claim to check")),
+                });
+            }
+            verdicts.into_iter().flatten().collect()
         })
     }
 }

@@ -22,9 +22,10 @@ use object_store::{
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt;
 
-use super::{StepCtx, StepOutput, io_err, local::IMAGE};
+use super::{Checked, Claim, StepCtx, StepOutput, io_err, local::IMAGE};
 use crate::config::Value;
 use crate::exec::process::StepError;
+use crate::plan::DirtyReason;
 
 /// Images larger than this go up in parts of this size (S3 wants parts of 5 MiB or more).
 const PART_SIZE: usize = 8 << 20;
@@ -143,11 +144,19 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     );
     out.facts.insert("sha256".into(), art.sum.clone());
     out.facts.insert("size".into(), art.size.to_string());
-    let skipped = match where_to {
-        Bucket::Dir(dir) => to_dir(&dir, &art)?,
-        Bucket::S3 { name, prefix } => to_s3(ctx, &name, &prefix, &art)
-            .await
-            .map_err(|e| StepError::Failed(redact(ctx, &e)))?,
+    let skipped = match &where_to {
+        Bucket::Dir(dir) => {
+            let skipped = to_dir(dir, &art)?;
+            out.witness = Some(dir_witness(dir, &art.name, art.checksum));
+            skipped
+        }
+        Bucket::S3 { name, prefix } => {
+            let (skipped, witness) = to_s3(ctx, name, prefix, &art)
+                .await
+                .map_err(|e| StepError::Failed(redact(ctx, &e)))?;
+            out.witness = witness;
+            skipped
+        }
     };
     let log = &ctx.spawner.log;
     if skipped {
@@ -268,30 +277,47 @@ fn describe(bucket: &str, what: &str, e: object_store::Error) -> String {
     }
 }
 
-/// Publishes into an S3 bucket; returns whether the same digest was there already.
-async fn to_s3(ctx: &StepCtx, bucket: &str, prefix: &str, art: &Artifact) -> Result<bool, String> {
+fn object_key(prefix: &str, name: &str) -> ObjectPath {
+    if prefix.is_empty() {
+        ObjectPath::from(name)
+    } else {
+        ObjectPath::from(format!("{prefix}/{name}"))
+    }
+}
+
+/// The evidence an S3 upload leaves: the ETags of the image and of its `.sha256`.
+fn s3_witness(image: Option<String>, sum: Option<String>) -> Option<String> {
+    Some(format!("{} {}", image?, sum.unwrap_or_else(|| "-".into())))
+}
+
+/// Publishes into an S3 bucket; returns whether the same digest was there already, and the
+/// witness of what is there now.
+async fn to_s3(
+    ctx: &StepCtx,
+    bucket: &str,
+    prefix: &str,
+    art: &Artifact,
+) -> Result<(bool, Option<String>), String> {
     let store = s3_client(ctx, bucket)?;
-    let key = |name: &str| {
-        if prefix.is_empty() {
-            ObjectPath::from(name)
-        } else {
-            ObjectPath::from(format!("{prefix}/{name}"))
-        }
-    };
-    let image_key = key(&art.name);
-    let sum_key = key(&format!("{}.sha256", art.name));
-    let old_line = match store.get(&sum_key).await {
-        Ok(r) => Some(
-            r.bytes()
+    let image_key = object_key(prefix, &art.name);
+    let sum_key = object_key(prefix, &format!("{}.sha256", art.name));
+    let (old_line, old_tag) = match store.get(&sum_key).await {
+        Ok(r) => {
+            let tag = r.meta.e_tag.clone();
+            let bytes = r
+                .bytes()
                 .await
-                .map_err(|e| describe(bucket, &format!("read {sum_key}"), e))?,
-        ),
-        Err(object_store::Error::NotFound { .. }) => None,
+                .map_err(|e| describe(bucket, &format!("read {sum_key}"), e))?;
+            (Some(bytes), tag)
+        }
+        Err(object_store::Error::NotFound { .. }) => (None, None),
         Err(e) => return Err(describe(bucket, &format!("read {sum_key}"), e)),
     };
     if art.checksum && old_line.as_deref() == Some(art.line.as_bytes()) {
         match store.head(&image_key).await {
-            Ok(meta) if meta.size == art.size => return Ok(true),
+            Ok(meta) if meta.size == art.size => {
+                return Ok((true, s3_witness(meta.e_tag, old_tag)));
+            }
             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(describe(bucket, &format!("inspect {image_key}"), e)),
         }
@@ -304,14 +330,15 @@ async fn to_s3(ctx: &StepCtx, bucket: &str, prefix: &str, art: &Artifact) -> Res
             .map_err(|e| describe(bucket, &format!("remove the stale {sum_key}"), e))?;
     }
     let upload = format!("upload {image_key}");
-    if art.size as usize <= PART_SIZE {
+    let image_tag = if art.size as usize <= PART_SIZE {
         let bytes = tokio::fs::read(&art.image)
             .await
             .map_err(|e| format!("reading the image: {e}"))?;
         store
             .put(&image_key, PutPayload::from(bytes))
             .await
-            .map_err(|e| describe(bucket, &upload, e))?;
+            .map_err(|e| describe(bucket, &upload, e))?
+            .e_tag
     } else {
         let parts = store
             .put_multipart(&image_key)
@@ -322,20 +349,23 @@ async fn to_s3(ctx: &StepCtx, bucket: &str, prefix: &str, art: &Artifact) -> Res
             let _ = w.abort().await;
             return Err(describe_any(bucket, &upload, e));
         }
-        w.finish().await.map_err(|e| describe(bucket, &upload, e))?;
+        let done = w.finish().await.map_err(|e| describe(bucket, &upload, e))?;
         ctx.spawner.log.line(&format!(
             "{image_key}: {} parts of up to {} MiB",
             art.size.div_ceil(PART_SIZE as u64),
             PART_SIZE >> 20
         ));
-    }
+        done.e_tag
+    };
+    let mut sum_tag = None;
     if art.checksum {
-        store
+        sum_tag = store
             .put(&sum_key, PutPayload::from(art.line.clone().into_bytes()))
             .await
-            .map_err(|e| describe(bucket, &format!("upload {sum_key}"), e))?;
+            .map_err(|e| describe(bucket, &format!("upload {sum_key}"), e))?
+            .e_tag;
     }
-    Ok(false)
+    Ok((false, s3_witness(image_tag, sum_tag)))
 }
 
 enum PartError {
@@ -365,6 +395,317 @@ async fn send_parts(image: &Path, w: &mut WriteMultipart) -> Result<(), PartErro
             .map_err(PartError::Store)?;
         w.write(&buf[..n]);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refresh: is the image still in the bucket as the cached result claims?
+// ---------------------------------------------------------------------------------------------
+
+/// What one upload result claims: where, and which bytes.
+struct Claimed {
+    bucket: Bucket,
+    /// The bucket URL as written in the config (for messages).
+    url: String,
+    name: String,
+    checksum: bool,
+    sha256: String,
+    size: u64,
+}
+
+fn claimed(c: &Claim) -> Result<Claimed, String> {
+    let ctx = &c.ctx;
+    let url = param(ctx, "bucket").unwrap_or_default();
+    let bucket = parse_bucket(&ctx.root, &url).map_err(|e| e.to_string())?;
+    let fact = |k: &str| {
+        c.result
+            .facts
+            .get(k)
+            .cloned()
+            .ok_or_else(|| format!("its cached result records no `{k}`"))
+    };
+    let size = fact("size")?
+        .parse()
+        .map_err(|_| "its cached result records no valid `size`".to_string())?;
+    Ok(Claimed {
+        bucket,
+        name: param(ctx, "object").unwrap_or_else(|| format!("{}.qcow2", ctx.node.cells[0])),
+        checksum: !matches!(
+            ctx.node.recipe.params.get("checksum"),
+            Some(Value::Bool(false))
+        ),
+        sha256: fact("sha256")?,
+        size,
+        url: url.trim_end_matches('/').to_string(),
+    })
+}
+
+impl Claimed {
+    fn target(&self, name: &str) -> String {
+        format!("{}/{name}", self.url)
+    }
+
+    fn sum_name(&self) -> String {
+        format!("{}.sha256", self.name)
+    }
+
+    fn drift(
+        &self,
+        name: &str,
+        what: &str,
+        found: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> DirtyReason {
+        DirtyReason::PublishedDrift {
+            target: self.target(name),
+            what: what.into(),
+            found: found.into(),
+            expected: expected.into(),
+        }
+    }
+
+    fn missing(&self, name: &str) -> DirtyReason {
+        DirtyReason::PublishedMissing {
+            target: self.target(name),
+        }
+    }
+
+    /// The reason, if any, why a `.sha256` with this content does not back the claim.
+    fn check_line(&self, line: &[u8]) -> Option<DirtyReason> {
+        let expected = format!("{}  {}\n", self.sha256, self.name);
+        if line == expected.as_bytes() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(line);
+        let found = text
+            .split_whitespace()
+            .next()
+            .unwrap_or("nothing")
+            .to_string();
+        Some(self.drift(&self.sum_name(), "sha256", found, &self.sha256))
+    }
+}
+
+pub async fn refresh(claims: &[&Claim]) -> Vec<Checked> {
+    let mut verdicts: Vec<Option<Checked>> = vec![None; claims.len()];
+    // S3 claims by bucket, prefix and client settings: one LIST answers them all.
+    let mut groups: BTreeMap<(String, String, String), Vec<(usize, Claimed)>> = BTreeMap::new();
+    for (i, c) in claims.iter().enumerate() {
+        match claimed(c) {
+            Err(e) => verdicts[i] = Some(Checked::Unknown(e)),
+            Ok(cl) => match &cl.bucket {
+                Bucket::Dir(dir) => {
+                    let dir = dir.clone();
+                    verdicts[i] = Some(refresh_dir(&dir, &cl, c.witness.as_deref()));
+                }
+                Bucket::S3 { name, prefix } => {
+                    let client = format!("{:?}", client_settings(&c.ctx));
+                    groups
+                        .entry((name.clone(), prefix.clone(), client))
+                        .or_default()
+                        .push((i, cl));
+                }
+            },
+        }
+    }
+    for ((bucket, prefix, _), members) in groups {
+        let first = claims[members[0].0];
+        let results = refresh_s3(first, &bucket, &prefix, &members, claims).await;
+        for ((i, _), v) in members.iter().zip(results) {
+            verdicts[*i] = Some(v);
+        }
+    }
+    verdicts.into_iter().flatten().collect()
+}
+
+/// What makes two S3 claims answerable by one client: endpoint, region, addressing and
+/// credentials (compared, never printed).
+fn client_settings(ctx: &StepCtx) -> Vec<Option<String>> {
+    let mut v = vec![
+        param(ctx, "endpoint"),
+        param(ctx, "region"),
+        param(ctx, "path-style"),
+    ];
+    for name in [ACCESS_KEY, SECRET_KEY, SESSION_TOKEN] {
+        v.push(
+            ctx.secrets
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| crate::hash::Digest::of_bytes(v.as_bytes()).to_hex()),
+        );
+    }
+    v
+}
+
+/// `ino:size:mtime_ns:ctime_ns` of a file, or `-` when there is none. The ctime changes on every
+/// write, rename onto it or `touch`, and cannot be set back.
+fn stat_witness(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => format!(
+            "{}:{}:{}.{}:{}.{}",
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ),
+        Err(_) => "-".into(),
+    }
+}
+
+/// The evidence a `file://` upload leaves: the stat of the image and of its `.sha256`.
+fn dir_witness(dir: &Path, name: &str, checksum: bool) -> String {
+    let sum = if checksum {
+        stat_witness(&dir.join(format!("{name}.sha256")))
+    } else {
+        "-".into()
+    };
+    format!("{} {sum}", stat_witness(&dir.join(name)))
+}
+
+/// A `file://` claim: a stat of the image and its `.sha256` against the witness; only when one
+/// changed is the `.sha256` read (and the image hashed again when the image changed).
+fn refresh_dir(dir: &Path, cl: &Claimed, witness: Option<&str>) -> Checked {
+    let image = dir.join(&cl.name);
+    let meta = match std::fs::metadata(&image) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return Checked::Drift(vec![cl.drift(&cl.name, "type", "not a file", "a file")]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Checked::Drift(vec![cl.missing(&cl.name)]);
+        }
+        Err(e) => return Checked::Unknown(format!("cannot inspect {}: {e}", image.display())),
+    };
+    if meta.len() != cl.size {
+        return Checked::Drift(vec![cl.drift(
+            &cl.name,
+            "size",
+            meta.len().to_string(),
+            cl.size.to_string(),
+        )]);
+    }
+    let now = dir_witness(dir, &cl.name, cl.checksum);
+    if witness == Some(now.as_str()) {
+        return Checked::Held { witness: Some(now) };
+    }
+    let (image_was, _) = witness.and_then(|w| w.split_once(' ')).unwrap_or(("", ""));
+    let (image_now, _) = now.split_once(' ').unwrap_or(("", ""));
+    let mut reasons = Vec::new();
+    if cl.checksum {
+        match std::fs::read(dir.join(cl.sum_name())) {
+            Ok(line) => reasons.extend(cl.check_line(&line)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                reasons.push(cl.missing(&cl.sum_name()))
+            }
+            Err(e) => {
+                return Checked::Unknown(format!("cannot read {}.sha256: {e}", image.display()));
+            }
+        }
+    }
+    if image_was != image_now {
+        match sha256_file(&image) {
+            Ok(sum) if sum == cl.sha256 => {}
+            Ok(sum) => reasons.push(cl.drift(&cl.name, "sha256", sum, &cl.sha256)),
+            Err(e) => return Checked::Unknown(format!("cannot read {}: {e}", image.display())),
+        }
+    }
+    if reasons.is_empty() {
+        Checked::Held { witness: Some(now) }
+    } else {
+        Checked::Drift(reasons)
+    }
+}
+
+/// S3 claims under one bucket and prefix: one LIST; a `.sha256` is fetched only when its ETag is
+/// not the one the witness recorded.
+async fn refresh_s3(
+    first: &Claim,
+    bucket: &str,
+    prefix: &str,
+    members: &[(usize, Claimed)],
+    claims: &[&Claim],
+) -> Vec<Checked> {
+    let all_unknown = |why: String| vec![Checked::Unknown(redact(&first.ctx, &why)); members.len()];
+    let store = match s3_client(&first.ctx, bucket) {
+        Ok(s) => s,
+        Err(e) => return all_unknown(e),
+    };
+    let dir = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+    let listed = match store.list_with_delimiter(dir.as_ref()).await {
+        Ok(l) => l,
+        Err(e) => return all_unknown(describe(bucket, "list the bucket", e)),
+    };
+    let objects: BTreeMap<String, &object_store::ObjectMeta> = listed
+        .objects
+        .iter()
+        .map(|m| (m.location.to_string(), m))
+        .collect();
+    let mut out = Vec::new();
+    for (i, cl) in members {
+        let witness = claims[*i].witness.as_deref();
+        let (tag_was, sum_tag_was) = witness.and_then(|w| w.split_once(' ')).unwrap_or(("", ""));
+        let image = objects.get(object_key(prefix, &cl.name).as_ref());
+        let Some(image) = image else {
+            out.push(Checked::Drift(vec![cl.missing(&cl.name)]));
+            continue;
+        };
+        if image.size != cl.size {
+            out.push(Checked::Drift(vec![cl.drift(
+                &cl.name,
+                "size",
+                image.size.to_string(),
+                cl.size.to_string(),
+            )]));
+            continue;
+        }
+        let tag = image.e_tag.clone().unwrap_or_default();
+        let mut reasons = Vec::new();
+        if witness.is_some() && tag != tag_was {
+            reasons.push(cl.drift(&cl.name, "ETag", &tag, tag_was));
+        }
+        let mut sum_tag = "-".to_string();
+        if cl.checksum {
+            let key = object_key(prefix, &cl.sum_name());
+            match objects.get(key.as_ref()) {
+                None => reasons.push(cl.missing(&cl.sum_name())),
+                Some(m) => {
+                    sum_tag = m.e_tag.clone().unwrap_or_default();
+                    if witness.is_none() || sum_tag != sum_tag_was {
+                        match store.get(&key).await {
+                            Ok(r) => match r.bytes().await {
+                                Ok(line) => reasons.extend(cl.check_line(&line)),
+                                Err(e) => {
+                                    out.push(Checked::Unknown(redact(
+                                        &first.ctx,
+                                        &describe(bucket, &format!("read {key}"), e),
+                                    )));
+                                    continue;
+                                }
+                            },
+                            Err(object_store::Error::NotFound { .. }) => {
+                                reasons.push(cl.missing(&cl.sum_name()))
+                            }
+                            Err(e) => {
+                                out.push(Checked::Unknown(redact(
+                                    &first.ctx,
+                                    &describe(bucket, &format!("read {key}"), e),
+                                )));
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.push(if reasons.is_empty() {
+            Checked::Held {
+                witness: Some(format!("{tag} {sum_tag}")),
+            }
+        } else {
+            Checked::Drift(reasons)
+        });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         None => forced_ids(&graph, &args.force)?,
     };
     let mut plan = plan::plan(&graph, &view, &forced);
+    // A publish node is skipped only when its claim still holds.
+    super::refresh::refresh_plan(&loaded, &graph, &mut view, &mut plan, &forced)?;
     while view.forget_unreadable_upstream(&graph, &plan) {
         plan = plan::plan(&graph, &view, &forced);
     }

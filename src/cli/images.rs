@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Cli, CliError, Select, context};
 use crate::config::StepKind;
-use crate::store::LocalStore;
+use crate::store::{ClaimStatus, LocalStore};
 
 #[derive(Serialize)]
 struct Entry {
@@ -16,8 +16,17 @@ struct Entry {
     node: Option<String>,
     /// The facts of that node's last result; `null` when it never ran.
     facts: Option<BTreeMap<String, String>>,
-    /// Whether that result is of the node as the config declares it now.
+    /// Whether that result is of the node as the config declares it now *and* its claim held at
+    /// the latest refresh (`kiln plan` or `kiln build`).
     current: bool,
+    /// What the latest refresh found: `held`, `drift`, `unchecked`, or `null` when none was made
+    /// for this result.
+    refresh: Option<&'static str>,
+    /// When that refresh was, in milliseconds since the Unix epoch.
+    checked_unix_ms: Option<u64>,
+    /// Why the claim did not hold, or could not be checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<String>,
 }
 
 pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
@@ -34,6 +43,12 @@ pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
         Some(s) => s.load_records().map_err(fail)?,
         None => BTreeMap::new(),
     };
+    let claims = store.as_ref().map(|s| s.load_claims()).unwrap_or_default();
+    if let Some(s) = &store {
+        for w in s.take_warnings() {
+            eprintln!("warning: {w}");
+        }
+    }
     let publish: Vec<_> = graph
         .order()
         .into_iter()
@@ -50,13 +65,27 @@ pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
             node: node.map(|n| n.id.clone()),
             facts: None,
             current: false,
+            refresh: None,
+            checked_unix_ms: None,
+            problems: Vec::new(),
         };
         if let (Some(n), Some(s)) = (node, &store)
             && let Some(rec) = records.get(&n.id)
             && let Some(r) = s.get_action(&rec.key).map_err(fail)?
         {
+            let claim = claims.get(&n.id).filter(|c| c.claim == r.claim_digest());
+            if let Some(c) = claim {
+                entry.checked_unix_ms = Some(c.checked_unix_ms);
+                let (status, problems) = match &c.status {
+                    ClaimStatus::Held => ("held", Vec::new()),
+                    ClaimStatus::Drift { reasons } => ("drift", reasons.clone()),
+                    ClaimStatus::Unchecked { why } => ("unchecked", vec![why.clone()]),
+                };
+                entry.refresh = Some(status);
+                entry.problems = problems;
+            }
+            entry.current = rec.key == n.key && entry.refresh == Some("held");
             entry.facts = Some(r.facts);
-            entry.current = rec.key == n.key;
         }
         entries.push(entry);
     }
@@ -75,12 +104,27 @@ pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
             (None, _) => out.push_str(&format!("{}  (no publish step)\n", e.cell)),
             (Some(n), None) => out.push_str(&format!("{}  {n}  not published\n", e.cell)),
             (Some(n), Some(facts)) => {
-                let stale = if e.current {
-                    ""
-                } else {
-                    "  (published by an earlier config; `kiln plan` shows what changed)"
+                let when = e.checked_unix_ms.map(|ms| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                    )
+                });
+                let state = match (e.refresh, &when) {
+                    (Some("held"), Some(t)) if e.current => format!("current (verified {t})"),
+                    (Some("held"), _) => {
+                        "published by an earlier config; `kiln plan` shows what changed".into()
+                    }
+                    (Some("drift"), Some(t)) => format!(
+                        "NOT CURRENT: at the refresh of {t}: {}; `kiln build` publishes it again",
+                        e.problems.join("; ")
+                    ),
+                    (Some(_), Some(t)) => format!(
+                        "not verified: the refresh of {t} could not check it: {}",
+                        e.problems.join("; ")
+                    ),
+                    _ => "not verified: never refreshed; run `kiln plan`".into(),
                 };
-                out.push_str(&format!("{}  {n}{stale}\n", e.cell));
+                out.push_str(&format!("{}  {n}  {state}\n", e.cell));
                 let width = facts.keys().map(String::len).max().unwrap_or(0);
                 for (k, v) in facts {
                     out.push_str(&format!("  {k:width$}  {v}\n"));

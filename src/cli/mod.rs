@@ -9,6 +9,7 @@ mod graph;
 mod images;
 mod matrix;
 mod plan;
+mod refresh;
 mod render;
 mod report;
 

@@ -40,6 +40,10 @@ pub struct PlanArgs {
     /// Exit 0 when there is nothing to do, 2 when something would run, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Check every cached publish result against its target (bucket, AMIs, snapshot) before
+    /// trusting it; `--refresh=false` plans from the cache alone.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub refresh: bool,
 }
 
 /// The cache as the planner sees it, backed by a local store (or nothing, before a first build).
@@ -49,6 +53,8 @@ pub struct StoreView {
     /// The key of the last record of every id: read from `records.log` when first needed
     /// (a plan with nothing to do needs none).
     records: std::sync::OnceLock<Records>,
+    /// What the latest refresh found wrong with the claims of cached publish results.
+    drift: BTreeMap<String, Vec<plan::DirtyReason>>,
 }
 
 type Records = HashMap<String, Digest, rustc_hash::FxBuildHasher>;
@@ -63,6 +69,7 @@ impl StoreView {
                 store: None,
                 keys: DigestSet::default(),
                 records: Records::default().into(),
+                drift: BTreeMap::new(),
             });
         }
         let store = LocalStore::open(&dir).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -79,7 +86,13 @@ impl StoreView {
             store: Some(store),
             keys,
             records: std::sync::OnceLock::new(),
+            drift: BTreeMap::new(),
         })
+    }
+
+    /// Claims found not to hold by a refresh: their nodes plan as rebuilds.
+    pub fn set_drift(&mut self, drift: BTreeMap<String, Vec<plan::DirtyReason>>) {
+        self.drift = drift;
     }
 
     fn records(&self) -> &Records {
@@ -205,6 +218,10 @@ impl CacheView for StoreView {
     fn read(&self, path: &std::path::Path) -> Option<Vec<u8>> {
         std::fs::read(path).ok()
     }
+
+    fn drift(&self, id: &str) -> Option<Vec<plan::DirtyReason>> {
+        self.drift.get(id).cloned()
+    }
 }
 
 /// Node ids named by --force, directly or through their cell.
@@ -232,9 +249,12 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &args.select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let (graph, graph_key) = context::lower_keyed(&loaded, Some(&dir))?;
-    let view = StoreView::open(dir, &graph)?;
+    let mut view = StoreView::open(dir, &graph)?;
     let forced = forced_ids(&graph, &args.force)?;
     let mut plan = plan::plan(&graph, &view, &forced);
+    if args.refresh {
+        super::refresh::refresh_plan(&loaded, &graph, &mut view, &mut plan, &forced)?;
+    }
     if loaded.whole {
         plan.orphans = view.orphans(&graph, graph_key);
     }
@@ -251,6 +271,7 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let json = || {
         let mut v = render::json(&graph, &plan, &orphans, loaded.config.digest(), &cells);
         v["forced"] = serde_json::json!(forced);
+        v["refreshed"] = serde_json::json!(args.refresh);
         v
     };
     if let Some(path) = &args.out {
@@ -268,7 +289,11 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
         PlanFormat::Markdown => render::markdown(&graph, &plan, &orphans),
         PlanFormat::Text => {
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            render::text(&graph, &plan, &orphans, Style { color })
+            let mut text = render::text(&graph, &plan, &orphans, Style { color });
+            if !args.refresh {
+                text.push_str("The published state was not checked (--refresh=false): publish nodes are planned from the cache alone.\n");
+            }
+            text
         }
     };
     let mut stdout = std::io::stdout().lock();

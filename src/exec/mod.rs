@@ -6,6 +6,7 @@ mod commit;
 pub mod log;
 pub mod process;
 mod progress;
+pub mod refresh;
 mod workdir;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -146,6 +147,8 @@ struct JobOutcome {
     attempts: u32,
     log: Option<PathBuf>,
     result: Option<ActionResult>,
+    /// What a publish step left as evidence of its claim (see [`refresh`]).
+    witness: Option<String>,
 }
 
 fn ended(
@@ -159,6 +162,7 @@ fn ended(
         attempts,
         log,
         result,
+        witness: None,
     }
 }
 
@@ -355,7 +359,8 @@ async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOutcome {
         };
         let res = sh.runner.run(&ctx).await;
         match res {
-            Ok(out) => {
+            Ok(mut out) => {
+                let witness = out.witness.take();
                 log.line(&format!(
                     "== succeeded in {:.1}s",
                     t0.elapsed().as_secs_f64()
@@ -399,7 +404,10 @@ async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOutcome {
                     Err(e) => Err(format!("storing the result: {e}")),
                 };
                 return match commit {
-                    Ok(r) => ended(Outcome::Built, attempt, Some(log_file), Some(r)),
+                    Ok(r) => JobOutcome {
+                        witness,
+                        ..ended(Outcome::Built, attempt, Some(log_file), Some(r))
+                    },
                     Err(e) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
                 };
             }
@@ -522,6 +530,8 @@ pub async fn execute(
         }
     };
     let mut stop = false;
+    // The claims of the publish steps that ran: they held when they were made.
+    let mut published = crate::store::Claims::new();
     loop {
         let cancelled = *cancel_rx.borrow();
         // Start what fits.
@@ -609,6 +619,7 @@ pub async fn execute(
                     attempts,
                     log,
                     result,
+                    witness,
                 },
             ),
         )) = done
@@ -616,6 +627,12 @@ pub async fn execute(
             continue;
         };
         let node = graph.node(ix);
+        if out == Outcome::Built
+            && refresh::is_claim(node)
+            && let Some(r) = &result
+        {
+            published.insert(node.id.clone(), refresh::published(r, witness));
+        }
         sh.progress.finished(node, &out, took);
         let failed = matches!(out, Outcome::Failed(_));
         if let Some(r) = result {
@@ -647,6 +664,11 @@ pub async fn execute(
         }
     }
     signals.abort();
+    if let Err(e) = store.update_claims(published) {
+        eprintln!(
+            "warning: the publish claims of this build were not saved ({e}); the next refresh checks them in full"
+        );
+    }
     sh.progress.done();
     let cancelled = *cancel_rx.borrow();
     // Whatever never ran: skipped behind a failure, or not started.

@@ -60,6 +60,8 @@ pub enum EntryKind {
     Blob,
     /// An action cache entry under `ac/`.
     Action,
+    /// `claims`, the latest refresh of every publish claim.
+    Claims,
 }
 
 impl fmt::Display for EntryKind {
@@ -67,6 +69,7 @@ impl fmt::Display for EntryKind {
         f.write_str(match self {
             EntryKind::Blob => "blob",
             EntryKind::Action => "action cache entry",
+            EntryKind::Claims => "refresh state",
         })
     }
 }

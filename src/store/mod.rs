@@ -7,6 +7,7 @@
 //! cas/<first 2 hex>/<64 hex>   blobs, named by the blake3 of their bytes
 //! ac/<first 2 hex>/<64 hex>    node key -> ActionResult (self-checking JSON)
 //! records.log                  JSON lines of Record; the last one per id wins
+//! claims                       the latest refresh of every publish claim (self-checking JSON)
 //! logs/                        free for the caller
 //! tmp/                         temp files for atomic writes (same filesystem)
 //! lock                         the cache lock; holds the holder's pid and start time
@@ -21,6 +22,7 @@
 
 mod ac;
 mod cas;
+mod claims;
 mod error;
 mod fs;
 mod gc;
@@ -38,6 +40,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use claims::{ClaimRecord, ClaimStatus, Claims};
 pub use error::{EntryKind, Result, StoreError, StoreWarning};
 pub use fs::map_file;
 pub use gc::{GcPolicy, GcReport};
@@ -134,6 +137,7 @@ impl LocalStore {
         let tag = match kind {
             EntryKind::Blob => "blob",
             EntryKind::Action => "action",
+            EntryKind::Claims => "claims",
         };
         let dest = self.tmp.join(format!(
             "corrupt-{tag}-{name}-{}-{}-{}",

@@ -462,6 +462,9 @@ fn images_catalog(p: &Project) {
         assert_eq!(e["facts"]["sha256"].as_str(), sum.split(' ').next());
         assert_eq!(e["facts"]["size"].as_str(), Some(size.to_string().as_str()));
         assert_eq!(e["current"], true);
+        assert_eq!(e["refresh"], "held");
+        let checked = e["checked_unix_ms"].as_u64().unwrap().to_string();
+        json = json.replace(&checked, "[checked]");
         let hex = sum.split(' ').next().unwrap();
         for out in [&mut text, &mut json] {
             *out = out
@@ -470,8 +473,24 @@ fn images_catalog(p: &Project) {
                 .replace(&format!("  {size}\n"), "  [size]\n");
         }
     }
+    let text = redact_between(&text, "(verified ", ")", "[time]");
     crate::support::golden("images-local", "images.txt", &text);
     crate::support::golden("images-local", "images.json", &json);
+}
+
+/// `text` with whatever stands between each `start` and the next `end` replaced by `with`.
+fn redact_between(text: &str, start: &str, end: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(start) {
+        out.push_str(&rest[..i + start.len()]);
+        rest = &rest[i + start.len()..];
+        let j = rest.find(end).unwrap_or(rest.len());
+        out.push_str(with);
+        rest = &rest[j..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A missing image tool is a clear error naming the package to install.

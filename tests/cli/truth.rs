@@ -107,3 +107,120 @@ fn a_change_through_a_step_without_outputs_reaches_the_bucket() {
         format!("{new_sum}  local-ubuntu-2404-k8s-1.32.qcow2\n")
     );
 }
+
+/// Change a script, build, revert it, build: every key is cached again, but the bucket holds the
+/// changed build's image; the refresh sees it and the reverted image is published again.
+#[test]
+fn a_revert_republishes_what_the_bucket_no_longer_holds() {
+    let p = local_example();
+    p.kiln(&["-f", F, "build", "--quiet"]).expect_code(0);
+    let original = sha256_of(&p, IMAGE);
+    let motd = "examples/local/files/motd";
+    let before = p.read(motd);
+    p.write(motd, "changed for a while\n");
+    p.kiln(&["-f", F, "build", "--quiet"]).expect_code(0);
+    assert_ne!(sha256_of(&p, IMAGE), original);
+    p.write(motd, &before);
+
+    let plan = p.kiln(&["-f", F, "plan"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout
+            .contains("· drift: file://images/local-ubuntu-2404-k8s-1.32.qcow2.sha256 has sha256 "),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .ends_with("Plan: 0 to build, 4 to rebuild, 8 cached\n"),
+        "{}",
+        plan.stdout
+    );
+    // The catalog shows what the bucket holds: the changed build's image, of an earlier config.
+    let entry = catalog_entry(&p, CELL);
+    assert_eq!(entry["current"], false, "{entry}");
+
+    let out = p.kiln(&["-f", F, "build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "4 built, 8 cached", "{}", out.stderr);
+    assert_eq!(sha256_of(&p, IMAGE), original);
+    let entry = catalog_entry(&p, CELL);
+    assert_eq!(entry["facts"]["sha256"], original.as_str(), "{entry}");
+    assert_eq!(entry["current"], true, "{entry}");
+    let again = p.kiln(&["-f", F, "plan"]);
+    assert!(
+        again
+            .stdout
+            .ends_with("Plan: 0 to build, 0 to rebuild, 12 cached\n"),
+        "{}",
+        again.stdout
+    );
+}
+
+/// A published object replaced (same size, other bytes), or deleted, is drift: the plan says so
+/// with the digests, `--refresh=false` says it did not look, and the build publishes again.
+#[test]
+fn a_tampered_or_deleted_bucket_object_is_published_again() {
+    let p = local_example();
+    p.kiln(&["-f", F, "build", "--quiet"]).expect_code(0);
+    let good = sha256_of(&p, IMAGE);
+    let mut bytes = std::fs::read(p.path().join(IMAGE)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(p.path().join(IMAGE), &bytes).unwrap();
+    let bad = sha256_of(&p, IMAGE);
+    let other = "examples/local/images/local-flatcar-k8s-1.31.qcow2";
+    std::fs::remove_file(p.path().join(other)).unwrap();
+
+    let plan = p.kiln(&["-f", F, "plan", "--json"]);
+    plan.expect_code(0);
+    let nodes = plan.json()["nodes"].as_array().unwrap().clone();
+    let node = |id: &str| nodes.iter().find(|n| n["id"] == id).unwrap().clone();
+    let tampered = node("local/ubuntu-2404/1.32/publish");
+    assert_eq!(tampered["action"], "rebuild");
+    assert_eq!(
+        tampered["reasons"][0],
+        serde_json::json!({
+            "kind": "published_drift",
+            "target": "file://images/local-ubuntu-2404-k8s-1.32.qcow2",
+            "what": "sha256",
+            "found": bad,
+            "expected": good,
+        })
+    );
+    let text = p.kiln(&["-f", F, "plan"]).stdout;
+    assert!(
+        text.contains(&format!(
+            "· drift: file://images/local-ubuntu-2404-k8s-1.32.qcow2 has sha256 {bad}, expected {good}"
+        )),
+        "{text}"
+    );
+    // `kiln images` says what that refresh found.
+    let entry = catalog_entry(&p, CELL);
+    assert_eq!(entry["current"], false, "{entry}");
+    assert_eq!(entry["refresh"], "drift", "{entry}");
+    let deleted = node("local/flatcar/1.31/publish");
+    assert_eq!(deleted["reasons"][0]["kind"], "published_missing");
+    assert_eq!(
+        deleted["reasons"][0]["target"],
+        "file://images/local-flatcar-k8s-1.31.qcow2"
+    );
+
+    let unchecked = p.kiln(&["-f", F, "plan", "--refresh=false"]);
+    unchecked.expect_code(0);
+    assert!(
+        unchecked.stdout.ends_with(
+            "Plan: 0 to build, 0 to rebuild, 12 cached\nThe published state was not checked (--refresh=false): publish nodes are planned from the cache alone.\n"
+        ),
+        "{}",
+        unchecked.stdout
+    );
+
+    let out = p.kiln(&["-f", F, "build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "2 built, 10 cached", "{}", out.stderr);
+    assert_eq!(sha256_of(&p, IMAGE), good);
+    assert!(p.path().join(other).is_file());
+    p.kiln(&["-f", F, "plan", "--detailed-exitcode"])
+        .expect_code(0);
+}

@@ -1,0 +1,69 @@
+//! The refresh that `kiln plan` (by default) and `kiln build` (always) make before trusting a
+//! cached publish result: see [`crate::exec::refresh`].
+
+use std::sync::Arc;
+
+use super::CliError;
+use super::context::Loaded;
+use super::plan::StoreView;
+use crate::builders::Builtin;
+use crate::exec::refresh::{self, Refreshed};
+use crate::graph::Graph;
+use crate::plan::{self, Action, Plan};
+use crate::store::LocalStore;
+
+/// Checks the claims of the publish nodes `plan` marks cached; a claim that no longer holds
+/// makes its node rebuild (the plan is made again with the drift). A claim that cannot be checked
+/// is a warning naming the node. Returns what was found.
+pub fn refresh_plan(
+    loaded: &Loaded,
+    graph: &Graph,
+    view: &mut StoreView,
+    plan: &mut Plan,
+    forced: &std::collections::BTreeSet<String>,
+) -> Result<Refreshed, CliError> {
+    let Some(store) = &view.store else {
+        return Ok(Refreshed::default());
+    };
+    let nodes = refresh::claim_nodes(
+        graph,
+        graph
+            .order()
+            .into_iter()
+            .filter(|ix| *plan.action(*ix) == Action::Cached),
+    );
+    if nodes.is_empty() {
+        return Ok(Refreshed::default());
+    }
+    let store =
+        Arc::new(LocalStore::open(store.root()).map_err(|e| CliError::Failed(e.to_string()))?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    let install = Arc::new(crate::imagebuilder::Install::from_config(&loaded.config));
+    let found = runtime.block_on(refresh::refresh(
+        graph,
+        &nodes,
+        &store,
+        &Builtin,
+        &loaded.config.root,
+        &install,
+    ));
+    for w in store.take_warnings() {
+        eprintln!("warning: {w}");
+    }
+    for (id, why) in &found.unchecked {
+        eprintln!(
+            "warning: the published state of {id} was not checked: {why}; it is planned as cached on trust"
+        );
+    }
+    if let Some(e) = &found.not_saved {
+        eprintln!("warning: the refresh verdicts were not saved: {e}");
+    }
+    if !found.drift.is_empty() {
+        view.set_drift(found.drift.clone());
+        *plan = plan::plan(graph, view, forced);
+    }
+    Ok(found)
+}
