@@ -147,10 +147,11 @@ impl StoreView {
         orphans
     }
 
-    /// Reads the result of every cached node that a node due to run depends on (the build reads
-    /// them anyway) and forgets those that turn out unreadable: an entry damaged in place, which
-    /// the planner does not see (see [`LocalStore::intact_keys`]), is moved aside and reported,
-    /// and its node is planned again instead of failing its dependents later. Returns whether
+    /// Reads the result of every cached node that a node due to run depends on, and verifies its
+    /// output blobs (the build reads them anyway), and forgets those that turn out unreadable: an
+    /// entry or blob damaged in place, which the planner does not see (see
+    /// [`LocalStore::intact_keys`]), is moved aside and reported, and its node is planned again,
+    /// so it rebuilds first in the same build instead of its dependents running without it. Returns whether
     /// any was forgotten: then the plan must be made again.
     pub fn forget_unreadable_upstream(&mut self, graph: &Graph, plan: &Plan) -> bool {
         let Some(store) = &self.store else {
@@ -168,7 +169,16 @@ impl StoreView {
             if !needed[ix.index()] || plan.action(ix).will_run() || !self.keys.contains(&key) {
                 continue;
             }
-            if !matches!(store.get_action(&key), Ok(Some(_))) {
+            // A step reads every upstream output: each blob must be there and intact (a
+            // corrupt one is moved aside by the read and reported).
+            let intact = match store.get_action(&key) {
+                Ok(Some(r)) => r
+                    .outputs
+                    .iter()
+                    .all(|o| matches!(store.blob_path(&o.digest), Ok(Some(_)))),
+                _ => false,
+            };
+            if !intact {
                 self.keys.remove(&key);
                 forgot = true;
             }

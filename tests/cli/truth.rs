@@ -224,3 +224,58 @@ fn a_tampered_or_deleted_bucket_object_is_published_again() {
     p.kiln(&["-f", F, "plan", "--detailed-exitcode"])
         .expect_code(0);
 }
+
+/// The largest blob of the cache: the disk image of one of the example's builds.
+fn largest_blob(p: &Project) -> std::path::PathBuf {
+    let mut best: Option<(u64, std::path::PathBuf)> = None;
+    for fan in std::fs::read_dir(p.path().join("examples/local/cache/cas")).unwrap() {
+        for e in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+            let e = e.unwrap();
+            let len = e.metadata().unwrap().len();
+            if best.as_ref().is_none_or(|(l, _)| len > *l) {
+                best = Some((len, e.path()));
+            }
+        }
+    }
+    best.unwrap().1
+}
+
+/// A corrupt upstream blob makes its node rebuild first in the same build: the forced step never
+/// runs without its input.
+#[test]
+fn a_step_never_runs_without_its_upstream_blob() {
+    let p = local_example();
+    p.kiln(&["-f", F, "build", "--quiet"]).expect_code(0);
+    let blob = largest_blob(&p);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[100] ^= 1;
+    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    let plan = p.kiln(&["-f", F, "plan", "--json", "--refresh=false"]);
+    let forced = plan.json()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["step"] == "validate")
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    let mut args = vec!["-f", F, "build"];
+    for id in &forced {
+        args.extend(["--force", id.as_str()]);
+    }
+    let out = p.kiln(&args);
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains("warning: corrupt blob"),
+        "{}",
+        out.stderr
+    );
+    // Four validates forced, and the one build whose image was damaged rebuilt before its own.
+    let built = out.stderr.matches(" built  ").count();
+    assert_eq!(built, 5, "{}", out.stderr);
+    assert!(out.stdout.starts_with("5 built, "), "{}", out.stdout);
+    p.kiln(&["-f", F, "cache", "verify"]).expect_code(0);
+}
