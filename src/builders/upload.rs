@@ -50,6 +50,43 @@ fn sha256_file(p: &Path) -> std::io::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The ETag S3 gives `p` as kiln uploads it: the MD5 of the bytes for one PUT, and for a multipart
+/// upload the MD5 of the parts' MD5s, `-` and the number of parts. A bucket whose image has this
+/// ETag holds exactly these bytes (stores that compute ETags otherwise never match: the image is
+/// then uploaded again, never wrongly skipped).
+fn s3_etag(p: &Path) -> std::io::Result<String> {
+    use md5::Digest as _;
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut f = std::fs::File::open(p)?;
+    let mut part = vec![0u8; PART_SIZE];
+    let mut parts = Vec::new();
+    loop {
+        let mut n = 0;
+        while n < PART_SIZE {
+            match f.read(&mut part[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 && !parts.is_empty() {
+            break;
+        }
+        parts.push(md5::Md5::digest(&part[..n]).to_vec());
+        if n < PART_SIZE {
+            break;
+        }
+    }
+    if parts.len() == 1 {
+        return Ok(format!("\"{}\"", hex(&parts[0])));
+    }
+    let joined: Vec<u8> = parts.concat();
+    Ok(format!(
+        "\"{}-{}\"",
+        hex(&md5::Md5::digest(&joined)),
+        parts.len()
+    ))
+}
+
 fn atomic_write(
     dest: &Path,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
@@ -154,6 +191,9 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
             let (skipped, witness) = to_s3(ctx, name, prefix, &art)
                 .await
                 .map_err(|e| StepError::Failed(redact(ctx, &e)))?;
+            if let Some(tag) = witness.as_deref().and_then(|w| w.split(' ').next()) {
+                out.facts.insert("etag".into(), tag.to_string());
+            }
             out.witness = witness;
             skipped
         }
@@ -314,8 +354,9 @@ async fn to_s3(
         Err(e) => return Err(describe(bucket, &format!("read {sum_key}"), e)),
     };
     if art.checksum && old_line.as_deref() == Some(art.line.as_bytes()) {
+        let expected = s3_etag(&art.image).map_err(|e| format!("reading the image: {e}"))?;
         match store.head(&image_key).await {
-            Ok(meta) if meta.size == art.size => {
+            Ok(meta) if meta.size == art.size && meta.e_tag.as_deref() == Some(&expected) => {
                 return Ok((true, s3_witness(meta.e_tag, old_tag)));
             }
             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -630,16 +671,14 @@ async fn refresh_s3(
         Ok(s) => s,
         Err(e) => return all_unknown(e),
     };
+    use futures_util::TryStreamExt;
     let dir = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
-    let listed = match store.list_with_delimiter(dir.as_ref()).await {
+    let listed: Vec<object_store::ObjectMeta> = match store.list(dir.as_ref()).try_collect().await {
         Ok(l) => l,
         Err(e) => return all_unknown(describe(bucket, "list the bucket", e)),
     };
-    let objects: BTreeMap<String, &object_store::ObjectMeta> = listed
-        .objects
-        .iter()
-        .map(|m| (m.location.to_string(), m))
-        .collect();
+    let objects: BTreeMap<String, &object_store::ObjectMeta> =
+        listed.iter().map(|m| (m.location.to_string(), m)).collect();
     let mut out = Vec::new();
     for (i, cl) in members {
         let witness = claims[*i].witness.as_deref();
@@ -660,8 +699,17 @@ async fn refresh_s3(
         }
         let tag = image.e_tag.clone().unwrap_or_default();
         let mut reasons = Vec::new();
-        if witness.is_some() && tag != tag_was {
-            reasons.push(cl.drift(&cl.name, "ETag", &tag, tag_was));
+        // The ETag the publish saw (a fact, so it holds on any machine), else the witness.
+        let expected_tag = claims[*i]
+            .result
+            .facts
+            .get("etag")
+            .map(String::as_str)
+            .or(witness.map(|_| tag_was));
+        if let Some(expected) = expected_tag
+            && tag != expected
+        {
+            reasons.push(cl.drift(&cl.name, "ETag", &tag, expected));
         }
         let mut sum_tag = "-".to_string();
         if cl.checksum {

@@ -120,8 +120,15 @@ fn secret_values(node: &Node) -> Result<Vec<(String, String)>, String> {
         .iter()
         .map(|s| match &s.source {
             SecretSource::Env(var) => std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
                 .map(|v| (s.name.clone(), v))
-                .map_err(|_| format!("secret `{}` needs the environment variable {var}", s.name)),
+                .ok_or_else(|| {
+                    format!(
+                        "secret `{}` needs the environment variable {var} (unset or empty)",
+                        s.name
+                    )
+                }),
             SecretSource::File(p) => std::fs::read_to_string(p)
                 .map(|v| (s.name.clone(), v.trim_end_matches('\n').to_string()))
                 .map_err(|e| format!("secret `{}`: cannot read {}: {e}", s.name, p.display())),

@@ -66,6 +66,8 @@ pub async fn refresh(
     ));
     let mut claims = Vec::new();
     let mut logs = Vec::new();
+    let mut records = Claims::new();
+    let now = now_unix_ms();
     for &ix in nodes {
         let node = graph.node(ix);
         let Ok(Some(result)) = store.get_action(&node.key) else {
@@ -74,6 +76,8 @@ pub async fn refresh(
         let secrets = match super::secret_values(node) {
             Ok(s) => s,
             Err(e) => {
+                let witness = known.get(&node.id).and_then(|k| k.witness.clone());
+                records.insert(node.id.clone(), unchecked(&result, e.clone(), witness, now));
                 out.unchecked.insert(node.id.clone(), e);
                 continue;
             }
@@ -91,13 +95,12 @@ pub async fn refresh(
         let (work, log, log_path) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                out.unchecked.insert(
-                    node.id.clone(),
-                    format!(
-                        "cannot prepare the check in {}: {e}",
-                        store.tmp_dir().display()
-                    ),
+                let why = format!(
+                    "cannot prepare the check in {}: {e}",
+                    store.tmp_dir().display()
                 );
+                records.insert(node.id.clone(), unchecked(&result, why.clone(), None, now));
+                out.unchecked.insert(node.id.clone(), why);
                 continue;
             }
         };
@@ -133,8 +136,6 @@ pub async fn refresh(
             vec![Checked::Unknown(format!("no answer within {}", humantime::format_duration(REFRESH_TIMEOUT))); claims.len()]
         }
     };
-    let now = now_unix_ms();
-    let mut records = Claims::new();
     for (c, v) in claims.iter().zip(verdicts) {
         let id = c.ctx.node.id.clone();
         let (status, witness) = match v {
@@ -145,7 +146,9 @@ pub async fn refresh(
             Checked::Drift(reasons) => {
                 let described = reasons.iter().map(DirtyReason::describe).collect();
                 out.drift.insert(id.clone(), reasons);
-                (ClaimStatus::Drift { reasons: described }, None)
+                // The evidence of what was published stays: a drifted target that is put back
+                // some other way must still match it.
+                (ClaimStatus::Drift { reasons: described }, c.witness.clone())
             }
             Checked::Unknown(why) => {
                 out.unchecked.insert(id.clone(), why.clone());
@@ -162,14 +165,6 @@ pub async fn refresh(
             },
         );
     }
-    for (id, why) in &out.unchecked {
-        records.entry(id.clone()).or_insert_with(|| ClaimRecord {
-            claim: crate::hash::Digest::of_bytes(b""),
-            checked_unix_ms: now,
-            status: ClaimStatus::Unchecked { why: why.clone() },
-            witness: None,
-        });
-    }
     for c in claims {
         work_dirs.release(c.ctx.work);
     }
@@ -180,6 +175,15 @@ pub async fn refresh(
         out.not_saved = Some(e.to_string());
     }
     out
+}
+
+fn unchecked(result: &ActionResult, why: String, witness: Option<String>, now: u64) -> ClaimRecord {
+    ClaimRecord {
+        claim: result.claim_digest(),
+        checked_unix_ms: now,
+        status: ClaimStatus::Unchecked { why },
+        witness,
+    }
 }
 
 /// The claim record a publish leaves: it held when it was made.
