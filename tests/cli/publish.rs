@@ -264,12 +264,77 @@ fn aws_ami_makes_every_region_public_through_moto() {
     assert_eq!(facts["public"], "true");
     assert_nowhere(f.project.path(), &secret);
 
-    // Built again with nothing changed: cached, no request made.
+    // Built again with nothing changed: cached, once the refresh found every AMI still public.
     let out = build(&f.project);
     out.expect_code(0);
     assert_eq!(out.stdout.trim(), "0 built, 3 cached", "{out:?}");
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+
+    // Someone made one region's AMI private and deregistered another's: the plan says so.
+    let west = amis["us-west-1"].as_str();
+    let eu = amis["eu-west-1"].as_str();
+    boto3(
+        &moto.endpoint,
+        TAMPER,
+        &[
+            &key_id,
+            &secret,
+            &format!("eu-west-1={eu}"),
+            &format!("us-west-1={west}"),
+        ],
+    );
+    let plan = f.project.kiln(&[
+        "plan",
+        "--provider",
+        "aws",
+        "--os",
+        "ubuntu-2404",
+        "--kubernetes",
+        "1.31",
+    ]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout
+            .contains(&format!("· missing: {west} in us-west-1")),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains(&format!(
+            "· drift: {eu} in eu-west-1 has launch permission private, expected public"
+        )),
+        "{}",
+        plan.stdout
+    );
+    let images = f
+        .project
+        .kiln(&["images", "--json", "--provider", "aws"])
+        .json();
+    let entry = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"] == "aws/ubuntu-2404/1.31/publish")
+        .unwrap()
+        .clone();
+    assert_eq!(entry["current"], false, "{entry}");
+    assert_eq!(entry["refresh"], "drift", "{entry}");
     drop(moto);
 }
+
+/// Makes the AMI of the first `region=ami` pair private again and deregisters the second.
+const TAMPER: &str = r#"
+import boto3, sys
+ep, ak, sk = sys.argv[1:4]
+def ec2(r):
+    return boto3.client("ec2", endpoint_url=ep, region_name=r,
+                        aws_access_key_id=ak, aws_secret_access_key=sk)
+r, ami = sys.argv[4].split("=")
+ec2(r).modify_image_attribute(ImageId=ami, LaunchPermission={"Remove": [{"Group": "all"}]})
+r, ami = sys.argv[5].split("=")
+ec2(r).deregister_image(ImageId=ami)
+print("{}")
+"#;
 
 /// The facts a node recorded, from the `fact NAME=VALUE` lines of its log.
 fn publish_facts(p: &Project, node: &str) -> BTreeMap<String, String> {
@@ -333,6 +398,8 @@ struct Request {
 struct HcloudStub {
     port: u16,
     requests: Arc<Mutex<Vec<Request>>>,
+    /// The snapshot's labels as the server holds them.
+    labels: Arc<Mutex<Value>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -452,8 +519,10 @@ fn start_hcloud(id: u64, labels: Value) -> HcloudStub {
     let requests = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let (r, s) = (requests.clone(), stop.clone());
+    let labels = Arc::new(Mutex::new(labels));
+    let held = labels.clone();
     let thread = std::thread::spawn(move || {
-        let labels = Mutex::new(labels);
+        let labels = held;
         let start = Instant::now();
         while !s.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
             match listener.accept() {
@@ -468,6 +537,7 @@ fn start_hcloud(id: u64, labels: Value) -> HcloudStub {
     HcloudStub {
         port,
         requests,
+        labels,
         stop,
         thread: Some(thread),
     }
@@ -514,6 +584,16 @@ fn hcloud_snapshot_labels_through_the_api() {
     assert!(!log.stdout.contains(SECRET));
     assert_nowhere(f.project.path(), SECRET);
 
+    // The refresh reads the snapshot back: a label changed behind kiln's back is drift.
+    stub.labels.lock().unwrap()["os"] = json!("flatcar");
+    let plan = f.project.kiln(&["plan", "--provider", "hcloud"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout
+            .contains("· drift: hcloud snapshot 123456 has label os flatcar, expected ubuntu-2404"),
+        "{}",
+        plan.stdout
+    );
     drop(stub);
 }
 
@@ -553,6 +633,11 @@ f="$FAKE_LOG/gcloud-$n.txt"
 case "$3" in
   describe-from-family) echo "cluster-api-ubuntu-2404-v1-31-4-1736500000";;
   add-iam-policy-binding) echo '{"bindings": [{"members": ["allAuthenticatedUsers"], "role": "roles/compute.imageUser"}], "etag": "BwX=", "version": 1}';;
+  get-iam-policy)
+    if [ -e "$FAKE_LOG/gone" ]; then
+      echo "ERROR: (gcloud.compute.images.get-iam-policy) Could not fetch resource: The resource 'projects/capi-images/global/images/$4' was not found" >&2; exit 1
+    elif [ -e "$FAKE_LOG/revoked" ]; then echo '{"etag": "BwY=", "version": 1}'
+    else echo '{"bindings": [{"members": ["allAuthenticatedUsers"], "role": "roles/compute.imageUser"}], "etag": "BwX=", "version": 1}'; fi;;
   *) echo "unexpected $3" >&2; exit 2;;
 esac
 "#;
@@ -651,6 +736,38 @@ fn gcp_image_grants_the_role_with_gcloud() {
         log.stdout.contains("granted allAuthenticatedUsers roles/compute.imageUser on capi-images/cluster-api-ubuntu-2404-v1-31-4-1736500000"),
         "{}",
         log.stdout
+    );
+    assert_nowhere(f.project.path(), SECRET);
+
+    // The refresh reads the image's IAM policy: held, then revoked, then the image gone.
+    let plan = |p: &Project| {
+        let out = p.kiln(&[
+            "plan",
+            "--provider",
+            "gcp",
+            "--os",
+            "ubuntu-2404",
+            "--kubernetes",
+            "1.31",
+        ]);
+        out.expect_code(0);
+        out.stdout
+    };
+    let held = plan(&f.project);
+    assert!(held.contains("=  gcp/ubuntu-2404/1.31/publish"), "{held}");
+    fs::write(f.log.join("revoked"), "").unwrap();
+    let revoked = plan(&f.project);
+    assert!(
+        revoked.contains("· drift: gcp image capi-images/cluster-api-ubuntu-2404-v1-31-4-1736500000 has IAM policy no roles/compute.imageUser for allAuthenticatedUsers, expected roles/compute.imageUser for allAuthenticatedUsers"),
+        "{revoked}"
+    );
+    fs::write(f.log.join("gone"), "").unwrap();
+    let gone = plan(&f.project);
+    assert!(
+        gone.contains(
+            "· missing: gcp image capi-images/cluster-api-ubuntu-2404-v1-31-4-1736500000"
+        ),
+        "{gone}"
     );
     assert_nowhere(f.project.path(), SECRET);
 }
