@@ -401,8 +401,12 @@ pub fn plan(graph: &Graph, view: &dyn CacheView, forced: &BTreeSet<String>) -> P
             }
             Some(LastResult { manifest: None, .. }) => vec![DirtyReason::ResultMissing],
         };
-        let own_unchanged = own.is_empty();
+        // A previous result that early cutoff would reuse is a claim too: one that no longer
+        // holds must not be reused.
+        let drift = view.drift(&node.id).unwrap_or_default();
+        let own_unchanged = own.is_empty() && drift.is_empty();
         reasons.extend(own);
+        reasons.extend(drift);
         let mut upstream_runs = false;
         for d in graph.deps(ix) {
             let dep = graph.node(d);

@@ -9,7 +9,7 @@ use super::plan::StoreView;
 use crate::builders::Builtin;
 use crate::exec::refresh::{self, Refreshed};
 use crate::graph::Graph;
-use crate::plan::{self, Action, Plan};
+use crate::plan::{self, Action, CacheView, Plan};
 use crate::store::LocalStore;
 
 /// Checks the claims of the publish nodes `plan` marks cached; a claim that no longer holds
@@ -25,13 +25,17 @@ pub fn refresh_plan(
     let Some(store) = &view.store else {
         return Ok(Refreshed::default());
     };
-    let nodes = refresh::claim_nodes(
-        graph,
-        graph
-            .order()
-            .into_iter()
-            .filter(|ix| *plan.action(*ix) == Action::Cached),
-    );
+    // Cached publish nodes, and those whose last result early cutoff may reuse.
+    let nodes: Vec<_> = refresh::claim_nodes(graph, graph.order().into_iter())
+        .into_iter()
+        .filter_map(|ix| match plan.action(ix) {
+            Action::Cached => Some((ix, graph.node(ix).key)),
+            Action::RebuildIfUpstreamChanges { .. } => {
+                view.last(&graph.node(ix).id).map(|l| (ix, l.key))
+            }
+            _ => None,
+        })
+        .collect();
     if nodes.is_empty() {
         return Ok(Refreshed::default());
     }

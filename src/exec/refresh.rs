@@ -41,12 +41,13 @@ pub fn claim_nodes(graph: &Graph, candidates: impl Iterator<Item = NodeIndex>) -
         .collect()
 }
 
-/// Checks the cached results of `nodes` (publish nodes whose key is cached) against their
-/// targets and records the verdicts. A node whose result cannot be read is left out: the
-/// planner already treats it as missing.
+/// Checks the results of `nodes` against their targets and records the verdicts: each node with
+/// the key of the result to check (its own key when cached; the key of its last result when
+/// early cutoff may reuse that). A node whose result cannot be read is left out: the planner
+/// already treats it as missing.
 pub async fn refresh(
     graph: &Graph,
-    nodes: &[NodeIndex],
+    nodes: &[(NodeIndex, crate::hash::Digest)],
     store: &Arc<LocalStore>,
     runner: &dyn Runner,
     root: &std::path::Path,
@@ -68,9 +69,9 @@ pub async fn refresh(
     let mut logs = Vec::new();
     let mut records = Claims::new();
     let now = now_unix_ms();
-    for &ix in nodes {
+    for &(ix, key) in nodes {
         let node = graph.node(ix);
-        let Ok(Some(result)) = store.get_action(&node.key) else {
+        let Ok(Some(result)) = store.get_action(&key) else {
             continue;
         };
         let secrets = match super::secret_values(node) {

@@ -279,3 +279,81 @@ fn a_step_never_runs_without_its_upstream_blob() {
     assert!(out.stdout.starts_with("5 built, "), "{}", out.stdout);
     p.kiln(&["-f", F, "cache", "verify"]).expect_code(0);
 }
+
+/// build → validate (outputs nothing) → publish, with a validate command the provider sets.
+fn chain(check: &str) -> String {
+    format!(
+        r#"module "chain" {{
+    setting "check" default="true"
+    step "build" builder="command" {{
+        argv "sh" "-c" "echo an image > image.qcow2"
+        outputs "image.qcow2"
+    }}
+    step "validate" builder="command" {{
+        argv "sh" "-c" "{{check}}"
+    }}
+    step "publish" builder="upload" {{
+        bucket "file://published"
+    }}
+}}
+
+kubernetes "1.31" {{
+    version "1.31.4"
+}}
+
+matrix "m" {{
+    kubernetes "1.31"
+    provider "p"
+    os "one"
+}}
+
+provider "p" module="chain" {{
+    check "{check}"
+}}
+"#
+    )
+}
+
+/// Early cutoff reuses a publish node's last result only while its claim holds: with the image
+/// gone from the bucket, a changed validate step (which outputs nothing) must not let publish
+/// say `same`.
+#[test]
+fn early_cutoff_never_reuses_a_claim_that_no_longer_holds() {
+    let p = Project::new().with_file("images.kdl", &chain("true"));
+    p.kiln(&["build", "--quiet"]).expect_code(0);
+    let published = "published/p-one-k8s-1.31.qcow2";
+    assert!(p.path().join(published).is_file());
+    p.write("images.kdl", &chain("test -s upstream/build/image.qcow2"));
+    let plan = p.kiln(&["plan"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout.contains("~? p/one/1.31/publish"),
+        "{}",
+        plan.stdout
+    );
+    // With the bucket intact, publish is cut off.
+    let out = p.kiln(&["build", "--quiet"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "1 built, 1 cached, 1 unchanged after upstream rebuild",
+        "{}",
+        out.stderr
+    );
+
+    p.write("images.kdl", &chain("test -f upstream/build/image.qcow2"));
+    std::fs::remove_file(p.path().join(published)).unwrap();
+    let plan = p.kiln(&["plan"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout.contains("~  p/one/1.31/publish")
+            && plan
+                .stdout
+                .contains("· missing: file://published/p-one-k8s-1.31.qcow2"),
+        "{}",
+        plan.stdout
+    );
+    let out = p.kiln(&["build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "2 built, 1 cached", "{}", out.stderr);
+    assert!(p.path().join(published).is_file());
+}
