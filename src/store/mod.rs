@@ -6,7 +6,7 @@
 //! ```text
 //! cas/<first 2 hex>/<64 hex>   blobs, named by the blake3 of their bytes
 //! ac/<first 2 hex>/<64 hex>    node key -> ActionResult (self-checking JSON)
-//! records.log                  JSON lines of Record; the last one per id wins
+//! records.log                  one Record per line (JSON + checksum); the last one per id wins
 //! logs/                        free for the caller
 //! tmp/                         temp files for atomic writes (same filesystem)
 //! lock                         the cache lock; holds the holder's pid and start time
