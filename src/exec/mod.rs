@@ -6,6 +6,7 @@ mod commit;
 pub mod log;
 pub mod process;
 mod progress;
+pub mod supervise;
 mod workdir;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
