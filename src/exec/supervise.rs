@@ -34,6 +34,21 @@ pub fn command_line<'a>(
     v
 }
 
+/// When kiln was started as `kiln __supervise -- ARG0 PROGRAM ARGS...`, supervises the program
+/// and never returns; otherwise does nothing. Called first thing in `main`, before the command
+/// line is parsed: a step pays for one more exec of kiln per process, and nothing else.
+pub fn run_if_asked() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(OsStr::new(SUBCOMMAND)) {
+        return;
+    }
+    let mut rest: Vec<OsString> = args.collect();
+    if rest.first().map(OsString::as_os_str) == Some(OsStr::new("--")) {
+        rest.remove(0);
+    }
+    run(&rest)
+}
+
 /// Runs `ARG0 PROGRAM ARGS...` (the subcommand's arguments) as described above; never returns.
 pub fn run(argv: &[OsString]) -> ! {
     let [arg0, program, args @ ..] = argv else {
