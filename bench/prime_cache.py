@@ -9,7 +9,7 @@ For every node of the plan it writes what a successful build would leave behind:
   * an action-cache entry `CACHE_DIR/ac/<2 hex>/<64 hex key>`: a header line
     `kiln-action-v1 <blake3 hex of the body>`, then the JSON body of an `ActionResult`
     (see src/store/ac.rs and src/store/types.rs), then a newline;
-  * a line `{"id": …, "key": …, "unix_ms": …}` appended to `CACHE_DIR/records.log`
+  * a line `{"id": …, "key": …, "unix_ms": …} <checksum>` appended to `CACHE_DIR/records.log`
     (src/store/records.rs), so the planner also loads one record per node.
 
 The entries carry no outputs and an empty manifest: enough for the planner, which only lists
@@ -90,7 +90,8 @@ def main():
             "log": None,
         }
         bodies.append(json.dumps(result, indent=2).encode())
-    digests = hasher()(bodies)
+    blake = hasher()
+    digests = blake(bodies)
 
     ac = os.path.join(cache, "ac")
     for sub in ("cas", "ac", "logs", "tmp"):
@@ -104,12 +105,15 @@ def main():
             made.add(d)
         with open(os.path.join(d, key), "wb") as f:
             f.write(f"{HEADER} {digest}\n".encode() + body + b"\n")
+    # Each line: the record's JSON, a space, and the first 32 hex digits of its blake3.
+    lines = [
+        json.dumps({"id": n["id"], "key": n["key"], "unix_ms": now}, separators=(",", ":"))
+        for n in nodes
+    ]
+    sums = blake([l.encode() for l in lines])
     with open(os.path.join(cache, "records.log"), "a") as f:
-        for n in nodes:
-            f.write(
-                json.dumps({"id": n["id"], "key": n["key"], "unix_ms": now}, separators=(",", ":"))
-                + "\n"
-            )
+        for line, sum_ in zip(lines, sums):
+            f.write(f"{line} {sum_[:32]}\n")
     print(f"primed {cache}: {len(nodes)} action entries and records", file=sys.stderr)
 
 

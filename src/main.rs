@@ -5,6 +5,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    kiln::exec::supervise::run_if_asked();
     let cli = kiln::cli::Cli::parse();
     if let Err(e) = kiln::cli::run(cli) {
         e.report();

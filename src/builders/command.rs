@@ -1,7 +1,7 @@
 //! `command`: any argv, run in a work directory holding the shipped files. Variables and
 //! secrets arrive as environment variables; declared outputs are collected.
 
-use super::{StepCtx, StepOutput, copy_into, io_err};
+use super::{StepCtx, StepOutput, copy_into, copy_upstream, io_err};
 use crate::config::Value;
 use crate::exec::process::StepError;
 use crate::graph::FileRole;
@@ -14,16 +14,12 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
             copy_into(&f.path, &ctx.work.join(to)).map_err(io_err("copying shipped files"))?;
         }
     }
-    // Upstream outputs appear read-only under upstream/<step>/<name>.
+    // Upstream outputs appear as the step's own read-only copies under upstream/<step>/<name>
+    // (reflinks where the file system has them); a missing one fails the step.
     for (step, r) in &ctx.upstream {
         for o in &r.outputs {
-            if let Ok(Some(blob)) = ctx.store.blob_path(&o.digest) {
-                let link = ctx.work.join("upstream").join(step.as_str()).join(&o.name);
-                std::fs::create_dir_all(link.parent().expect("has parent"))
-                    .map_err(io_err("linking upstream outputs"))?;
-                std::os::unix::fs::symlink(blob, &link)
-                    .map_err(io_err("linking upstream outputs"))?;
-            }
+            let dest = ctx.work.join("upstream").join(step.as_str()).join(&o.name);
+            copy_upstream(ctx, r, o, &dest)?;
         }
     }
     let mut env: Vec<(String, String)> = ctx

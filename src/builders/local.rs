@@ -200,7 +200,8 @@ pub async fn build(ctx: &StepCtx) -> Result<StepOutput, StepError> {
 pub async fn validate(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let qemu_img = find_tool("qemu-img")?;
     let debugfs = find_tool("debugfs")?;
-    let image = ctx.upstream_file(IMAGE)?;
+    // qemu-img and debugfs get a copy: nothing they do reaches the stored image.
+    let image = ctx.upstream_copy(IMAGE)?;
     let s = |x: &str| x.to_string();
     let path = |p: &Path| p.to_string_lossy().into_owned();
     ctx.spawner

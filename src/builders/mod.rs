@@ -46,7 +46,9 @@ impl StepCtx {
         self.attempt > 1
     }
 
-    /// The stored file of an upstream output, by output name.
+    /// The stored file of an upstream output, by output name, verified: the blob itself, for
+    /// kiln to read in process. A path handed to a spawned process comes from
+    /// [`StepCtx::upstream_copy`] instead.
     pub fn upstream_file(&self, name: &str) -> Result<PathBuf, StepError> {
         for (_, r) in &self.upstream {
             if let Some(o) = r.outputs.iter().find(|o| o.name == name) {
@@ -62,6 +64,49 @@ impl StepCtx {
         Err(StepError::Failed(format!(
             "no upstream step produced `{name}`"
         )))
+    }
+
+    /// The step's own copy of an upstream output, by output name, under `upstream/<name>` of the
+    /// work directory: for a path given to a spawned process, which could otherwise write to
+    /// the blob.
+    pub fn upstream_copy(&self, name: &str) -> Result<PathBuf, StepError> {
+        for (_, r) in &self.upstream {
+            if let Some(o) = r.outputs.iter().find(|o| o.name == name) {
+                let dest = self.work.join("upstream").join(name);
+                copy_upstream(self, r, o, &dest)?;
+                return Ok(dest);
+            }
+        }
+        Err(StepError::Failed(format!(
+            "no upstream step produced `{name}`"
+        )))
+    }
+}
+
+/// Gives the step its own copy (a reflink where the file system has them) of the output `o` of
+/// the upstream result `r` at `dest`, so nothing the step does reaches the stored blob. A blob
+/// that is missing or damaged fails the step, naming the node and the output.
+pub fn copy_upstream(
+    ctx: &StepCtx,
+    r: &ActionResult,
+    o: &crate::store::Output,
+    dest: &std::path::Path,
+) -> Result<(), StepError> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("copying upstream outputs"))?;
+    }
+    match ctx.store.copy_blob_to(&o.digest, dest) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(StepError::Failed(format!(
+            "the output `{}` of {} ({}) is missing from the cache or damaged; run `kiln cache verify --repair` and build again",
+            o.name,
+            r.id,
+            o.digest.short()
+        ))),
+        Err(e) => Err(StepError::Failed(format!(
+            "copying the output `{}` of {}: {e}",
+            o.name, r.id
+        ))),
     }
 }
 

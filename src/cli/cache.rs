@@ -41,18 +41,49 @@ fn open(cli: &Cli) -> Result<LocalStore, CliError> {
     LocalStore::open(&dir).map_err(|e| CliError::Failed(e.to_string()))
 }
 
+/// Prints the log that the node's last recorded result names, read from its blob and checked
+/// against its digest. The live log file under `logs/` is never printed: anyone may have changed
+/// it.
 pub fn logs(cli: &Cli, node: &str) -> Result<(), CliError> {
     let store = open(cli)?;
-    let path = crate::exec::log_path(&store, node);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            print!("{text}");
-            Ok(())
-        }
-        Err(_) => Err(CliError::Usage(format!(
-            "no log for `{node}`: node ids are listed by `kiln plan`"
-        ))),
-    }
+    let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
+    let records = store.load_records().map_err(fail)?;
+    let Some(record) = records.get(node) else {
+        let live = crate::exec::log_path(&store, node);
+        let live = if live.is_file() {
+            format!(
+                "; the log of a run that recorded nothing is at {} (kept as written, unchecked)",
+                live.display()
+            )
+        } else {
+            String::new()
+        };
+        return Err(CliError::Usage(format!(
+            "no recorded result for `{node}`, so no log: node ids are listed by `kiln plan`{live}"
+        )));
+    };
+    let damaged = |what: &str| {
+        CliError::Failed(format!(
+            "the {what} of `{node}`'s last result is missing or damaged in the cache; `kiln cache verify` lists what is wrong"
+        ))
+    };
+    let result = store
+        .get_action(&record.key)
+        .map_err(fail)?
+        .ok_or_else(|| damaged("entry"))?;
+    let Some(digest) = result.log else {
+        return Err(CliError::Failed(format!(
+            "`{node}`'s last result has no stored log"
+        )));
+    };
+    let bytes = store
+        .get_blob(&digest)
+        .map_err(fail)?
+        .ok_or_else(|| damaged("log"))?;
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| CliError::Failed(format!("writing the log: {e}")))
 }
 
 pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {

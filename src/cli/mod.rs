@@ -85,6 +85,13 @@ pub enum Command {
     /// Inspect or clean the cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Runs one process of a step and ends every process it leaves behind (kiln starts this
+    /// itself for every process of a step).
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Which cells to work on.
@@ -118,5 +125,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Logs { ref node } => cache::logs(&cli, node),
         Command::Explain { ref node } => explain::run(&cli, node),
         Command::Cache(ref cmd) => cache::run(&cli, cmd),
+        Command::Supervise { ref argv } => crate::exec::supervise::run(argv),
     }
 }

@@ -1,9 +1,10 @@
 //! A node's log file: every line timestamped relative to the start, secrets redacted before
 //! anything is written, the last line kept for the progress view.
 //!
-//! A finished log becomes a blob of the content store by a hard link (see [`NodeLog::seal`]):
-//! the file under `logs/` and the blob are one inode. That is why a new log never truncates the
-//! old file, which may be a blob, but unlinks it and creates a new one.
+//! A finished log is sealed (see [`NodeLog::seal`]) and stored as a blob of its own, a copy
+//! checked against the digest of every byte written; the file under `logs/` is only the live
+//! view of a running step. A new log unlinks the old file and creates a new one rather than
+//! truncating it, so whoever still reads the old one keeps reading it whole.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -31,9 +32,24 @@ struct Written {
     sealed: bool,
 }
 
+/// A logical id as a file name, injectively: `%` becomes `%25` and `/` becomes `%2F`, every
+/// other character stays. Two distinct ids never give the same name (`a/b` is `a%2Fb`, `a__b`
+/// stays `a__b`, `a%2Fb` is `a%252Fb`), and the name never contains a `/`.
+pub fn file_name(id: &str) -> String {
+    let mut out = String::with_capacity(id.len() + 8);
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 impl NodeLog {
     pub fn create(path: &Path, secrets: Vec<String>) -> io::Result<NodeLog> {
-        // Never truncate: the old log may be a blob of the content store under another name.
+        // Never truncate: a reader of the old log keeps the whole of it.
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -113,6 +129,31 @@ impl NodeLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_of_distinct_ids_are_distinct() {
+        let ids = [
+            "a/b", "a__b", "a%2Fb", "a%2fb", "a%252Fb", "a%b", "%", "%25", "/", "", "a//b",
+            "a/%2F/b", "ü/ß", "a b/c",
+        ];
+        let names: std::collections::HashSet<String> = ids.iter().map(|i| file_name(i)).collect();
+        assert_eq!(names.len(), ids.len(), "{names:?}");
+        assert!(names.iter().all(|n| !n.contains('/')));
+        assert_eq!(
+            file_name("aws/ubuntu-2404/1.31/build"),
+            "aws%2Fubuntu-2404%2F1.31%2Fbuild"
+        );
+        // Decoding gives the id back, which is what makes the encoding injective.
+        let decode = |n: &str| n.replace("%2F", "/").replace("%25", "%");
+        for id in ids {
+            let decoded = file_name(id)
+                .split("%25")
+                .map(decode)
+                .collect::<Vec<_>>()
+                .join("%");
+            assert_eq!(decoded, id);
+        }
+    }
 
     #[test]
     fn the_digest_is_that_of_the_file_and_a_sealed_log_takes_no_more_lines() {

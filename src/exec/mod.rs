@@ -7,10 +7,11 @@ pub mod log;
 pub mod process;
 mod progress;
 pub mod refresh;
+pub mod supervise;
 mod workdir;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,11 +109,11 @@ impl BuildReport {
     }
 }
 
-/// A node's log path: ids contain `/`, logs are flat files.
+/// A node's live log, written while it runs: `logs/<id>.log` with the id encoded by
+/// [`log::file_name`], so that distinct ids never share a file. Only a view: `kiln logs` prints
+/// the log blob the node's result names, never this file.
 pub fn log_path(store: &LocalStore, id: &str) -> PathBuf {
-    store
-        .logs_dir()
-        .join(format!("{}.log", id.replace('/', "__")))
+    store.logs_dir().join(format!("{}.log", log::file_name(id)))
 }
 
 fn secret_values(node: &Node) -> Result<Vec<(String, String)>, String> {
@@ -205,38 +206,23 @@ fn result_for(
     }
 }
 
-/// Stores a step's output files in the content store. A regular file of the work directory with
-/// no other name becomes its blob by a hard link: the directory is emptied next, so nothing
-/// changes the file again. Anything else (a symlink, a file with other names, a file outside the
-/// work directory) is copied.
+/// Stores a step's output files in the content store. Each becomes a blob of its own, a reflink
+/// or a copy hashed where it is stored (see [`LocalStore::put_copy`]): every process of the step
+/// has ended by now, and whatever still has a file of the work directory open cannot reach the
+/// stored bytes.
 fn store_outputs(
     store: &LocalStore,
-    work: &Path,
     out: crate::builders::StepOutput,
 ) -> Result<(Vec<Output>, BTreeMap<String, String>), String> {
     let mut outputs = Vec::new();
     for (name, path) in out.outputs {
-        let (digest, size) = if only_in(work, &path) {
-            store.link_file(&path)
-        } else {
-            store.put_file(&path)
-        }
-        .map_err(|e| e.to_string())?;
+        let (digest, size) = store
+            .put_copy(&path, None)
+            .map_err(|e| format!("storing the output `{name}`: {e}"))?;
         outputs.push(Output { name, digest, size });
     }
     outputs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((outputs, out.facts))
-}
-
-/// Whether `path` is a regular file inside `dir` (not through a symlink) with no other name.
-fn only_in(dir: &Path, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let single = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1);
-    single
-        && match (dir.canonicalize(), path.canonicalize()) {
-            (Ok(dir), Ok(path)) => path.starts_with(dir),
-            _ => false,
-        }
 }
 
 /// Keeps small input files in the content store, so a later plan can show what changed in them.
@@ -379,15 +365,16 @@ async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOutcome {
                     let (sh, job, log, work) = (sh.clone(), job.clone(), log.clone(), work.clone());
                     let took = t0.elapsed();
                     tokio::task::spawn_blocking(move || {
-                        let stored = store_outputs(&sh.store, &work, out);
+                        let stored = store_outputs(&sh.store, out);
                         sh.work_dirs.release(work);
                         let (outputs, facts) = stored?;
-                        // The finished log becomes its own blob: a hard link, not a copy.
-                        let log_digest = log.seal().and_then(|(digest, size)| {
+                        // The finished log becomes a blob of its own, checked against the digest
+                        // of every byte written: the file under logs/ is only the live view.
+                        let log_digest = log.seal().and_then(|sealed| {
                             sh.store
-                                .link_blob(log.path(), &digest, size)
+                                .put_copy(log.path(), Some(sealed))
                                 .ok()
-                                .map(|()| digest)
+                                .map(|(digest, _)| digest)
                         });
                         let r =
                             result_for(&job, outputs, facts, attempt, started, took, log_digest);

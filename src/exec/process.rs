@@ -1,6 +1,7 @@
 //! Running one child process for a step: its output goes to the node's log (secrets redacted),
-//! it runs in its own process group so a timeout or Ctrl-C reaches everything it started, and it
-//! is always reaped.
+//! it runs under kiln's supervisor (see [`super::supervise`]) in a process group of its own, so a
+//! timeout or Ctrl-C reaches everything it started, and when it returns, every process it
+//! started has ended and been reaped.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -123,29 +124,39 @@ impl Spawner {
             return Err(StepError::Failed("empty command".into()));
         };
         self.log.line(&format!("$ {}", argv.join(" ")));
-        let mut cmd = match resolve(program, env) {
-            Some(path) => {
-                let mut cmd = Command::new(path);
-                cmd.arg0(program);
-                cmd
-            }
-            None => Command::new(program),
-        };
-        cmd.args(args)
-            .current_dir(cwd)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
-            StepError::Failed(match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    format!("`{program}` is not installed or not on PATH")
+        let not_found =
+            || StepError::Failed(format!("`{program}` is not installed or not on PATH"));
+        let at = match resolve(program, env) {
+            Some(path) => path.into_os_string(),
+            None if program.contains('/') => {
+                if !cwd.join(program).exists() {
+                    return Err(not_found());
                 }
-                _ => format!("cannot start `{program}`: {e}"),
-            })
+                program.into()
+            }
+            // Not on kiln's PATH, and the step does not set its own: it cannot be found.
+            None if !env.iter().any(|(k, _)| k == "PATH") => return Err(not_found()),
+            None => program.into(),
+        };
+        // The program runs under kiln's supervisor (see `supervise`), which ends every process
+        // it leaves behind before it exits itself.
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.args(super::supervise::command_line(
+            OsStr::new(program),
+            &at,
+            args.iter().map(OsStr::new),
+        ))
+        .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| {
+            StepError::Failed(format!(
+                "cannot start kiln's supervisor for `{program}`: {e}"
+            ))
         })?;
         let pgid = child.id().map(|p| p as i32);
         if let Some(p) = pgid {
@@ -168,14 +179,13 @@ impl Spawner {
         if outcome.is_err()
             && let Some(p) = pgid
         {
-            // SAFETY: signals the process group this step started.
+            // SAFETY: signals the process group this step started: the supervisor passes it on,
+            // and kills what is left after its grace period.
             unsafe {
                 libc::kill(-p, libc::SIGTERM);
             }
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
+            let grace = super::supervise::GRACE + Duration::from_secs(5);
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
                 unsafe {
                     libc::kill(-p, libc::SIGKILL);
                 }

@@ -39,12 +39,11 @@ impl LocalStore {
         Ok((digest, size))
     }
 
-    /// Copies `path`, expected to hash to `digest`, into `tmp/`, checks the copy and renames it
-    /// to `dest` (replacing whatever is there).
+    /// Copies `path`, expected to hash to `digest`, into `tmp/` (a reflink where the file system
+    /// has them), checks the copy and renames it to `dest` (replacing whatever is there).
     fn copy_in(&self, path: &Path, digest: &Digest, size: u64, dest: &Path) -> Result<()> {
         let mut tmp = fs::temp_file(&self.tmp, "blob-")?;
-        let mut src = std::fs::File::open(path).map_err(StoreError::io("open", path))?;
-        io::copy(&mut src, tmp.as_file_mut()).map_err(StoreError::io("copy", path))?;
+        fs::clone_or_copy(path, tmp.as_file_mut()).map_err(StoreError::io("copy", path))?;
         let (copied, copied_size) =
             fs::hash_file(tmp.path()).map_err(StoreError::io("read", tmp.path()))?;
         if copied != *digest || copied_size != size {
@@ -55,53 +54,81 @@ impl LocalStore {
         fs::persist(tmp, dest, true, self.sync_each())
     }
 
-    /// Stores the file at `path` by giving it a second name under `cas/` (a hard link) instead
-    /// of copying it, and returns its digest and size. The file becomes read-only and must not
-    /// change afterwards: it *is* the blob. Whoever rewrites `path` later must unlink it first
-    /// and create a new file, never truncate it in place.
+    /// Stores the file at `path` as a blob of its own and returns its digest and size: the file
+    /// is reflinked (or, where the file system cannot, copied) into `tmp/`, and that private copy
+    /// is hashed and given its final name. Nothing that still has `path` open, or writes to it
+    /// later, can reach the stored bytes. For a step's outputs and logs, which may be big: a
+    /// reflink costs no copy, and the bytes are hashed once, where they are stored.
     ///
-    /// A file that changed while it was hashed and linked (size or modification time) is an
-    /// error; the blob it may have left is caught by readers, which verify every blob.
-    pub fn link_file(&self, path: &Path) -> Result<(Digest, u64)> {
-        let stamp = |path: &Path| {
-            std::fs::metadata(path)
-                .and_then(|m| Ok((m.len(), m.modified()?)))
-                .map_err(StoreError::io("inspect", path))
-        };
-        let before = stamp(path)?;
-        let (digest, size) = fs::hash_file(path).map_err(StoreError::io("read", path))?;
-        self.link_blob(path, &digest, size)?;
-        if stamp(path)? != before || before.0 != size {
+    /// With `expect`, the copy must have that digest and size (the caller knows every byte it
+    /// wrote), or it is [`StoreError::SourceChanged`] and nothing is stored.
+    ///
+    /// The copy is linked straight to its final name: if a blob of that size is already there
+    /// (another writer of the same bytes was first), it is left as it is and the copy dropped;
+    /// one of the wrong size is replaced.
+    pub fn put_copy(&self, path: &Path, expect: Option<(Digest, u64)>) -> Result<(Digest, u64)> {
+        let mut tmp = fs::temp_file(&self.tmp, "blob-")?;
+        fs::clone_or_copy(path, tmp.as_file_mut()).map_err(StoreError::io("copy", path))?;
+        let (digest, size) =
+            fs::hash_file(tmp.path()).map_err(StoreError::io("read", tmp.path()))?;
+        if expect.is_some_and(|e| e != (digest, size)) {
             return Err(StoreError::SourceChanged {
                 path: path.to_path_buf(),
             });
         }
+        let dest = self.blob_location(&digest);
+        if fs::file_len_if_exists(&dest) == Some(size) {
+            return Ok((digest, size));
+        }
+        fs::set_read_only(tmp.path())?;
+        if self.sync_each() {
+            tmp.as_file()
+                .sync_all()
+                .map_err(StoreError::io("sync", tmp.path()))?;
+        }
+        let linked = fs::link_new(tmp.path(), &dest, self.sync_each())
+            .map_err(StoreError::io("link", tmp.path()))?;
+        match linked {
+            fs::Linked::New => {}
+            fs::Linked::Exists if fs::file_len_if_exists(&dest) == Some(size) => {}
+            // A damaged blob under that name: replace it.
+            fs::Linked::Exists => fs::persist(tmp, &dest, true, self.sync_each())?,
+        }
         Ok((digest, size))
     }
 
-    /// Like [`LocalStore::link_file`] for a file whose digest and size the caller already knows
-    /// (it wrote every byte itself). Readers verify blobs, so a wrong digest is only a miss.
-    ///
-    /// The link goes straight to the final name: if a blob is already there (another writer of
-    /// the same bytes was first), this one is left as it is. A blob of the wrong size there is
-    /// replaced by a copy, and so is the link when the file system refuses hard links.
-    pub fn link_blob(&self, path: &Path, digest: &Digest, size: u64) -> Result<()> {
-        let dest = self.blob_location(digest);
-        let linked = (|| {
-            fs::set_read_only(path)?;
-            if self.sync_each() {
-                std::fs::File::open(path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(StoreError::io("sync", path))?;
+    /// Gives a step its own copy of the blob `d` at `dest` (a new file; a reflink where the file
+    /// system has them): the step may read it, change it or remove it, the blob stays as it is.
+    /// The copy is checked against `d`; a corrupt blob reads as missing (`Ok(false)`), is moved
+    /// aside and reported through [`LocalStore::take_warnings`].
+    pub fn copy_blob_to(&self, d: &Digest, dest: &Path) -> Result<bool> {
+        let blob = self.blob_location(d);
+        if !blob.is_file() {
+            return Ok(false);
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(StoreError::io("create", dest))?;
+        let copied = fs::clone_or_copy(&blob, &mut file)
+            .and_then(|()| fs::hash_file(dest))
+            .map_err(StoreError::io("copy", &blob));
+        match copied {
+            Ok((actual, _)) if actual == *d => {
+                drop(file);
+                fs::set_read_only(dest)?;
+                Ok(true)
             }
-            fs::link_new(path, &dest, self.sync_each()).map_err(StoreError::io("link", path))
-        })();
-        match linked {
-            Ok(fs::Linked::New) => Ok(()),
-            Ok(fs::Linked::Exists) if fs::file_len_if_exists(&dest) == Some(size) => Ok(()),
-            // A damaged blob, a file that is not ours to make read-only, or no hard links
-            // here: store a copy the usual way.
-            Ok(fs::Linked::Exists) | Err(_) => self.copy_in(path, digest, size, &dest),
+            other => {
+                fs::remove_file(dest)?;
+                other?;
+                // The copy does not hash to `d`, so the blob is damaged: checking it moves it aside.
+                match self.blob_path(d)? {
+                    None => Ok(false),
+                    Some(_) => Err(StoreError::SourceChanged { path: blob }),
+                }
+            }
         }
     }
 

@@ -99,7 +99,9 @@ pub(crate) enum Linked {
 pub(crate) fn link_new(src: &Path, dest: &Path, sync: bool) -> io::Result<Linked> {
     let parent = dest.parent().expect("store paths have a parent");
     let linked = match fs::hard_link(src, dest) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !parent.is_dir() => {
+        // The fan-out directory is missing, or was missing when we looked and another writer
+        // created it since: create it (an existing one is fine) and link again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && src.exists() => {
             create_dir(parent, sync)?;
             fs::hard_link(src, dest)
         }
@@ -115,6 +117,25 @@ pub(crate) fn link_new(src: &Path, dest: &Path, sync: bool) -> io::Result<Linked
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Linked::Exists),
         Err(e) => Err(e),
     }
+}
+
+/// Fills the empty file `dest` with the bytes of the file at `src`: a reflink (`FICLONE`, which
+/// shares the blocks copy-on-write, so neither file's later writes reach the other) where the
+/// file system has them, a plain copy otherwise (no reflinks there, or across file systems).
+/// Either way `dest` is a new inode that no descriptor of anyone else refers to.
+pub(crate) fn clone_or_copy(src: &Path, dest: &mut File) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    let mut from = File::open(src)?;
+    // SAFETY: ioctl(FICLONE) on two descriptors kept open for the duration of the call.
+    if unsafe { libc::ioctl(dest.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    // EOPNOTSUPP, EXDEV, EINVAL, ENOTTY...: whatever the reason, a copy does the same job.
+    dest.set_len(0)?;
+    dest.seek(SeekFrom::Start(0))?;
+    io::copy(&mut from, dest)?;
+    Ok(())
 }
 
 /// Flushes everything written to the file system that holds `file` (one `syncfs`); `path` is

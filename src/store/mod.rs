@@ -6,18 +6,19 @@
 //! ```text
 //! cas/<first 2 hex>/<64 hex>   blobs, named by the blake3 of their bytes
 //! ac/<first 2 hex>/<64 hex>    node key -> ActionResult (self-checking JSON)
-//! records.log                  JSON lines of Record; the last one per id wins
+//! records.log                  one Record per line (JSON + checksum); the last one per id wins
 //! claims                       the latest refresh of every publish claim (self-checking JSON)
-//! logs/                        free for the caller
+//! logs/                        free for the caller (live logs of running steps)
 //! tmp/                         temp files for atomic writes (same filesystem)
 //! lock                         the cache lock; holds the holder's pid and start time
 //! ```
 //!
 //! Every write goes to a temp file in `tmp/`, is synced and renamed into place, so a crash at any
-//! moment never leaves a partial entry under `cas/` or `ac/`. A finished file that its writer
-//! will never change again (a node's log) can instead become a blob by a hard link straight to its
-//! final name ([`LocalStore::link_blob`]). Fan-out directories are created when a rename or link
-//! first finds them missing. Readers verify what they read: a corrupt entry is treated as a miss,
+//! moment never leaves a partial entry under `cas/` or `ac/`. A blob is never a second name of a
+//! file someone else may still write: a step's outputs and logs are reflinked or copied into
+//! `tmp/` and hashed there ([`LocalStore::put_copy`]), and steps get copies of the blobs they read
+//! ([`LocalStore::copy_blob_to`]). Fan-out directories are created when a rename or link first
+//! finds them missing. Readers verify what they read: a corrupt entry is treated as a miss,
 //! moved aside and reported through [`LocalStore::take_warnings`].
 
 mod ac;

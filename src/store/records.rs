@@ -1,6 +1,10 @@
-//! `records.log`: an append-only JSON-lines log of [`Record`]s, like ninja's `.ninja_log`.
-//! The last record per logical id wins. A torn or garbled line (e.g. the last line after a
-//! crash) is skipped, never fatal.
+//! `records.log`: an append-only log of [`Record`]s, like ninja's `.ninja_log`, one line each:
+//! the record as JSON, a space, and a checksum of that JSON (the first 16 bytes of its blake3, in
+//! hex). The last record per logical id wins. A torn or garbled line (e.g. the last line after a
+//! crash) or one whose checksum fails (a flipped bit) is skipped, never fatal.
+//!
+//! Lines written before the checksum existed (the JSON alone, ending in `}`) are still read; any
+//! rewrite of the log (gc, repair) gives them a checksum.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -14,8 +18,52 @@ use super::types::Record;
 /// What `records.log` holds: the records that parse, and the lines that do not.
 pub(crate) struct RecordLog {
     pub records: Vec<Record>,
-    /// 1-based line numbers of lines that do not parse.
-    pub garbled: Vec<usize>,
+    /// 1-based line numbers of lines that cannot be read, and why.
+    pub garbled: Vec<(usize, BadLine)>,
+}
+
+/// Why a line of `records.log` was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadLine {
+    /// Not a record (torn, truncated, not JSON).
+    Garbled,
+    /// A record whose checksum does not match it.
+    Checksum,
+}
+
+/// Hex digits of a line's checksum.
+const SUM_HEX: usize = 32;
+
+/// The checksum of a record's JSON, as it ends its line.
+fn line_sum(json: &[u8]) -> [u8; SUM_HEX] {
+    let hash = blake3::hash(json);
+    let mut out = [0u8; SUM_HEX];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in hash.as_bytes()[..SUM_HEX / 2].iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 15) as usize];
+    }
+    out
+}
+
+/// A line's JSON after its checksum is checked; `Ok(line)` for a line without one (old format).
+fn checked_json(line: &[u8]) -> std::result::Result<&[u8], BadLine> {
+    if line.last() == Some(&b'}') {
+        return Ok(line);
+    }
+    let split = line
+        .len()
+        .checked_sub(SUM_HEX + 1)
+        .ok_or(BadLine::Garbled)?;
+    let (json, sum) = line.split_at(split);
+    let sum = sum.strip_prefix(b" ").ok_or(BadLine::Garbled)?;
+    if json.last() != Some(&b'}') {
+        return Err(BadLine::Garbled);
+    }
+    if line_sum(json) != sum {
+        return Err(BadLine::Checksum);
+    }
+    Ok(json)
 }
 
 impl LocalStore {
@@ -125,14 +173,18 @@ impl LocalStore {
     }
 }
 
-/// One JSON line per record.
+/// One line per record: its JSON, a space and the JSON's checksum.
 fn encode_lines(records: &[Record]) -> Result<Vec<u8>> {
-    let mut lines = Vec::with_capacity(records.len() * 160);
+    let mut lines = Vec::with_capacity(records.len() * 200);
     for record in records {
+        let start = lines.len();
         serde_json::to_writer(&mut lines, record).map_err(|source| StoreError::Encode {
             what: format!("the record of {}", record.id),
             source,
         })?;
+        let sum = line_sum(&lines[start..]);
+        lines.push(b' ');
+        lines.extend_from_slice(&sum);
         lines.push(b'\n');
     }
     Ok(lines)
@@ -142,17 +194,17 @@ fn encode_lines(records: &[Record]) -> Result<Vec<u8>> {
 fn parse_record_log(bytes: &[u8]) -> RecordLog {
     use rayon::prelude::*;
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    let parsed: Vec<Option<std::result::Result<Record, ()>>> = lines
+    let parsed: Vec<Option<std::result::Result<Record, BadLine>>> = lines
         .par_iter()
         .map(|line| {
             if line.iter().all(u8::is_ascii_whitespace) {
                 return None;
             }
-            Some(
-                parse_plain_line(line)
-                    .map(Ok)
-                    .unwrap_or_else(|| serde_json::from_slice::<Record>(line).map_err(|_| ())),
-            )
+            Some(checked_json(line).and_then(|json| {
+                parse_plain_line(json).map(Ok).unwrap_or_else(|| {
+                    serde_json::from_slice::<Record>(json).map_err(|_| BadLine::Garbled)
+                })
+            }))
         })
         .collect();
     let mut log = RecordLog {
@@ -162,15 +214,15 @@ fn parse_record_log(bytes: &[u8]) -> RecordLog {
     for (i, p) in parsed.into_iter().enumerate() {
         match p {
             Some(Ok(record)) => log.records.push(record),
-            Some(Err(())) => log.garbled.push(i + 1),
+            Some(Err(bad)) => log.garbled.push((i + 1, bad)),
             None => {}
         }
     }
     log
 }
 
-/// The line exactly as `append_record` writes it, `{"id":"…","key":"<hex>","unix_ms":N}`, with an
-/// id that needs no escaping; anything else is left to serde_json.
+/// The JSON of a line exactly as `append_record` writes it, `{"id":"…","key":"<hex>","unix_ms":N}`,
+/// with an id that needs no escaping; anything else is left to serde_json.
 fn parse_plain_line(line: &[u8]) -> Option<Record> {
     let rest = line.strip_prefix(b"{\"id\":\"")?;
     let end = rest
@@ -216,8 +268,13 @@ mod tests {
             if let Some(r) = &fast {
                 assert_eq!(r, &rec(id));
             }
+            // An old line (no checksum) and a new one read the same.
             let log = parse_record_log(&line);
             assert_eq!(log.records, vec![rec(id)], "{id:?}");
+            let encoded = encode_lines(&[rec(id)]).unwrap();
+            let log = parse_record_log(&encoded);
+            assert_eq!(log.records, vec![rec(id)], "{id:?}");
+            assert!(log.garbled.is_empty());
         }
         assert!(parse_plain_line(&serde_json::to_vec(&rec("x")).unwrap()).is_some());
         for bad in [
@@ -228,6 +285,41 @@ mod tests {
             assert!(parse_plain_line(bad).is_none());
         }
         let log = parse_record_log(b"garbage\n\n{\"id\":\"x\"");
-        assert_eq!((log.records.len(), log.garbled), (0, vec![1, 3]));
+        let g = BadLine::Garbled;
+        assert_eq!((log.records.len(), log.garbled), (0, vec![(1, g), (3, g)]));
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_in_a_line_fails_it() {
+        let rec = Record {
+            id: "aws/ubuntu-2404/1.31/build".into(),
+            key: Digest::of_bytes(b"k"),
+            unix_ms: 1_763_800_000_123,
+        };
+        let line = encode_lines(std::slice::from_ref(&rec)).unwrap();
+        assert_eq!(parse_record_log(&line).records, vec![rec]);
+        let body = line.len() - 1; // not the newline
+        for i in 0..body {
+            for bit in 0..8 {
+                let mut bad = line.clone();
+                bad[i] ^= 1 << bit;
+                if bad[i] == b'\n' {
+                    continue; // splits the line: each half is garbled
+                }
+                let log = parse_record_log(&bad);
+                assert!(
+                    log.records.is_empty(),
+                    "byte {i} bit {bit}: {:?}",
+                    log.records
+                );
+                assert_eq!(log.garbled.len(), 1, "byte {i} bit {bit}");
+            }
+        }
+        // The id changed, the line still JSON and still of the plain shape: the checksum says.
+        let flipped = String::from_utf8(line.clone())
+            .unwrap()
+            .replacen("build", "bui|d", 1);
+        let log = parse_record_log(flipped.as_bytes());
+        assert_eq!(log.garbled, vec![(1, BadLine::Checksum)]);
     }
 }

@@ -108,7 +108,7 @@ fn put_file_round_trip() {
 /// Files with the same bytes, linked into the store from several threads at once: every call
 /// succeeds, one blob remains, and every file is still there under its own name.
 #[test]
-fn identical_files_linked_concurrently() {
+fn identical_files_stored_concurrently() {
     let (dir, store) = store();
     let store = Arc::new(store);
     let content = b"the same log, written by several nodes\n";
@@ -128,7 +128,7 @@ fn identical_files_linked_concurrently() {
                 let (store, barrier) = (store.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    store.link_file(&p).unwrap()
+                    store.put_copy(&p, None).unwrap()
                 })
             })
             .collect();
@@ -144,7 +144,6 @@ fn identical_files_linked_concurrently() {
     assert_eq!(store.get_blob(&d).unwrap().unwrap(), content);
     for p in &paths {
         assert_eq!(std::fs::read(p).unwrap(), content);
-        assert!(std::fs::metadata(p).unwrap().permissions().readonly());
     }
     let blobs = std::fs::read_dir(store.blob_location(&d).parent().unwrap())
         .unwrap()
@@ -154,16 +153,30 @@ fn identical_files_linked_concurrently() {
     assert!(store.verify().unwrap().is_ok());
 }
 
-/// A linked file is the blob: its other name can go (a new log replaces the old one) and the
-/// blob stays; a blob of the wrong size under the digest's name is replaced by a good copy.
+/// A stored copy is a file of its own: writing to the source afterwards, through a descriptor
+/// opened before, changes nothing stored; a wrong digest expected stores nothing; a blob of the
+/// wrong size under the digest's name is replaced by a good copy; a step's copy of a blob is its
+/// own too.
 #[test]
-fn linked_blobs_outlive_their_first_name_and_replace_damaged_ones() {
+fn stored_copies_are_their_own_files_and_replace_damaged_ones() {
+    use std::io::Write;
     let (dir, store) = store();
-    let p = dir.path().join("a.log");
-    std::fs::write(&p, b"log one").unwrap();
-    let (d, _) = store.link_file(&p).unwrap();
+    let p = dir.path().join("out");
+    std::fs::write(&p, b"output one").unwrap();
+    let mut still_open = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    let (d, size) = store.put_copy(&p, None).unwrap();
+    assert_eq!((d, size), (Digest::of_bytes(b"output one"), 10));
+    still_open.write_all(b" and more").unwrap();
     std::fs::remove_file(&p).unwrap();
-    assert_eq!(store.get_blob(&d).unwrap().unwrap(), b"log one");
+    assert_eq!(store.get_blob(&d).unwrap().unwrap(), b"output one");
+
+    let wrong = Some((Digest::of_bytes(b"other"), 5));
+    std::fs::write(&p, b"other!").unwrap();
+    assert!(matches!(
+        store.put_copy(&p, wrong),
+        Err(StoreError::SourceChanged { .. })
+    ));
+    assert!(!store.has_blob(&Digest::of_bytes(b"other!")));
 
     let q = dir.path().join("b.log");
     std::fs::write(&q, b"log two").unwrap();
@@ -171,9 +184,29 @@ fn linked_blobs_outlive_their_first_name_and_replace_damaged_ones() {
     let dest = store.blob_location(&d2);
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     std::fs::write(&dest, b"log tw").unwrap();
-    assert_eq!(store.link_file(&q).unwrap(), (d2, 7));
+    assert_eq!(store.put_copy(&q, Some((d2, 7))).unwrap(), (d2, 7));
     assert_eq!(store.get_blob(&d2).unwrap().unwrap(), b"log two");
     assert!(store.take_warnings().is_empty());
+
+    let mine = dir.path().join("mine");
+    assert!(store.copy_blob_to(&d, &mine).unwrap());
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&mine)
+        .unwrap();
+    f.write_all(b"!").unwrap();
+    assert_eq!(store.get_blob(&d).unwrap().unwrap(), b"output one");
+    assert!(
+        !store
+            .copy_blob_to(&Digest::of_bytes(b"nothing"), &dir.path().join("x"))
+            .unwrap()
+    );
+    // A damaged blob: no copy, and the blob is moved aside.
+    std::fs::write(store.blob_location(&d2), b"log 2wo").unwrap();
+    assert!(!store.copy_blob_to(&d2, &dir.path().join("y")).unwrap());
+    assert!(!dir.path().join("y").exists());
+    assert_eq!(store.take_warnings().len(), 1);
+    assert!(store.verify().unwrap().is_ok());
 }
 
 /// Fan-out directories are made on first use, also after someone removed one.

@@ -10,6 +10,7 @@ use super::ac::read_action;
 use super::cas::mismatch;
 use super::error::{Result, StoreError};
 use super::fs::{self, FanoutEntry};
+use super::records::BadLine;
 use crate::hash::Digest;
 
 /// What is wrong with one file of the cache.
@@ -23,7 +24,7 @@ pub enum ProblemKind {
     MissingBlob,
     /// A file under `cas/` or `ac/` that is not named like an entry.
     StrayFile,
-    /// A line of `records.log` that cannot be read (e.g. torn by a crash).
+    /// A line of `records.log` that cannot be read (e.g. torn by a crash) or fails its checksum.
     GarbledRecord,
 }
 
@@ -155,11 +156,14 @@ impl LocalStore {
         }
 
         let log = self.read_record_log()?;
-        for line in &log.garbled {
+        for (line, bad) in &log.garbled {
             report.problems.push(Problem {
                 kind: ProblemKind::GarbledRecord,
                 path: self.records.clone(),
-                what: format!("line {line} is garbled"),
+                what: match bad {
+                    BadLine::Garbled => format!("line {line} is garbled"),
+                    BadLine::Checksum => format!("line {line} does not match its checksum"),
+                },
                 repaired: repair,
             });
         }

@@ -183,9 +183,20 @@ fn failures_skip_dependents_and_independent_branches_finish() {
         "{}",
         out.stderr
     );
+    // A failed run records no result, so `kiln logs` has no checked log to print; it says so
+    // and names the live log, which the failure message names too.
     let log = p.kiln(&["logs", "beta/one/1.31/build"]);
-    log.expect_code(0);
-    assert!(log.stdout.contains("broken"), "{}", log.stdout);
+    log.expect_code(2);
+    assert!(
+        log.stderr
+            .contains("no recorded result for `beta/one/1.31/build`, so no log"),
+        "{}",
+        log.stderr
+    );
+    let live = "cache/logs/beta%2Fone%2F1.31%2Fbuild.log";
+    assert!(log.stderr.contains(live), "{}", log.stderr);
+    assert!(out.stderr.contains(live), "{}", out.stderr);
+    assert!(p.read(live).contains("broken"));
 
     // --fail-fast: nothing new starts after the first failure.
     let p = project("");
@@ -307,7 +318,7 @@ fn sigterm_stops_children_and_records_nothing_partial() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !p
         .path()
-        .join("cache/logs/beta__one__1.31__build.log")
+        .join("cache/logs/beta%2Fone%2F1.31%2Fbuild.log")
         .exists()
     {
         assert!(Instant::now() < deadline, "the build never started");
@@ -622,39 +633,132 @@ provider "p" module="cmd"
     assert!(left.is_empty(), "left in tmp/: {left:?}");
 }
 
-/// A finished log is also its blob in the content store (one file, two names, read-only). A
-/// rebuild writes a new log file and leaves the old blob intact.
+/// A finished log is stored as a blob of its own; the file under `logs/` is only a live view.
+/// `kiln logs` prints the blob the last result names, whatever happened to that file: edited in
+/// place, or replaced by a symlink to another file. A rebuild leaves the old blob intact.
 #[test]
-fn a_log_is_its_own_blob_and_a_rebuild_does_not_touch_the_old_one() {
-    use std::os::unix::fs::MetadataExt;
+fn kiln_logs_prints_the_stored_log_whatever_happens_to_the_live_file() {
     let p = project("");
     p.kiln(&["build", "-j", "2", "--quiet"]).expect_code(0);
-    let log = p.path().join("cache/logs/alpha__one__1.31__build.log");
-    let old = std::fs::read(&log).unwrap();
-    let meta = std::fs::metadata(&log).unwrap();
-    assert_eq!(meta.nlink(), 2);
-    assert_eq!(meta.mode() & 0o777, 0o444);
+    let node = "alpha/one/1.31/build";
+    let live = p.path().join("cache/logs/alpha%2Fone%2F1.31%2Fbuild.log");
+    let true_log = p.kiln(&["logs", node]).stdout;
+    assert!(
+        true_log.contains("== alpha/one/1.31/build (command)"),
+        "{true_log}"
+    );
+    assert_eq!(std::fs::read_to_string(&live).unwrap(), true_log);
     let mut blobs = Vec::new();
     collect_files(&p.path().join("cache/cas"), &mut blobs);
     let blob = blobs
         .iter()
-        .find(|b| std::fs::metadata(b).unwrap().ino() == meta.ino())
+        .find(|b| std::fs::read_to_string(b).is_ok_and(|t| t == true_log))
         .expect("the log's blob")
         .clone();
 
+    // Edited in place (it is the same inode as nothing in the store).
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&live)
+            .unwrap();
+        f.write_all(b"forged line\n").unwrap();
+    }
+    assert_eq!(p.kiln(&["logs", node]).stdout, true_log);
+    assert_eq!(std::fs::read_to_string(&blob).unwrap(), true_log);
+    // Replaced by a symlink to another file.
+    std::fs::remove_file(&live).unwrap();
+    std::os::unix::fs::symlink(p.path().join("images.kdl"), &live).unwrap();
+    let out = p.kiln(&["logs", node]);
+    out.expect_code(0);
+    assert_eq!(out.stdout, true_log);
+    p.kiln(&["cache", "verify"]).expect_code(0);
+
     let again = p.kiln(&["build", "--quiet", "--force", "alpha-one-k8s-1.31"]);
     again.expect_code(0);
-    assert_eq!(std::fs::read(&blob).unwrap(), old);
-    let new = p.kiln(&["logs", "alpha/one/1.31/build"]).stdout;
+    assert_eq!(std::fs::read_to_string(&blob).unwrap(), true_log);
+    let new = p.kiln(&["logs", node]).stdout;
     assert!(new.contains("== alpha/one/1.31/build (command)"), "{new}");
-    assert_ne!(std::fs::metadata(&log).unwrap().ino(), meta.ino());
+    assert_ne!(new, true_log);
     p.kiln(&["cache", "verify"]).expect_code(0);
 }
 
-/// Outputs become blobs by hard links: several nodes writing identical outputs at the same time
-/// all succeed and share one blob, which keeps no other name once the work directories are
-/// emptied; an output that is a symlink to a file outside the work directory is copied, and that
-/// file is left as it was.
+/// Ids that a lossy file name would confuse (`a__b` and `a/b`) get logs of their own.
+#[test]
+fn colliding_ids_get_distinct_logs() {
+    let p = Project::new()
+        .with_file(
+            "modules/cmd.kdl",
+            r#"module "cmd" {
+    var "cell" "{os}"
+    step "build" builder="command" inputs="vars" { argv "sh" "-c" "echo I am $KILN_NODE"; }
+}
+"#,
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "p"; os "a__b" "a/b"; }
+provider "p" module="cmd"
+"#,
+        );
+    let out = p.kiln(&["build", "-j", "1", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "2 built, 0 cached");
+    for id in ["p/a__b/1.31/build", "p/a/b/1.31/build"] {
+        let log = p.kiln(&["logs", id]);
+        log.expect_code(0);
+        assert!(
+            log.stdout.contains(&format!("I am {id}\n")),
+            "{id}: {}",
+            log.stdout
+        );
+    }
+    let live: Vec<_> = std::fs::read_dir(p.path().join("cache/logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(live.len(), 2, "{live:?}");
+}
+
+/// A flipped bit that changes an id in `records.log` is caught by its line's checksum.
+#[test]
+fn a_bit_flip_in_records_log_is_reported() {
+    let p = project("");
+    p.kiln(&["build", "--quiet"]).expect_code(0);
+    let path = p.path().join("cache/records.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"id\":\"alpha/one/1.31/build\""))
+        .unwrap();
+    // `o` (0x6f) → `n` (0x6e): still a valid record of another id, but not the one checksummed.
+    std::fs::write(
+        &path,
+        text.replacen("alpha/one/1.31/build", "alpha/nne/1.31/build", 1),
+    )
+    .unwrap();
+    let out = p.kiln(&["cache", "verify"]);
+    out.expect_code(1);
+    assert!(
+        out.stdout
+            .contains(&format!("line {} does not match its checksum", line + 1)),
+        "{}",
+        out.stdout
+    );
+    // Readers skip it, as they skip a garbled line: the node reads as never recorded.
+    let plan = p.kiln(&["plan"]);
+    assert!(!plan.stdout.contains("alpha/nne"), "{}", plan.stdout);
+    p.kiln(&["cache", "verify", "--repair"]).expect_code(0);
+    p.kiln(&["cache", "verify"]).expect_code(0);
+}
+
+/// Outputs become blobs by reflinks or copies: several nodes writing identical outputs at the
+/// same time all succeed and share one blob, which has no other name; an output that is a
+/// symlink to a file outside the work directory is copied, and that file is left as it was.
 #[test]
 fn identical_outputs_stored_concurrently_share_one_blob() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};

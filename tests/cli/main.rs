@@ -7,6 +7,7 @@
 mod build;
 mod config;
 mod image_builder;
+mod immutable;
 mod plan;
 mod publish;
 mod s3;
