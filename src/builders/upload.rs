@@ -529,7 +529,8 @@ impl Claimed {
 pub async fn refresh(claims: &[&Claim]) -> Vec<Checked> {
     let mut verdicts: Vec<Option<Checked>> = vec![None; claims.len()];
     // S3 claims by bucket, prefix and client settings: one LIST answers them all.
-    let mut groups: BTreeMap<(String, String, String), Vec<(usize, Claimed)>> = BTreeMap::new();
+    type Group = (String, String, Vec<Option<String>>);
+    let mut groups: BTreeMap<Group, Vec<(usize, Claimed)>> = BTreeMap::new();
     for (i, c) in claims.iter().enumerate() {
         match claimed(c) {
             Err(e) => verdicts[i] = Some(Checked::Unknown(e)),
@@ -539,9 +540,8 @@ pub async fn refresh(claims: &[&Claim]) -> Vec<Checked> {
                     verdicts[i] = Some(refresh_dir(&dir, &cl, c.witness.as_deref()));
                 }
                 Bucket::S3 { name, prefix } => {
-                    let client = format!("{:?}", client_settings(&c.ctx));
                     groups
-                        .entry((name.clone(), prefix.clone(), client))
+                        .entry((name.clone(), prefix.clone(), client_settings(&c.ctx)))
                         .or_default()
                         .push((i, cl));
                 }

@@ -100,6 +100,9 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
     for w in store.take_warnings() {
         eprintln!("warning: {w}");
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     let failures: Vec<_> = report
         .nodes
         .iter()

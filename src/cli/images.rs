@@ -9,6 +9,15 @@ use super::{Cli, CliError, Select, context};
 use crate::config::StepKind;
 use crate::store::{ClaimStatus, LocalStore};
 
+/// What the latest refresh found of a claim.
+#[derive(Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Refresh {
+    Held,
+    Drift,
+    Unchecked,
+}
+
 #[derive(Serialize)]
 struct Entry {
     cell: String,
@@ -21,7 +30,7 @@ struct Entry {
     current: bool,
     /// What the latest refresh found: `held`, `drift`, `unchecked`, or `null` when none was made
     /// for this result.
-    refresh: Option<&'static str>,
+    refresh: Option<Refresh>,
     /// When that refresh was, in milliseconds since the Unix epoch.
     checked_unix_ms: Option<u64>,
     /// Why the claim did not hold, or could not be checked.
@@ -77,14 +86,14 @@ pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
             if let Some(c) = claim {
                 entry.checked_unix_ms = Some(c.checked_unix_ms);
                 let (status, problems) = match &c.status {
-                    ClaimStatus::Held => ("held", Vec::new()),
-                    ClaimStatus::Drift { reasons } => ("drift", reasons.clone()),
-                    ClaimStatus::Unchecked { why } => ("unchecked", vec![why.clone()]),
+                    ClaimStatus::Held => (Refresh::Held, Vec::new()),
+                    ClaimStatus::Drift { reasons } => (Refresh::Drift, reasons.clone()),
+                    ClaimStatus::Unchecked { why } => (Refresh::Unchecked, vec![why.clone()]),
                 };
                 entry.refresh = Some(status);
                 entry.problems = problems;
             }
-            entry.current = rec.key == n.key && entry.refresh == Some("held");
+            entry.current = rec.key == n.key && entry.refresh == Some(Refresh::Held);
             entry.facts = Some(r.facts);
         }
         entries.push(entry);
@@ -110,11 +119,13 @@ pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
                     )
                 });
                 let state = match (e.refresh, &when) {
-                    (Some("held"), Some(t)) if e.current => format!("current (verified {t})"),
-                    (Some("held"), _) => {
+                    (Some(Refresh::Held), Some(t)) if e.current => {
+                        format!("current (verified {t})")
+                    }
+                    (Some(Refresh::Held), _) => {
                         "published by an earlier config; `kiln plan` shows what changed".into()
                     }
-                    (Some("drift"), Some(t)) => format!(
+                    (Some(Refresh::Drift), Some(t)) => format!(
                         "NOT CURRENT: at the refresh of {t}: {}; `kiln build` publishes it again",
                         e.problems.join("; ")
                     ),

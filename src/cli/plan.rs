@@ -48,7 +48,7 @@ pub struct PlanArgs {
 
 /// The cache as the planner sees it, backed by a local store (or nothing, before a first build).
 pub struct StoreView {
-    pub store: Option<LocalStore>,
+    pub store: Option<std::sync::Arc<LocalStore>>,
     keys: DigestSet,
     /// The key of the last record of every id: read from `records.log` when first needed
     /// (a plan with nothing to do needs none).
@@ -72,7 +72,9 @@ impl StoreView {
                 drift: BTreeMap::new(),
             });
         }
-        let store = LocalStore::open(&dir).map_err(|e| CliError::Failed(e.to_string()))?;
+        let store = std::sync::Arc::new(
+            LocalStore::open(&dir).map_err(|e| CliError::Failed(e.to_string()))?,
+        );
         let wanted: Vec<Digest> = graph
             .order()
             .into_iter()
@@ -151,8 +153,8 @@ impl StoreView {
     /// output blobs (the build reads them anyway), and forgets those that turn out unreadable: an
     /// entry or blob damaged in place, which the planner does not see (see
     /// [`LocalStore::intact_keys`]), is moved aside and reported, and its node is planned again,
-    /// so it rebuilds first in the same build instead of its dependents running without it. Returns whether
-    /// any was forgotten: then the plan must be made again.
+    /// so it rebuilds first in the same build instead of its dependents running without it.
+    /// Returns whether any was forgotten: then the plan must be made again.
     pub fn forget_unreadable_upstream(&mut self, graph: &Graph, plan: &Plan) -> bool {
         let Some(store) = &self.store else {
             return false;

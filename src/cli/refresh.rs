@@ -6,11 +6,10 @@ use std::sync::Arc;
 use super::CliError;
 use super::context::Loaded;
 use super::plan::StoreView;
-use crate::builders::Builtin;
+use crate::builders::{Builtin, makes_claims};
 use crate::exec::refresh::{self, Refreshed};
 use crate::graph::Graph;
 use crate::plan::{self, Action, CacheView, Plan};
-use crate::store::LocalStore;
 
 /// Checks the claims of the publish nodes `plan` marks cached; a claim that no longer holds
 /// makes its node rebuild (the plan is made again with the drift). A claim that cannot be checked
@@ -22,12 +21,14 @@ pub fn refresh_plan(
     plan: &mut Plan,
     forced: &std::collections::BTreeSet<String>,
 ) -> Result<Refreshed, CliError> {
-    let Some(store) = &view.store else {
+    let Some(store) = view.store.clone() else {
         return Ok(Refreshed::default());
     };
     // Cached publish nodes, and those whose last result early cutoff may reuse.
-    let nodes: Vec<_> = refresh::claim_nodes(graph, graph.order().into_iter())
+    let nodes: Vec<_> = graph
+        .order()
         .into_iter()
+        .filter(|ix| makes_claims(graph.node(*ix).builder))
         .filter_map(|ix| match plan.action(ix) {
             Action::Cached => Some((ix, graph.node(ix).key)),
             Action::RebuildIfUpstreamChanges { .. } => {
@@ -39,8 +40,6 @@ pub fn refresh_plan(
     if nodes.is_empty() {
         return Ok(Refreshed::default());
     }
-    let store =
-        Arc::new(LocalStore::open(store.root()).map_err(|e| CliError::Failed(e.to_string()))?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

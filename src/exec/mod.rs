@@ -67,6 +67,8 @@ pub struct NodeReport {
 pub struct BuildReport {
     pub nodes: Vec<NodeReport>,
     pub cancelled: bool,
+    /// Problems that failed no node, for the caller to show.
+    pub warnings: Vec<String>,
 }
 
 impl BuildReport {
@@ -622,7 +624,7 @@ pub async fn execute(
         };
         let node = graph.node(ix);
         if out == Outcome::Built
-            && refresh::is_claim(node)
+            && crate::builders::makes_claims(node.builder)
             && let Some(r) = &result
         {
             published.insert(node.id.clone(), refresh::published(r, witness));
@@ -658,10 +660,11 @@ pub async fn execute(
         }
     }
     signals.abort();
+    let mut warnings = Vec::new();
     if let Err(e) = store.update_claims(published) {
-        eprintln!(
-            "warning: the publish claims of this build were not saved ({e}); the next refresh checks them in full"
-        );
+        warnings.push(format!(
+            "the publish claims of this build were not saved ({e}); the next refresh checks them in full"
+        ));
     }
     sh.progress.done();
     let cancelled = *cancel_rx.borrow();
@@ -669,6 +672,7 @@ pub async fn execute(
     let mut report = BuildReport {
         nodes: Vec::new(),
         cancelled,
+        warnings,
     };
     for &ix in &order {
         let node = graph.node(ix);

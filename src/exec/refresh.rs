@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use super::log::NodeLog;
 use super::process::{ProcTable, Spawner};
 use super::workdir::WorkDirs;
-use crate::builders::{Checked, Claim, Runner, StepCtx, makes_claims};
-use crate::graph::{Graph, Node};
+use crate::builders::{Checked, Claim, Runner, StepCtx};
+use crate::graph::Graph;
 use crate::plan::DirtyReason;
 use crate::store::{ActionResult, ClaimRecord, ClaimStatus, Claims, LocalStore, now_unix_ms};
 
@@ -32,13 +32,6 @@ pub struct Refreshed {
     pub held: usize,
     /// The verdicts could not be saved (they still apply to this run).
     pub not_saved: Option<String>,
-}
-
-/// The nodes among `candidates` whose results are claims to refresh.
-pub fn claim_nodes(graph: &Graph, candidates: impl Iterator<Item = NodeIndex>) -> Vec<NodeIndex> {
-    candidates
-        .filter(|ix| makes_claims(graph.node(*ix).builder))
-        .collect()
 }
 
 /// Checks the results of `nodes` against their targets and records the verdicts: each node with
@@ -195,9 +188,4 @@ pub fn published(result: &ActionResult, witness: Option<String>) -> ClaimRecord 
         status: ClaimStatus::Held,
         witness,
     }
-}
-
-/// Whether a node's results are claims (see [`makes_claims`]).
-pub fn is_claim(node: &Node) -> bool {
-    makes_claims(node.builder)
 }
