@@ -140,8 +140,10 @@ impl Spawner {
         };
         // The program runs under kiln's supervisor (see `supervise`), which ends every process
         // it leaves behind before it exits itself.
-        let mut cmd = Command::new("/proc/self/exe");
+        let (supervisor, subcommand) = super::supervise::program();
+        let mut cmd = Command::new(supervisor);
         cmd.args(super::supervise::command_line(
+            *subcommand,
             OsStr::new(program),
             &at,
             args.iter().map(OsStr::new),

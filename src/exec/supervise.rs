@@ -1,9 +1,11 @@
-//! The per-step supervisor: every process a step starts runs under `kiln __supervise`, which
-//! makes sure the whole process tree has ended before the step counts as ended.
+//! The per-step supervisor: every process a step starts runs under it, and it makes sure the
+//! whole process tree has ended before the step counts as ended.
 //!
-//! kiln starts itself as `kiln __supervise -- ARG0 PROGRAM ARGS...`. The supervisor becomes a
-//! child subreaper (`PR_SET_CHILD_SUBREAPER`): a process of the step whose parent exits is
-//! re-parented to it rather than to init, even one that left the process group with `setsid`.
+//! kiln starts `kiln-supervise ARG0 PROGRAM ARGS...`, the small executable installed beside it
+//! (or, when that is missing, itself as `kiln __supervise -- ARG0 PROGRAM ARGS...`). The
+//! supervisor becomes a child subreaper (`PR_SET_CHILD_SUBREAPER`): a process of the step whose
+//! parent exits is re-parented to it rather than to init, even one that left the process group
+//! with `setsid`.
 //! It runs the program in a process group of its own and waits for it. When it exits, the
 //! supervisor kills (`SIGKILL`) and reaps every process still left under it, and only then exits
 //! itself, with the program's status (or by the signal that killed it). So when kiln sees the
@@ -23,13 +25,37 @@ pub const SUBCOMMAND: &str = "__supervise";
 /// How long the step's processes have after a termination signal before they are killed.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// The arguments that make kiln supervise `program` (run as `arg0`) with `args`.
+/// The supervisor's executable: `kiln-supervise` beside kiln's own (installed with it; much
+/// cheaper to start than kiln), or kiln itself with the hidden subcommand when it is missing.
+pub fn program() -> &'static (std::path::PathBuf, bool) {
+    static FOUND: std::sync::LazyLock<(std::path::PathBuf, bool)> =
+        std::sync::LazyLock::new(|| {
+            let own = std::env::current_exe()
+                .ok()
+                .map(|exe| exe.with_file_name("kiln-supervise"))
+                .filter(|p| p.is_file());
+            match own {
+                Some(p) => (p, false),
+                None => ("/proc/self/exe".into(), true),
+            }
+        });
+    &FOUND
+}
+
+/// The arguments that make the supervisor ([`program`]) run `program` (as `arg0`) with `args`:
+/// `ARG0 PROGRAM ARGS...`, after the hidden subcommand when the supervisor is kiln itself.
 pub fn command_line<'a>(
+    subcommand: bool,
     arg0: &'a OsStr,
     program: &'a OsStr,
     args: impl IntoIterator<Item = &'a OsStr>,
 ) -> Vec<&'a OsStr> {
-    let mut v = vec![OsStr::new(SUBCOMMAND), OsStr::new("--"), arg0, program];
+    let mut v = if subcommand {
+        vec![OsStr::new(SUBCOMMAND), OsStr::new("--")]
+    } else {
+        Vec::new()
+    };
+    v.extend([arg0, program]);
     v.extend(args);
     v
 }
@@ -246,12 +272,11 @@ mod tests {
 
     #[test]
     fn the_command_line_puts_the_program_after_a_separator() {
-        let line = command_line(
-            OsStr::new("sh"),
-            OsStr::new("/bin/sh"),
-            [OsStr::new("-c"), OsStr::new("--x")],
-        );
+        let args = [OsStr::new("-c"), OsStr::new("--x")];
+        let line = command_line(true, OsStr::new("sh"), OsStr::new("/bin/sh"), args);
         assert_eq!(line, ["__supervise", "--", "sh", "/bin/sh", "-c", "--x"]);
+        let line = command_line(false, OsStr::new("sh"), OsStr::new("/bin/sh"), args);
+        assert_eq!(line, ["sh", "/bin/sh", "-c", "--x"]);
     }
 
     #[test]
