@@ -183,6 +183,18 @@ pub struct Invocation {
     /// (file on this machine, where the build sees it).
     pub files: Vec<(PathBuf, String)>,
     pub container: bool,
+    /// What a successful build must leave behind.
+    pub produces: Produces,
+}
+
+/// The artifacts a build step promises: a success without them is a failure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Produces {
+    /// The manifest post-processor's file, for templates that have one (kiln sets
+    /// `manifest_output` to `kiln/manifest.json` in the work directory).
+    pub manifest: bool,
+    /// A qemu build's disk image, where packer writes it.
+    pub disk: bool,
 }
 
 /// The invocation of `node` in the work directory `work`, with the patched template (if any)
@@ -215,13 +227,19 @@ pub fn invocation(
         kiln.to_string_lossy().into_owned()
     };
     let mut vars = var_file(node);
+    let dir = imagebuilder::data(version).and_then(|d| d.template_dir(&target).map(|t| (d, t)));
+    let build = node.step == StepKind::Build;
+    let mut produces = Produces {
+        manifest: false,
+        disk: build && dir.is_some_and(|(_, dir)| dir == "qemu"),
+    };
     // Where packer's manifest post-processor writes, for templates that have one.
-    if let Some((data, dir)) =
-        imagebuilder::data(version).and_then(|d| d.template_dir(&target).map(|t| (d, t)))
+    if let Some((data, dir)) = dir
         && data.declares(dir, "manifest_output")
         && !vars.contains_key("manifest_output")
     {
         vars.insert("manifest_output".into(), format!("{inside}/manifest.json"));
+        produces.manifest = build;
     }
     let mut env: Vec<(String, String)> =
         vec![("PACKER_VAR_FILES".into(), format!("{inside}/vars.json"))];
@@ -290,6 +308,7 @@ pub fn invocation(
         vars,
         files,
         container,
+        produces,
     })
 }
 
@@ -369,15 +388,37 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         let text = std::fs::read_to_string(&manifest).map_err(io_err("reading manifest.json"))?;
         out.facts =
             imagebuilder::manifest_facts(&text).map_err(|e| StepError::Failed(e.to_string()))?;
+    } else if inv.produces.manifest {
+        return Err(StepError::Failed(format!(
+            "`{}` succeeded but packer's manifest post-processor wrote no manifest (manifest_output={}); nothing is recorded",
+            inv.argv.last().map(String::as_str).unwrap_or("the build"),
+            inv.vars
+                .get("manifest_output")
+                .map(String::as_str)
+                .unwrap_or("")
+        )));
     }
     let semver = inv
         .vars
         .get("kubernetes_semver")
         .cloned()
         .unwrap_or_default();
-    if let Some((rel, path)) = find_image(&output_dir, &semver) {
-        out.facts.insert("image".into(), rel);
-        out.outputs.push((IMAGE.into(), path));
+    let base = if inv.container {
+        ctx.work.clone()
+    } else {
+        ctx.work.join("capi")
+    };
+    match disk_image(&base, &output_dir, &inv.vars, &semver) {
+        Ok((rel, path)) => {
+            out.facts.insert("image".into(), rel);
+            out.outputs.push((IMAGE.into(), path));
+        }
+        Err(why) if inv.produces.disk => {
+            return Err(StepError::Failed(format!(
+                "the qemu build succeeded but left no disk image: {why}; nothing is recorded"
+            )));
+        }
+        Err(_) => {}
     }
     for (k, v) in &out.facts {
         ctx.spawner.log.line(&format!("fact {k}={v}"));
@@ -385,8 +426,66 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     Ok(out)
 }
 
-/// A qemu build's disk image: `output/<build_name>-kube-<semver>/<build_name>-kube-<semver>`
-/// (or the only file in that directory).
+/// A qemu build's disk image, where packer writes it: `<output_directory>/<vm_name>` when the
+/// config sets those variables (relative to the directory packer runs in: the staged
+/// `images/capi`, or the container's home, whose `output/` is the work directory's), else
+/// image-builder's default `output/<build_name>-kube-<semver>/<build_name>-kube-<semver>` (or
+/// the only file in that directory). The error says where it looked.
+fn disk_image(
+    base: &Path,
+    output: &Path,
+    vars: &BTreeMap<String, String>,
+    semver: &str,
+) -> Result<(String, PathBuf), String> {
+    let (dir, vm_name) = (vars.get("output_directory"), vars.get("vm_name"));
+    if dir.is_none() && vm_name.is_none() {
+        return find_image(output, semver).ok_or_else(|| {
+            format!(
+                "no output/*-kube-{semver}/ directory with one file in {}",
+                output.display()
+            )
+        });
+    }
+    let dir = match dir {
+        Some(d) => base.join(d.trim_start_matches("./")),
+        None => find_image(output, semver)
+            .and_then(|(_, p)| p.parent().map(Path::to_path_buf))
+            .ok_or_else(|| {
+                format!(
+                    "no output/*-kube-{semver}/ directory in {}",
+                    output.display()
+                )
+            })?,
+    };
+    let file = match vm_name {
+        Some(name) => dir.join(name),
+        None => only_file(&dir).ok_or_else(|| format!("{} holds no single file", dir.display()))?,
+    };
+    if !file.is_file() {
+        return Err(format!("{} does not exist", file.display()));
+    }
+    let rel = file
+        .strip_prefix(base)
+        .map(|r| r.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| file.to_string_lossy().into_owned());
+    Ok((rel, file))
+}
+
+fn only_file(dir: &Path) -> Option<PathBuf> {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    match files.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// A qemu build's disk image under image-builder's default names:
+/// `output/<build_name>-kube-<semver>/<build_name>-kube-<semver>` (or the only file in that
+/// directory).
 fn find_image(output: &Path, semver: &str) -> Option<(String, PathBuf)> {
     if semver.is_empty() {
         return None;
@@ -408,15 +507,7 @@ fn find_image(output: &Path, semver: &str) -> Option<(String, PathBuf)> {
     let file = if named.is_file() {
         named
     } else {
-        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        match files.as_slice() {
-            [one] => one.clone(),
-            _ => return None,
-        }
+        only_file(&dir)?
     };
     let rel = format!("output/{name}/{}", file.file_name()?.to_string_lossy());
     Some((rel, file))

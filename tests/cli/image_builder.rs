@@ -251,7 +251,9 @@ fn check_rejects_an_image_builder_version_without_data() {
 
 /// Records one invocation into $FAKE_LOG/<n>.txt: argv, environment (names; values of
 /// PACKER_* and the secret's length) and the var file. A `build-*` target writes a packer
-/// manifest where manifest_output says, and a qemu build its disk image under output/.
+/// manifest where manifest_output says, and a qemu build its disk image where packer would
+/// (`output_directory`/`vm_name` when the var file sets them); with FAKE_NO_PRODUCTS set, a
+/// build succeeds and leaves neither.
 const RECORD: &str = r#"
 record() {
   n=$(ls "$FAKE_LOG" | wc -l)
@@ -266,6 +268,7 @@ record() {
 fake_products() { # $1 target, $2 dir for manifest, $3 output dir
   case "$1" in build-*) ;; *) return 0;; esac
   if [ -f "$FAKE_FAIL_ONCE" ]; then rm "$FAKE_FAIL_ONCE"; echo "packer failed" >&2; exit 1; fi
+  [ -n "$FAKE_NO_PRODUCTS" ] && return 0
   out=$(sed -n 's/.*"manifest_output": "\(.*\)".*/\1/p' "$VARFILE")
   if [ -n "$out" ]; then
     cat > "$2/manifest.json" <<JSON
@@ -276,7 +279,11 @@ JSON
   fi
   case "$1" in build-qemu-*)
     semver=$(sed -n 's/.*"kubernetes_semver": "\(.*\)".*/\1/p' "$VARFILE")
-    d="$3/ubuntu-2404-kube-$semver"; mkdir -p "$d"; echo "qcow2 of $1" > "$d/ubuntu-2404-kube-$semver";;
+    d=$(sed -n 's/.*"output_directory": "\(.*\)".*/\1/p' "$VARFILE")
+    name=$(sed -n 's/.*"vm_name": "\(.*\)".*/\1/p' "$VARFILE")
+    [ -n "$d" ] && d="$(dirname "$3")/$d" || d="$3/ubuntu-2404-kube-$semver"
+    [ -n "$name" ] || name="ubuntu-2404-kube-$semver"
+    mkdir -p "$d"; echo "qcow2 of $1" > "$d/$name";;
   esac
 }
 "#;
@@ -829,4 +836,61 @@ fn explain_shows_the_exact_invocation() {
     };
     let ran = p.redact(&format!("{} {}", ran.tool, ran.args.join(" ")));
     assert_eq!(work(&shown), work(&ran));
+}
+
+/// A build that succeeds without its artifacts is a failure: the manifest an ami template's
+/// post-processor writes, the disk image of a qemu build. Nothing is recorded, and the plan
+/// still shows the build to do.
+#[test]
+fn a_build_without_its_artifacts_fails_and_records_nothing() {
+    let mut f = fakes("source=\"image-builder\"", "amazon-ebs", "us-east-1:ami-1");
+    f.project.set_env("FAKE_NO_PRODUCTS", "1");
+    for (provider, why) in [
+        ("aws", "packer's manifest post-processor wrote no manifest"),
+        (
+            "openstack",
+            "the qemu build succeeded but left no disk image",
+        ),
+    ] {
+        let out = build_provider(&f.project, provider);
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains(why), "{}", out.stderr);
+        let plan = f
+            .project
+            .kiln(&["plan", "--provider", provider, "--kubernetes", "1.31"]);
+        assert!(
+            plan.stdout
+                .contains(&format!("+  {provider}/ubuntu-2404/1.31/build")),
+            "{}",
+            plan.stdout
+        );
+    }
+    f.project.set_env("FAKE_NO_PRODUCTS", "");
+    build_provider(&f.project, "aws").expect_code(0);
+}
+
+/// A qemu build whose config moves the disk (`output_directory`, `vm_name`) is found there.
+#[test]
+fn a_qemu_disk_is_found_where_output_directory_and_vm_name_put_it() {
+    let f = fakes("source=\"image-builder\"", "qemu", "");
+    f.project.edit("images.kdl", |t| {
+        t.replace(
+            "provider \"openstack\" {\n",
+            "provider \"openstack\" {\n    var \"output_directory\" \"./output/capo\"\n    var \"vm_name\" \"capo.qcow2\"\n",
+        )
+    });
+    build_provider(&f.project, "openstack").expect_code(0);
+    let log = f
+        .project
+        .kiln(&["logs", "openstack/ubuntu-2404/1.31/build"]);
+    assert!(
+        log.stdout.contains("fact image=output/capo/capo.qcow2"),
+        "{}",
+        log.stdout
+    );
+    assert_eq!(
+        f.project
+            .read("bucket/openstack-ubuntu-2404-k8s-1.31.qcow2"),
+        "qcow2 of build-qemu-ubuntu-2404\n"
+    );
 }
