@@ -50,7 +50,7 @@ cd "$WORK"
 
 echo "== priming kiln's cache (one action entry and one record per node)"
 "$KILN" plan --json > plan.json           # no cache yet: every node is new
-python3 "$ROOT/bench/prime_cache.py" plan.json cache
+python3 "$ROOT/bench/prime_cache.py" plan.json cache 'out/{provider}'
 rm plan.json
 "$KILN" plan > plan.txt                    # warms the stat cache
 summary="$(tail -n 1 plan.txt)"

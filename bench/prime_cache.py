@@ -2,7 +2,7 @@
 """Primes a kiln cache so that `kiln plan` has nothing to do, without building anything.
 
     kiln plan --json > plan.json
-    python3 bench/prime_cache.py plan.json CACHE_DIR
+    python3 bench/prime_cache.py plan.json CACHE_DIR [BUCKET_DIR]
 
 For every node of the plan it writes what a successful build would leave behind:
 
@@ -14,6 +14,11 @@ For every node of the plan it writes what a successful build would leave behind:
 
 The entries carry no outputs and an empty manifest: enough for the planner, which only lists
 `ac/` to decide that a key is cached, and for the store, which checks header digest and key.
+
+With BUCKET_DIR (e.g. `out/{provider}`, relative to the config directory, as the `upload` steps'
+`file://` bucket), every `upload` node is also published there: a small image
+`<first cell>.qcow2` and its `.sha256`, and its result gets the facts `url`, `sha256` and `size`
+a real publish records, so the plan's refresh finds every claim holding.
 
 blake3: the `blake3` Python module if importable (`pip install blake3`), else the `b3sum` CLI.
 """
@@ -63,10 +68,27 @@ def hasher():
     return via_b3sum
 
 
+def publish(node, bucket):
+    """Writes the node's image and its .sha256 into the bucket; returns the facts."""
+    import hashlib
+
+    rel = bucket.format(provider=node["provider"])
+    name = f"{node['cells'][0]}.qcow2"
+    os.makedirs(rel, exist_ok=True)
+    image = f"image of {node['id']}\n".encode()
+    sha = hashlib.sha256(image).hexdigest()
+    with open(os.path.join(rel, name), "wb") as f:
+        f.write(image)
+    with open(os.path.join(rel, name + ".sha256"), "w") as f:
+        f.write(f"{sha}  {name}\n")
+    return {"sha256": sha, "size": str(len(image)), "url": f"file://{rel}/{name}"}
+
+
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     plan_file, cache = sys.argv[1], sys.argv[2]
+    bucket = sys.argv[3] if len(sys.argv) == 4 else None
     with open(plan_file) as f:
         plan = json.load(f)
     nodes = plan["nodes"]
@@ -82,7 +104,7 @@ def main():
             "recipe": n["key"],
             "dep_outputs": {d: by_id[d]["key"] for d in n["deps"]},
             "outputs": [],
-            "facts": {},
+            "facts": publish(n, bucket) if bucket and n["builder"] == "upload" else {},
             "manifest": {},
             "attempts": 1,
             "started_unix_ms": now,
