@@ -1,0 +1,353 @@
+//! One node's job: its secrets and log, each attempt in a fresh work directory (run with the
+//! step's retries, debug settings and deadline), then its outputs stored and its result
+//! committed; or, for a node that may be cut off, its previous result reused.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use petgraph::graph::NodeIndex;
+use tokio::sync::watch;
+
+use super::commit::Committer;
+use super::log::{self, NodeLog};
+use super::process::{ProcTable, Spawner, StepError};
+use super::progress::Progress;
+use super::report::Outcome;
+use super::workdir::WorkDirs;
+use crate::builders::{Runner, StepCtx};
+use crate::config::SecretSource;
+use crate::graph::Node;
+use crate::plan::Action;
+use crate::store::{ActionResult, LocalStore, Output, Record, now_unix_ms};
+
+/// A node's live log, written while it runs: `logs/<id>.log` with the id encoded by
+/// [`log::file_name`], so that distinct ids never share a file. Only a view: `kiln logs` prints
+/// the log blob the node's result names, never this file.
+pub fn log_path(store: &LocalStore, id: &str) -> PathBuf {
+    store.logs_dir().join(format!("{}.log", log::file_name(id)))
+}
+
+/// The value of one of a node's secrets, from its environment variable or file.
+fn secret_value(s: &crate::config::Secret) -> Result<(String, String), String> {
+    match &s.source {
+        SecretSource::Env(var) => std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| (s.name.clone(), v))
+            .ok_or_else(|| {
+                format!(
+                    "secret `{}` needs the environment variable {var} (unset or empty)",
+                    s.name
+                )
+            }),
+        SecretSource::File(p) => std::fs::read_to_string(p)
+            .map(|v| (s.name.clone(), v.trim_end_matches('\n').to_string()))
+            .map_err(|e| format!("secret `{}`: cannot read {}: {e}", s.name, p.display())),
+    }
+}
+
+/// Every secret of the node: a step runs only with all of them.
+pub(super) fn secret_values(node: &Node) -> Result<Vec<(String, String)>, String> {
+    node.secrets.iter().map(secret_value).collect()
+}
+
+/// The secrets of the node that can be had: a refresh that needs a missing one says so itself
+/// (a `file://` bucket needs none).
+pub fn available_secrets(node: &Node) -> Vec<(String, String)> {
+    node.secrets
+        .iter()
+        .filter_map(|s| secret_value(s).ok())
+        .collect()
+}
+
+pub(super) struct Shared {
+    pub(super) store: Arc<LocalStore>,
+    pub(super) runner: Arc<dyn Runner>,
+    pub(super) procs: Arc<ProcTable>,
+    pub(super) cancel: watch::Receiver<bool>,
+    pub(super) root: PathBuf,
+    pub(super) progress: Progress,
+    pub(super) image_builder: Arc<crate::imagebuilder::Install>,
+    pub(super) work_dirs: WorkDirs,
+    pub(super) committer: Committer,
+}
+
+/// How one node's run ended.
+pub(super) struct JobOutcome {
+    pub(super) outcome: Outcome,
+    pub(super) attempts: u32,
+    pub(super) log: Option<PathBuf>,
+    pub(super) result: Option<ActionResult>,
+    /// What a publish step left as evidence of its claim (see [`refresh`]).
+    pub(super) witness: Option<String>,
+}
+
+pub(super) fn ended(
+    outcome: Outcome,
+    attempts: u32,
+    log: Option<PathBuf>,
+    result: Option<ActionResult>,
+) -> JobOutcome {
+    JobOutcome {
+        outcome,
+        attempts,
+        log,
+        result,
+        witness: None,
+    }
+}
+
+/// What a task needs about one node.
+pub(super) struct Job {
+    pub(super) node: Node,
+    pub(super) action: Action,
+    pub(super) upstream: Vec<(crate::config::StepKind, ActionResult)>,
+    pub(super) dep_outputs: BTreeMap<String, crate::hash::Digest>,
+}
+
+pub(super) fn result_for(
+    job: &Job,
+    outputs: Vec<Output>,
+    facts: BTreeMap<String, String>,
+    attempts: u32,
+    started: u64,
+    took: Duration,
+    log: Option<crate::hash::Digest>,
+) -> ActionResult {
+    ActionResult {
+        key: job.node.key,
+        id: job.node.id.clone(),
+        recipe: job.node.recipe_digest,
+        dep_outputs: job.dep_outputs.clone(),
+        outputs,
+        facts,
+        manifest: job.node.manifest_labels(),
+        attempts,
+        started_unix_ms: started,
+        duration_ms: took.as_millis() as u64,
+        log,
+    }
+}
+
+/// Stores a step's output files in the content store. Each becomes a blob of its own, a reflink
+/// or a copy hashed where it is stored (see [`LocalStore::put_copy`]): every process of the step
+/// has ended by now, and whatever still has a file of the work directory open cannot reach the
+/// stored bytes.
+pub(super) fn store_outputs(
+    store: &LocalStore,
+    out: crate::builders::StepOutput,
+) -> Result<(Vec<Output>, BTreeMap<String, String>), String> {
+    let mut outputs = Vec::new();
+    for (name, path) in out.outputs {
+        let (digest, size) = store
+            .put_copy(&path, None)
+            .map_err(|e| format!("storing the output `{name}`: {e}"))?;
+        outputs.push(Output { name, digest, size });
+    }
+    outputs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((outputs, out.facts))
+}
+
+/// Keeps small input files in the content store, so a later plan can show what changed in them.
+pub(super) fn keep_inputs(store: &LocalStore, node: &Node) {
+    for f in node.recipe.files.iter() {
+        for (_, path, digest) in f.files() {
+            let small =
+                std::fs::metadata(&path).is_ok_and(|m| m.len() as usize <= crate::plan::DIFF_LIMIT);
+            if small && !store.has_blob(&digest) {
+                let _ = store.put_file(&path);
+            }
+        }
+    }
+}
+
+pub(super) fn record(store: &LocalStore, r: &ActionResult) -> Result<(), String> {
+    store.put_action(r).map_err(|e| e.to_string())?;
+    store
+        .append_record(&Record {
+            id: r.id.clone(),
+            key: r.key,
+            unix_ms: now_unix_ms(),
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Early cutoff: the last result for this id had the same own inputs and saw the same upstream
+/// outputs, so it is this node's result too.
+pub(super) fn try_cutoff(sh: &Shared, job: &Job) -> Option<ActionResult> {
+    let records = sh.store.load_records().ok()?;
+    let last = records.get(&job.node.id)?;
+    let prev = sh.store.get_action(&last.key).ok()??;
+    if prev.recipe != job.node.recipe_digest || prev.dep_outputs != job.dep_outputs {
+        return None;
+    }
+    let mut r = prev;
+    r.key = job.node.key;
+    r.manifest = job.node.manifest_labels();
+    Some(r)
+}
+
+/// Tells the executor that a job's step succeeded, so its job slot (and provider slot) can take
+/// the next node while the job stores and commits its result. A failed step frees its slot only
+/// when its job ends, so `--fail-fast` sees the failure before anything new starts.
+pub(super) struct StepSlot {
+    pub(super) ix: NodeIndex,
+    pub(super) done: tokio::sync::mpsc::UnboundedSender<NodeIndex>,
+}
+
+impl StepSlot {
+    fn free(&self) {
+        let _ = self.done.send(self.ix);
+    }
+}
+
+pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOutcome {
+    let job = Arc::new(job);
+    let node = &job.node;
+    if matches!(job.action, Action::RebuildIfUpstreamChanges { .. })
+        && let Some(r) = try_cutoff(&sh, &job)
+    {
+        return match record(&sh.store, &r) {
+            Ok(()) => ended(Outcome::Cutoff, 0, None, Some(r)),
+            Err(e) => ended(Outcome::Failed(e), 0, None, None),
+        };
+    }
+    let secrets = match secret_values(node) {
+        Ok(s) => s,
+        Err(e) => return ended(Outcome::Failed(e), 0, None, None),
+    };
+    let log_file = log_path(&sh.store, &node.id);
+    let log = match NodeLog::create(&log_file, secrets.iter().map(|(_, v)| v.clone()).collect()) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            return ended(
+                Outcome::Failed(format!("cannot write the log {}: {e}", log_file.display())),
+                0,
+                None,
+                None,
+            );
+        }
+    };
+    sh.progress.started(node, log.clone());
+    let tries = node.policy.retries.unwrap_or(0) + 1;
+    let started = now_unix_ms();
+    let t0 = Instant::now();
+    let mut last_err = StepError::Failed("not run".into());
+    let mut attempts = 0;
+    for attempt in 1..=tries {
+        attempts = attempt;
+        if *sh.cancel.borrow() {
+            last_err = StepError::Cancelled;
+            break;
+        }
+        log.line(&format!(
+            "== {} ({}), attempt {attempt} of {tries}",
+            node.id, node.builder
+        ));
+        let work = match sh.work_dirs.take() {
+            Ok(w) => w,
+            Err(e) => {
+                last_err = StepError::Failed(format!(
+                    "cannot create a work directory in {}: {e}",
+                    sh.store.tmp_dir().display()
+                ));
+                break;
+            }
+        };
+        let ctx = StepCtx {
+            node: node.clone(),
+            work: work.clone(),
+            root: sh.root.clone(),
+            image_builder: sh.image_builder.clone(),
+            upstream: job.upstream.clone(),
+            store: sh.store.clone(),
+            secrets: secrets.clone(),
+            attempt,
+            spawner: Spawner {
+                log: log.clone(),
+                procs: sh.procs.clone(),
+                cancel: sh.cancel.clone(),
+                deadline: node
+                    .policy
+                    .timeout
+                    .map(|d| (tokio::time::Instant::now() + d, d)),
+            },
+        };
+        let res = sh.runner.run(&ctx).await;
+        match res {
+            Ok(mut out) => {
+                let witness = out.witness.take();
+                log.line(&format!(
+                    "== succeeded in {:.1}s",
+                    t0.elapsed().as_secs_f64()
+                ));
+                slot.free();
+                // Storing outputs and committing the result block on the file system: keep
+                // that off the runtime's workers, so other nodes go on starting meanwhile.
+                let commit = {
+                    let (sh, job, log, work) = (sh.clone(), job.clone(), log.clone(), work.clone());
+                    let took = t0.elapsed();
+                    tokio::task::spawn_blocking(move || {
+                        let stored = store_outputs(&sh.store, out);
+                        sh.work_dirs.release(work);
+                        let (outputs, facts) = stored?;
+                        // The finished log becomes a blob of its own, checked against the digest
+                        // of every byte written: the file under logs/ is only the live view.
+                        let log_digest = log.seal().and_then(|sealed| {
+                            sh.store
+                                .put_copy(log.path(), Some(sealed))
+                                .ok()
+                                .map(|(digest, _)| digest)
+                        });
+                        let r =
+                            result_for(&job, outputs, facts, attempt, started, took, log_digest);
+                        keep_inputs(&sh.store, &job.node);
+                        sh.store.put_action(&r).map_err(|e| e.to_string())?;
+                        Ok(r)
+                    })
+                };
+                // The record is the commit point; it goes with whatever else is ready.
+                let commit = match commit.await {
+                    Ok(Ok(r)) => sh
+                        .committer
+                        .commit(Record {
+                            id: r.id.clone(),
+                            key: r.key,
+                            unix_ms: now_unix_ms(),
+                        })
+                        .await
+                        .map(|()| r),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(format!("storing the result: {e}")),
+                };
+                return match commit {
+                    Ok(r) => JobOutcome {
+                        witness,
+                        ..ended(Outcome::Built, attempt, Some(log_file), Some(r))
+                    },
+                    Err(e) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
+                };
+            }
+            Err(e) => {
+                sh.work_dirs.release(work);
+                log.line(&format!("== attempt {attempt} failed: {e}"));
+                let stop = matches!(e, StepError::Cancelled);
+                last_err = e;
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    match last_err {
+        StepError::Cancelled => ended(Outcome::Cancelled, attempts, Some(log_file), None),
+        e => ended(
+            Outcome::Failed(e.to_string()),
+            attempts,
+            Some(log_file),
+            None,
+        ),
+    }
+}
