@@ -56,9 +56,17 @@ pub fn refresh_plan(
     for w in store.take_warnings() {
         eprintln!("warning: {w}");
     }
-    for (id, why) in &found.unchecked {
+    // One line per claim, up to a point: a matrix whose credentials are missing has thousands.
+    const SHOWN: usize = 20;
+    for (id, why) in found.unchecked.iter().take(SHOWN) {
         eprintln!(
             "warning: the published state of {id} was not checked: {why}; it is planned as cached on trust"
+        );
+    }
+    if found.unchecked.len() > SHOWN {
+        eprintln!(
+            "warning: … and {} more publish nodes whose published state was not checked (`kiln images` lists them)",
+            found.unchecked.len() - SHOWN
         );
     }
     if let Some(e) = &found.not_saved {

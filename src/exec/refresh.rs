@@ -67,15 +67,7 @@ pub async fn refresh(
         let Ok(Some(result)) = store.get_action(&key) else {
             continue;
         };
-        let secrets = match super::secret_values(node) {
-            Ok(s) => s,
-            Err(e) => {
-                let witness = known.get(&node.id).and_then(|k| k.witness.clone());
-                records.insert(node.id.clone(), unchecked(&result, e.clone(), witness, now));
-                out.unchecked.insert(node.id.clone(), e);
-                continue;
-            }
-        };
+        let secrets = super::available_secrets(node);
         let prepared = (|| {
             let work = work_dirs.take()?;
             let path = store.tmp_dir().join(format!(
