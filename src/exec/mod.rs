@@ -322,3 +322,6 @@ fn load_result(
     cache.insert(ix, r.clone());
     Some(r)
 }
+
+#[cfg(test)]
+mod tests;
