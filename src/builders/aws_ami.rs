@@ -348,7 +348,6 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
 pub async fn refresh(c: &Claim) -> Checked {
     let ctx = &c.ctx;
     let amis: Vec<(&str, &str)> = c
-        .result
         .facts
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("ami.")?, v.as_str())))
@@ -356,7 +355,7 @@ pub async fn refresh(c: &Claim) -> Checked {
     if amis.is_empty() {
         return Checked::Unknown("its cached result records no ami.<region>".into());
     }
-    let public = c.result.facts.get("public").map(String::as_str) == Some("true");
+    let public = c.facts.get("public").map(String::as_str) == Some("true");
     let ec2 = match (|| {
         Ok::<_, StepError>(Ec2 {
             client: cloud::client()?,

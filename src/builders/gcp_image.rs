@@ -131,7 +131,7 @@ fn key_env(ctx: &StepCtx) -> Result<(Env, Option<tempfile::NamedTempFile>), Step
 /// recorded member (`gcloud compute images get-iam-policy`).
 pub async fn refresh(c: &Claim) -> Checked {
     let ctx = &c.ctx;
-    let facts = &c.result.facts;
+    let facts = &c.facts;
     let (Some(image), Some(project), Some(member), Some(role)) = (
         facts.get("image"),
         facts.get("project"),

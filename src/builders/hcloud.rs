@@ -132,7 +132,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
 /// Refresh: the snapshot still exists (`GET /images/{id}`) and still has its labels.
 pub async fn refresh(c: &Claim) -> Checked {
     let ctx = &c.ctx;
-    let Some(id) = c.result.facts.get("snapshot") else {
+    let Some(id) = c.facts.get("snapshot") else {
         return Checked::Unknown("its cached result records no `snapshot`".into());
     };
     let token = match cloud::required_secret(ctx, "HCLOUD_TOKEN") {
@@ -168,7 +168,6 @@ pub async fn refresh(c: &Claim) -> Checked {
     };
     let labels = labels_of(&doc);
     let reasons: Vec<DirtyReason> = c
-        .result
         .facts
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("label.")?, v)))

@@ -123,8 +123,8 @@ pub struct StepOutput {
 pub struct Claim {
     /// The node as it would run (parameters, secrets), with an empty work directory.
     pub ctx: StepCtx,
-    /// The cached result: its facts are the claim.
-    pub result: ActionResult,
+    /// The facts of the result to check: the claim.
+    pub facts: BTreeMap<String, String>,
     /// What the last refresh (or the publish) left as evidence, if it applies to this claim.
     pub witness: Option<String>,
 }

@@ -458,8 +458,7 @@ fn claimed(c: &Claim) -> Result<Claimed, String> {
     let url = param(ctx, "bucket").unwrap_or_default();
     let bucket = parse_bucket(&ctx.root, &url).map_err(|e| e.to_string())?;
     let fact = |k: &str| {
-        c.result
-            .facts
+        c.facts
             .get(k)
             .cloned()
             .ok_or_else(|| format!("its cached result records no `{k}`"))
@@ -701,7 +700,6 @@ async fn refresh_s3(
         let mut reasons = Vec::new();
         // The ETag the publish saw (a fact, so it holds on any machine), else the witness.
         let expected_tag = claims[*i]
-            .result
             .facts
             .get("etag")
             .map(String::as_str)

@@ -82,7 +82,7 @@ pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
             && let Some(rec) = records.get(&n.id)
             && let Some(r) = s.get_action(&rec.key).map_err(fail)?
         {
-            let claim = claims.get(&n.id).filter(|c| c.claim == r.claim_digest());
+            let claim = claims.get(&n.id).filter(|c| c.facts == r.facts);
             if let Some(c) = claim {
                 entry.checked_unix_ms = Some(c.checked_unix_ms);
                 let (status, problems) = match &c.status {

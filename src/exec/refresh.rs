@@ -3,7 +3,7 @@
 //! against its target before it is trusted. The verdicts are kept in the store's `claims`, so
 //! `kiln images` can say which images were current at the latest refresh, and when.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +12,10 @@ use tokio::sync::watch;
 
 use super::log::NodeLog;
 use super::process::{ProcTable, Spawner};
-use super::workdir::WorkDirs;
+
 use crate::builders::{Checked, Claim, Runner, StepCtx};
 use crate::graph::Graph;
+use crate::hash::Digest;
 use crate::plan::DirtyReason;
 use crate::store::{ActionResult, ClaimRecord, ClaimStatus, Claims, LocalStore, now_unix_ms};
 
@@ -34,13 +35,18 @@ pub struct Refreshed {
     pub not_saved: Option<String>,
 }
 
+/// How many claims go to the runner at once: bounds the memory of their step contexts, and an
+/// S3 LIST still answers a whole chunk's claims under one prefix.
+const CHUNK: usize = 512;
+
 /// Checks the results of `nodes` against their targets and records the verdicts: each node with
 /// the key of the result to check (its own key when cached; the key of its last result when
-/// early cutoff may reuse that). A node whose result cannot be read is left out: the planner
-/// already treats it as missing.
+/// early cutoff may reuse that). The facts come from the latest verdict for that key, else from
+/// the action cache; a node whose result cannot be read is left out: the planner already treats
+/// it as missing.
 pub async fn refresh(
     graph: &Graph,
-    nodes: &[(NodeIndex, crate::hash::Digest)],
+    nodes: &[(NodeIndex, Digest)],
     store: &Arc<LocalStore>,
     runner: &dyn Runner,
     root: &std::path::Path,
@@ -51,131 +57,135 @@ pub async fn refresh(
         return out;
     }
     let known = store.load_claims();
-    let (_cancel_tx, cancel) = watch::channel(false);
-    let procs = Arc::new(ProcTable::default());
-    let work_dirs = WorkDirs::new(store.tmp_dir());
-    let deadline = Some((
-        tokio::time::Instant::now() + REFRESH_TIMEOUT,
-        REFRESH_TIMEOUT,
-    ));
-    let mut claims = Vec::new();
-    let mut logs = Vec::new();
-    let mut records = Claims::new();
     let now = now_unix_ms();
-    for &(ix, key) in nodes {
-        let node = graph.node(ix);
-        let Ok(Some(result)) = store.get_action(&key) else {
-            continue;
-        };
-        let secrets = super::available_secrets(node);
-        let prepared = (|| {
-            let work = work_dirs.take()?;
-            let path = store.tmp_dir().join(format!(
-                "refresh-{}-{}.log",
-                std::process::id(),
-                claims.len()
-            ));
-            let log = NodeLog::create(&path, secrets.iter().map(|(_, v)| v.clone()).collect())?;
-            Ok::<_, std::io::Error>((work, log, path))
-        })();
-        let (work, log, log_path) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                let why = format!(
-                    "cannot prepare the check in {}: {e}",
-                    store.tmp_dir().display()
-                );
-                records.insert(node.id.clone(), unchecked(&result, why.clone(), None, now));
-                out.unchecked.insert(node.id.clone(), why);
-                continue;
+    let mut records = Claims::new();
+    let secrets: Vec<Vec<(String, String)>> = nodes
+        .iter()
+        .map(|&(ix, _)| super::available_secrets(graph.node(ix)))
+        .collect();
+    let values: BTreeSet<String> = secrets.iter().flatten().map(|(_, v)| v.clone()).collect();
+    // One log and one work directory serve every check: a check writes to neither, save what
+    // gcloud needs (a key file with a name of its own) and the lines of a failure.
+    let (work, log, log_path) = match prepare(store, values.into_iter().collect()) {
+        Ok(p) => p,
+        Err(e) => {
+            let why = format!(
+                "cannot prepare the check in {}: {e}",
+                store.tmp_dir().display()
+            );
+            for &(ix, _) in nodes {
+                out.unchecked.insert(graph.node(ix).id.clone(), why.clone());
             }
-        };
-        logs.push(log_path);
-        let witness = known
-            .get(&node.id)
-            .filter(|k| k.claim == result.claim_digest())
-            .and_then(|k| k.witness.clone());
-        claims.push(Claim {
-            ctx: StepCtx {
-                node: node.clone(),
-                work,
-                root: root.to_path_buf(),
-                image_builder: image_builder.clone(),
-                upstream: Vec::new(),
-                store: store.clone(),
-                secrets,
-                attempt: 1,
-                spawner: Spawner {
-                    log: Arc::new(log),
-                    procs: procs.clone(),
-                    cancel: cancel.clone(),
-                    deadline,
-                },
-            },
-            result,
-            witness,
-        });
-    }
-    let verdicts = tokio::select! {
-        v = runner.refresh(&claims) => v,
-        _ = tokio::time::sleep(REFRESH_TIMEOUT) => {
-            vec![Checked::Unknown(format!("no answer within {}", humantime::format_duration(REFRESH_TIMEOUT))); claims.len()]
+            return out;
         }
     };
-    for (c, v) in claims.iter().zip(verdicts) {
-        let id = c.ctx.node.id.clone();
-        let (status, witness) = match v {
-            Checked::Held { witness } => {
-                out.held += 1;
-                (ClaimStatus::Held, witness)
-            }
-            Checked::Drift(reasons) => {
-                let described = reasons.iter().map(DirtyReason::describe).collect();
-                out.drift.insert(id.clone(), reasons);
-                // The evidence of what was published stays: a drifted target that is put back
-                // some other way must still match it.
-                (ClaimStatus::Drift { reasons: described }, c.witness.clone())
-            }
-            Checked::Unknown(why) => {
-                out.unchecked.insert(id.clone(), why.clone());
-                (ClaimStatus::Unchecked { why }, c.witness.clone())
+    let (_cancel_tx, cancel) = watch::channel(false);
+    let spawner = Spawner {
+        log: Arc::new(log),
+        procs: Arc::new(ProcTable::default()),
+        cancel,
+        deadline: Some((
+            tokio::time::Instant::now() + REFRESH_TIMEOUT,
+            REFRESH_TIMEOUT,
+        )),
+    };
+    for (chunk, secrets) in nodes.chunks(CHUNK).zip(secrets.chunks(CHUNK)) {
+        let mut claims = Vec::with_capacity(chunk.len());
+        let mut keys = Vec::with_capacity(chunk.len());
+        for (&(ix, key), secrets) in chunk.iter().zip(secrets) {
+            let node = graph.node(ix);
+            let last = known.get(&node.id).filter(|k| k.key == key);
+            let facts = match last {
+                Some(k) => k.facts.clone(),
+                None => match store.get_action(&key) {
+                    Ok(Some(r)) => r.facts,
+                    _ => continue,
+                },
+            };
+            let witness = known
+                .get(&node.id)
+                .filter(|k| k.facts == facts)
+                .and_then(|k| k.witness.clone());
+            claims.push(Claim {
+                ctx: StepCtx {
+                    node: node.clone(),
+                    work: work.path().to_path_buf(),
+                    root: root.to_path_buf(),
+                    image_builder: image_builder.clone(),
+                    upstream: Vec::new(),
+                    store: store.clone(),
+                    secrets: secrets.clone(),
+                    attempt: 1,
+                    spawner: spawner.clone(),
+                },
+                facts,
+                witness,
+            });
+            keys.push(key);
+        }
+        let verdicts = tokio::select! {
+            v = runner.refresh(&claims) => v,
+            _ = tokio::time::sleep_until(spawner.deadline.map(|d| d.0).expect("a deadline")) => {
+                vec![Checked::Unknown(format!("no answer within {}", humantime::format_duration(REFRESH_TIMEOUT))); claims.len()]
             }
         };
-        records.insert(
-            id,
-            ClaimRecord {
-                claim: c.result.claim_digest(),
-                checked_unix_ms: now,
-                status,
-                witness,
-            },
-        );
+        for ((c, v), key) in claims.into_iter().zip(verdicts).zip(keys) {
+            let id = c.ctx.node.id.clone();
+            let (status, witness) = match v {
+                Checked::Held { witness } => {
+                    out.held += 1;
+                    (ClaimStatus::Held, witness)
+                }
+                Checked::Drift(reasons) => {
+                    let described = reasons.iter().map(DirtyReason::describe).collect();
+                    out.drift.insert(id.clone(), reasons);
+                    // The evidence of what was published stays: a drifted target that is put
+                    // back some other way must still match it.
+                    (ClaimStatus::Drift { reasons: described }, c.witness)
+                }
+                Checked::Unknown(why) => {
+                    out.unchecked.insert(id.clone(), why.clone());
+                    (ClaimStatus::Unchecked { why }, c.witness)
+                }
+            };
+            records.insert(
+                id,
+                ClaimRecord {
+                    key,
+                    facts: c.facts,
+                    checked_unix_ms: now,
+                    status,
+                    witness,
+                },
+            );
+        }
     }
-    for c in claims {
-        work_dirs.release(c.ctx.work);
-    }
-    for l in logs {
-        let _ = std::fs::remove_file(l);
-    }
+    let _ = std::fs::remove_file(log_path);
     if let Err(e) = store.update_claims(records) {
         out.not_saved = Some(e.to_string());
     }
     out
 }
 
-fn unchecked(result: &ActionResult, why: String, witness: Option<String>, now: u64) -> ClaimRecord {
-    ClaimRecord {
-        claim: result.claim_digest(),
-        checked_unix_ms: now,
-        status: ClaimStatus::Unchecked { why },
-        witness,
-    }
+/// The shared work directory and log of a refresh, under the store's `tmp/`.
+fn prepare(
+    store: &LocalStore,
+    secrets: Vec<String>,
+) -> std::io::Result<(tempfile::TempDir, NodeLog, std::path::PathBuf)> {
+    let work = tempfile::Builder::new()
+        .prefix("refresh-")
+        .tempdir_in(store.tmp_dir())?;
+    let path = work.path().join("refresh.log");
+    // Never kept (it goes with the directory), and redacted like every log.
+    let log = NodeLog::create(&path, secrets)?;
+    Ok((work, log, path))
 }
 
 /// The claim record a publish leaves: it held when it was made.
 pub fn published(result: &ActionResult, witness: Option<String>) -> ClaimRecord {
     ClaimRecord {
-        claim: result.claim_digest(),
+        key: result.key,
+        facts: result.facts.clone(),
         checked_unix_ms: now_unix_ms(),
         status: ClaimStatus::Held,
         witness,

@@ -33,9 +33,12 @@ pub enum ClaimStatus {
 /// The latest refresh of one node's claim.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRecord {
-    /// The digest of the facts that were checked ([`super::ActionResult::claim_digest`]): a
-    /// record applies only to a result that claims exactly those facts.
-    pub claim: Digest,
+    /// The key of the result whose claim was checked.
+    pub key: Digest,
+    /// Its facts: the claim itself. A record applies to any result that claims exactly these
+    /// (a result reused by early cutoff keeps them), and a refresh of the same key needs no
+    /// read of the action cache.
+    pub facts: BTreeMap<String, String>,
     pub checked_unix_ms: u64,
     #[serde(flatten)]
     pub status: ClaimStatus,
@@ -128,7 +131,8 @@ mod tests {
         let store = LocalStore::open(dir.path()).unwrap();
         assert!(store.load_claims().is_empty());
         let rec = ClaimRecord {
-            claim: Digest::of_bytes(b"facts"),
+            key: Digest::of_bytes(b"key"),
+            facts: BTreeMap::from([("url".into(), "file://x".into())]),
             checked_unix_ms: 7,
             status: ClaimStatus::Drift {
                 reasons: vec!["missing: file://x".into()],

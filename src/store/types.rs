@@ -58,17 +58,6 @@ impl ActionResult {
         h.finish()
     }
 
-    /// A digest of what this result claims about the world: its facts (bucket URLs with their
-    /// sha256, AMI ids, ...). A refresh verdict applies to the results with this digest.
-    pub fn claim_digest(&self) -> Digest {
-        let mut h = KeyHasher::new("kiln-claim-v1");
-        h.begin("facts", self.facts.len());
-        for (k, v) in &self.facts {
-            h.str(k).str(v);
-        }
-        h.finish()
-    }
-
     /// Every blob this entry refers to: its outputs and its log.
     pub fn referenced_blobs(&self) -> impl Iterator<Item = Digest> + '_ {
         self.outputs.iter().map(|o| o.digest).chain(self.log)
