@@ -184,7 +184,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let skipped = match &where_to {
         Bucket::Dir(dir) => {
             let skipped = to_dir(dir, &art)?;
-            out.witness = Some(dir_witness(dir, &art.name, art.checksum));
+            out.witness = Some(dir_witness(dir, &art.name, art.checksum, None));
             skipped
         }
         Bucket::S3 { name, prefix } => {
@@ -530,14 +530,12 @@ pub async fn refresh(claims: &[&Claim]) -> Vec<Checked> {
     // S3 claims by bucket, prefix and client settings: one LIST answers them all.
     type Group = (String, String, Vec<Option<String>>);
     let mut groups: BTreeMap<Group, Vec<(usize, Claimed)>> = BTreeMap::new();
+    let mut dirs = Vec::new();
     for (i, c) in claims.iter().enumerate() {
         match claimed(c) {
             Err(e) => verdicts[i] = Some(Checked::Unknown(e)),
             Ok(cl) => match &cl.bucket {
-                Bucket::Dir(dir) => {
-                    let dir = dir.clone();
-                    verdicts[i] = Some(refresh_dir(&dir, &cl, c.witness.as_deref()));
-                }
+                Bucket::Dir(dir) => dirs.push((i, dir.clone(), c.witness.as_deref(), cl)),
                 Bucket::S3 { name, prefix } => {
                     groups
                         .entry((name.clone(), prefix.clone(), client_settings(&c.ctx)))
@@ -545,6 +543,17 @@ pub async fn refresh(claims: &[&Claim]) -> Vec<Checked> {
                         .push((i, cl));
                 }
             },
+        }
+    }
+    // `file://` claims are a few stats each: checked on every core.
+    {
+        use rayon::prelude::*;
+        let found: Vec<(usize, Checked)> = dirs
+            .par_iter()
+            .map(|(i, dir, witness, cl)| (*i, refresh_dir(dir, cl, *witness)))
+            .collect();
+        for (i, v) in found {
+            verdicts[i] = Some(v);
         }
     }
     for ((bucket, prefix, _), members) in groups {
@@ -579,36 +588,44 @@ fn client_settings(ctx: &StepCtx) -> Vec<Option<String>> {
 /// `ino:size:mtime_ns:ctime_ns` of a file, or `-` when there is none. The ctime changes on every
 /// write, rename onto it or `touch`, and cannot be set back.
 fn stat_witness(path: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) => format!(
-            "{}:{}:{}.{}:{}.{}",
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec()
-        ),
-        Err(_) => "-".into(),
-    }
+    std::fs::symlink_metadata(path).map_or_else(|_| "-".into(), |m| meta_witness(&m))
 }
 
-/// The evidence a `file://` upload leaves: the stat of the image and of its `.sha256`.
-fn dir_witness(dir: &Path, name: &str, checksum: bool) -> String {
+fn meta_witness(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}:{}:{}.{}:{}.{}",
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    )
+}
+
+/// The evidence a `file://` upload leaves: the stat of the image (`image`, when the caller has
+/// it already) and of its `.sha256`.
+fn dir_witness(
+    dir: &Path,
+    name: &str,
+    checksum: bool,
+    image: Option<&std::fs::Metadata>,
+) -> String {
     let sum = if checksum {
         stat_witness(&dir.join(format!("{name}.sha256")))
     } else {
         "-".into()
     };
-    format!("{} {sum}", stat_witness(&dir.join(name)))
+    let image = image.map_or_else(|| stat_witness(&dir.join(name)), meta_witness);
+    format!("{image} {sum}")
 }
 
 /// A `file://` claim: a stat of the image and its `.sha256` against the witness; only when one
 /// changed is the `.sha256` read (and the image hashed again when the image changed).
 fn refresh_dir(dir: &Path, cl: &Claimed, witness: Option<&str>) -> Checked {
     let image = dir.join(&cl.name);
-    let meta = match std::fs::metadata(&image) {
+    let meta = match std::fs::symlink_metadata(&image) {
         Ok(m) if m.is_file() => m,
         Ok(_) => return Checked::Drift(vec![cl.drift(&cl.name, "type", "not a file", "a file")]),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -624,7 +641,7 @@ fn refresh_dir(dir: &Path, cl: &Claimed, witness: Option<&str>) -> Checked {
             cl.size.to_string(),
         )]);
     }
-    let now = dir_witness(dir, &cl.name, cl.checksum);
+    let now = dir_witness(dir, &cl.name, cl.checksum, Some(&meta));
     if witness == Some(now.as_str()) {
         return Checked::Held { witness: Some(now) };
     }

@@ -161,7 +161,9 @@ pub async fn refresh(
         }
     }
     let _ = std::fs::remove_file(log_path);
-    if let Err(e) = store.update_claims(records) {
+    let mut all = known;
+    all.extend(records);
+    if let Err(e) = store.save_claims(&all) {
         out.not_saved = Some(e.to_string());
     }
     out

@@ -87,17 +87,20 @@ impl LocalStore {
             return Ok(());
         }
         let mut claims = self.load_claims();
-        let before = claims.clone();
         claims.extend(updates);
-        if claims == before {
-            return Ok(());
-        }
+        self.save_claims(&claims)
+    }
+
+    /// Replaces the stored claims with `claims`.
+    pub fn save_claims(&self, claims: &Claims) -> Result<()> {
+        // Atomic, but not synced: the file only remembers what the world looked like, and a
+        // lost update makes the next refresh check again.
         fs::write_atomic(
             &self.tmp,
             &self.claims_path(),
-            &encode(&claims),
+            &encode(claims),
             false,
-            true,
+            false,
         )
     }
 }

@@ -677,7 +677,10 @@ fn kiln_logs_prints_the_stored_log_whatever_happens_to_the_live_file() {
 
     // A new run, whose log says something the first one did not (its timings alone may come out
     // the same): `kiln logs` prints the new log, and the old blob is untouched.
-    p.write("alpha/make.sh", "echo a second run >&2; echo alpha-image $image_os\n");
+    p.write(
+        "alpha/make.sh",
+        "echo a second run >&2; echo alpha-image $image_os\n",
+    );
     let again = p.kiln(&["build", "--quiet", "--force", "alpha-one-k8s-1.31"]);
     again.expect_code(0);
     assert_eq!(std::fs::read_to_string(&blob).unwrap(), true_log);
