@@ -28,6 +28,19 @@ pub trait CacheView {
     fn drift(&self, _id: &str) -> Option<Vec<DirtyReason>> {
         None
     }
+    /// Where the result for this key comes from.
+    fn source(&self, _key: &Digest) -> Source {
+        Source::Local
+    }
+}
+
+/// Where a cached result is: in this machine's cache, or only in the shared remote cache (its
+/// record fetched, its blobs fetched when a step that runs needs them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Local,
+    Remote,
 }
 
 #[derive(Debug, Clone)]
@@ -137,8 +150,8 @@ impl DirtyReason {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    /// The result for this key is in the cache.
-    Cached,
+    /// The result for this key is in the cache (`source`: this machine's, or the shared one).
+    Cached { source: Source },
     /// Never built under this id.
     New,
     /// Built before with other inputs.
@@ -154,12 +167,12 @@ pub enum Action {
 
 impl Action {
     pub fn will_run(&self) -> bool {
-        !matches!(self, Action::Cached)
+        !matches!(self, Action::Cached { .. })
     }
 
     pub fn symbol(&self) -> &'static str {
         match self {
-            Action::Cached => "=",
+            Action::Cached { .. } => "=",
             Action::New => "+",
             Action::Rebuild { .. } => "~",
             Action::RebuildIfUpstreamChanges { .. } => "~?",
@@ -168,7 +181,12 @@ impl Action {
 
     pub fn label(&self) -> &'static str {
         match self {
-            Action::Cached => "cached (local)",
+            Action::Cached {
+                source: Source::Local,
+            } => "cached (local)",
+            Action::Cached {
+                source: Source::Remote,
+            } => "cached (remote)",
             Action::New => "new",
             Action::Rebuild { .. } => "rebuild",
             Action::RebuildIfUpstreamChanges { .. } => "rebuild if upstream output changes",
@@ -224,7 +242,7 @@ pub fn summarize<'a>(actions: impl Iterator<Item = &'a Action>, orphans: usize) 
     };
     for a in actions {
         match a {
-            Action::Cached => s.cached += 1,
+            Action::Cached { .. } => s.cached += 1,
             Action::New => s.new += 1,
             Action::Rebuild { .. } => s.rebuild += 1,
             Action::RebuildIfUpstreamChanges { .. } => s.maybe += 1,
@@ -378,7 +396,9 @@ pub fn plan(graph: &Graph, view: &dyn CacheView, forced: &BTreeSet<String>) -> P
         let forced_here = forced.contains(&node.id);
         if !forced_here && view.has_result(&node.key) {
             match view.drift(&node.id).filter(|r| !r.is_empty()) {
-                None => actions.push(Action::Cached),
+                None => actions.push(Action::Cached {
+                    source: view.source(&node.key),
+                }),
                 Some(reasons) => {
                     cause.insert(ix, vec![node.id.clone(), reasons[0].describe()]);
                     actions.push(Action::Rebuild { reasons });

@@ -12,25 +12,18 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncReadExt;
 
 use super::{Checked, Claim, StepCtx, StepOutput, io_err, local::IMAGE};
 use crate::config::Value;
 use crate::exec::process::StepError;
 use crate::plan::DirtyReason;
+use crate::store::remote::client::{self, PART_SIZE};
 
-/// Images larger than this go up in parts of this size (S3 wants parts of 5 MiB or more).
-const PART_SIZE: usize = 8 << 20;
-/// Parts in flight at once.
-const PARTS_IN_FLIGHT: usize = 4;
 /// The secrets an `s3://` bucket needs, and the one it may use.
 pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
@@ -282,16 +275,8 @@ fn s3_client(ctx: &StepCtx, bucket: &str) -> Result<Arc<dyn ObjectStore>, String
         .with_access_key_id(secret(&secrets, ACCESS_KEY)?)
         .with_secret_access_key(secret(&secrets, SECRET_KEY)?)
         .with_virtual_hosted_style_request(!path_style)
-        .with_retry(RetryConfig {
-            max_retries: 3,
-            retry_timeout: Duration::from_secs(60),
-            ..RetryConfig::default()
-        })
-        .with_client_options(
-            ClientOptions::new()
-                .with_connect_timeout(Duration::from_secs(10))
-                .with_timeout(Duration::from_secs(300)),
-        );
+        .with_retry(client::retry(true))
+        .with_client_options(client::options(true));
     if let Some(token) = secrets.get(SESSION_TOKEN) {
         b = b.with_token(*token);
     }
@@ -371,33 +356,17 @@ async fn to_s3(
             .map_err(|e| describe(bucket, &format!("remove the stale {sum_key}"), e))?;
     }
     let upload = format!("upload {image_key}");
-    let image_tag = if art.size as usize <= PART_SIZE {
-        let bytes = tokio::fs::read(&art.image)
-            .await
-            .map_err(|e| format!("reading the image: {e}"))?;
-        store
-            .put(&image_key, PutPayload::from(bytes))
-            .await
-            .map_err(|e| describe(bucket, &upload, e))?
-            .e_tag
-    } else {
-        let parts = store
-            .put_multipart(&image_key)
-            .await
-            .map_err(|e| describe(bucket, &upload, e))?;
-        let mut w = WriteMultipart::new_with_chunk_size(parts, PART_SIZE);
-        if let Err(e) = send_parts(&art.image, &mut w).await {
-            let _ = w.abort().await;
-            return Err(describe_any(bucket, &upload, e));
-        }
-        let done = w.finish().await.map_err(|e| describe(bucket, &upload, e))?;
+    let done = client::send_file(&*store, &image_key, &art.image, art.size, false)
+        .await
+        .map_err(|e| describe_send(bucket, &upload, e))?;
+    if art.size > PART_SIZE as u64 {
         ctx.spawner.log.line(&format!(
             "{image_key}: {} parts of up to {} MiB",
             art.size.div_ceil(PART_SIZE as u64),
             PART_SIZE >> 20
         ));
-        done.e_tag
-    };
+    }
+    let image_tag = done.e_tag;
     let mut sum_tag = None;
     if art.checksum {
         sum_tag = store
@@ -409,32 +378,10 @@ async fn to_s3(
     Ok((false, s3_witness(image_tag, sum_tag)))
 }
 
-enum PartError {
-    Read(std::io::Error),
-    Store(object_store::Error),
-}
-
-fn describe_any(bucket: &str, what: &str, e: PartError) -> String {
+fn describe_send(bucket: &str, what: &str, e: client::SendError) -> String {
     match e {
-        PartError::Read(e) => format!("reading the image: {e}"),
-        PartError::Store(e) => describe(bucket, what, e),
-    }
-}
-
-async fn send_parts(image: &Path, w: &mut WriteMultipart) -> Result<(), PartError> {
-    let mut f = tokio::fs::File::open(image)
-        .await
-        .map_err(PartError::Read)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).await.map_err(PartError::Read)?;
-        if n == 0 {
-            return Ok(());
-        }
-        w.wait_for_capacity(PARTS_IN_FLIGHT)
-            .await
-            .map_err(PartError::Store)?;
-        w.write(&buf[..n]);
+        client::SendError::Read(e) => format!("reading the image: {e}"),
+        client::SendError::Store(e) => describe(bucket, what, e),
     }
 }
 

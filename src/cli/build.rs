@@ -55,7 +55,8 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         })
         .map_err(fail)?;
     let graph = context::lower(&loaded, Some(&dir))?;
-    let mut view = StoreView::open(dir.clone(), &graph)?;
+    let remote = super::remote::open(cli, &loaded.config)?;
+    let mut view = StoreView::open(dir.clone(), &graph, remote.clone())?;
     let forced: BTreeSet<String> = match &saved {
         Some(s) => s.forced.iter().cloned().collect(),
         None => forced_ids(&graph, &args.force)?,
@@ -89,6 +90,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
             plan.actions.iter().filter(|a| a.will_run()).count(),
         ),
         image_builder: crate::imagebuilder::Install::from_config(&loaded.config),
+        remote: remote.clone(),
     };
     let report = runtime.block_on(exec::execute(
         &graph,
@@ -103,6 +105,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
+    super::remote::print_warnings(&remote);
     let failures: Vec<_> = report
         .nodes
         .iter()

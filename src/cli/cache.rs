@@ -27,6 +27,43 @@ pub enum CacheCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Make a signing key for the remote cache: writes the secret key file (Nix's format) and
+    /// prints the public key, NAME:BASE64, for `trusted-keys`.
+    Keygen {
+        /// The key's name, e.g. `ci-1`.
+        name: String,
+        /// The secret key file to write (it must not exist yet).
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
+}
+
+/// `kiln cache keygen NAME -o FILE`.
+fn keygen(name: &str, out: &std::path::Path) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if name.is_empty() || name.contains(':') || name.chars().any(char::is_whitespace) {
+        return Err(CliError::Usage(format!(
+            "key name `{name}`: it must be non-empty, without colons or spaces (e.g. ci-1)"
+        )));
+    }
+    let key = crate::store::remote::keys::SecretKey::generate(name).map_err(CliError::Failed)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "cannot create {}: {e} (kiln never overwrites a key file)",
+                out.display()
+            ))
+        })?;
+    file.write_all(key.to_file_text().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", out.display())))?;
+    println!("{}", key.public());
+    Ok(())
 }
 
 fn open(cli: &Cli) -> Result<LocalStore, CliError> {
@@ -87,6 +124,9 @@ pub fn logs(cli: &Cli, node: &str) -> Result<(), CliError> {
 }
 
 pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
+    if let CacheCommand::Keygen { name, out } = cmd {
+        return keygen(name, out);
+    }
     let store = match open(cli) {
         Ok(s) => s,
         Err(CliError::Failed(m)) if m.starts_with("no cache") => {
@@ -103,6 +143,7 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
         .lock(true, |h| eprintln!("waiting for the cache lock: {h}"))
         .map_err(fail)?;
     match cmd {
+        CacheCommand::Keygen { name, out } => keygen(name, out),
         CacheCommand::Verify { repair } => {
             let report = if *repair {
                 store.repair()

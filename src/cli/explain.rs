@@ -23,7 +23,7 @@ pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
             crate::config::diag::did_you_mean(id, &ids, "node")
         )));
     };
-    let view = StoreView::open(dir, &graph)?;
+    let view = StoreView::open(dir, &graph, super::remote::open(cli, &loaded.config)?)?;
     let plan = plan::plan(&graph, &view, &BTreeSet::new());
     let n = graph.node(ix);
     let mut out = String::new();

@@ -10,6 +10,7 @@ mod images;
 mod matrix;
 mod plan;
 mod refresh;
+mod remote;
 mod render;
 mod report;
 
@@ -37,6 +38,15 @@ pub struct Cli {
     /// The cache directory (default: `cache/` beside the config file).
     #[arg(long, global = true)]
     pub cache_dir: Option<PathBuf>,
+    /// The shared cache: s3://BUCKET/PREFIX, gs://…, az://… or file:///PATH (default:
+    /// KILN_REMOTE_CACHE, then `remote-cache` in the config). Credentials come from the
+    /// standard environment of each cloud; an S3-compatible server from AWS_ENDPOINT_URL.
+    #[arg(long, global = true, value_name = "URL")]
+    pub remote_cache: Option<String>,
+    /// Sign results with this key and write them to the remote cache (default:
+    /// KILN_SIGNING_KEY). Without one, kiln only reads from the remote.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

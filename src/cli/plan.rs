@@ -12,7 +12,10 @@ use super::{Cli, CliError, Select, context};
 use crate::graph::Graph;
 use crate::hash::{Digest, DigestSet};
 use crate::plan::{self, CacheView, LastResult, Plan};
-use crate::store::LocalStore;
+use std::sync::Arc;
+
+use crate::store::remote::Remote;
+use crate::store::{ActionResult, LocalStore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PlanFormat {
@@ -46,10 +49,14 @@ pub struct PlanArgs {
     pub refresh: bool,
 }
 
-/// The cache as the planner sees it, backed by a local store (or nothing, before a first build).
+/// The cache as the planner sees it, backed by a local store (or nothing, before a first build)
+/// and, when one is configured, the shared remote cache.
 pub struct StoreView {
     pub store: Option<std::sync::Arc<LocalStore>>,
     keys: DigestSet,
+    /// The keys of `keys` whose result is only in the remote cache (its record fetched).
+    remote_keys: DigestSet,
+    remote: Option<Arc<Remote>>,
     /// The key of the last record of every id: read from `records.log` when first needed
     /// (a plan with nothing to do needs none).
     records: std::sync::OnceLock<Records>,
@@ -63,11 +70,21 @@ impl StoreView {
     /// Opens the cache and checks the result entry of every node of `graph` (see
     /// [`LocalStore::intact_keys`]): a corrupt entry is moved aside and reported, and counts as
     /// missing, so the plan and the build agree.
-    pub fn open(dir: PathBuf, graph: &Graph) -> Result<StoreView, CliError> {
-        if !dir.exists() {
+    ///
+    /// With a remote, the keys missing here are looked up there: first among the records
+    /// fetched before (under `remote/`, still signed by a trusted key), then in the remote
+    /// itself. A plan fetches records only, never blobs.
+    pub fn open(
+        dir: PathBuf,
+        graph: &Graph,
+        remote: Option<Arc<Remote>>,
+    ) -> Result<StoreView, CliError> {
+        if !dir.exists() && remote.is_none() {
             return Ok(StoreView {
                 store: None,
                 keys: DigestSet::default(),
+                remote_keys: DigestSet::default(),
+                remote: None,
                 records: Records::default().into(),
                 drift: BTreeMap::new(),
             });
@@ -80,13 +97,33 @@ impl StoreView {
             .into_iter()
             .map(|ix| graph.node(ix).key)
             .collect();
-        let keys = store.intact_keys(&wanted);
+        let mut keys = store.intact_keys(&wanted);
         for w in store.take_warnings() {
             eprintln!("warning: {w}");
+        }
+        let mut remote_keys = DigestSet::default();
+        if let Some(r) = remote.as_ref().filter(|r| r.reads()) {
+            let mut ask = Vec::new();
+            for k in wanted.iter().filter(|k| !keys.contains(*k)) {
+                match store.get_mirrored(k) {
+                    Some((_, signer)) if r.trusts(&signer) => {
+                        remote_keys.insert(*k);
+                    }
+                    _ => ask.push(*k),
+                }
+            }
+            for v in r.block_on(r.get_actions(&ask)) {
+                let _ = store.put_mirrored(&v.result, &v.signer);
+                remote_keys.insert(v.result.key);
+            }
+            keys.extend(remote_keys.iter().copied());
+            super::remote::print_warnings(&remote);
         }
         Ok(StoreView {
             store: Some(store),
             keys,
+            remote_keys,
+            remote,
             records: std::sync::OnceLock::new(),
             drift: BTreeMap::new(),
         })
@@ -156,19 +193,22 @@ impl StoreView {
     /// so it rebuilds first in the same build instead of its dependents running without it.
     /// Returns whether any was forgotten: then the plan must be made again.
     pub fn forget_unreadable_upstream(&mut self, graph: &Graph, plan: &Plan) -> bool {
-        let Some(store) = &self.store else {
-            return false;
-        };
         let needed = graph.with_ancestors(
             graph
                 .order()
                 .into_iter()
                 .filter(|ix| plan.action(*ix).will_run()),
         );
-        let mut forgot = false;
+        let mut forgot = self.fetch_upstream(graph, plan, &needed);
+        let Some(store) = self.store.clone() else {
+            return forgot;
+        };
         for ix in graph.order() {
             let key = graph.node(ix).key;
             if !needed[ix.index()] || plan.action(ix).will_run() || !self.keys.contains(&key) {
+                continue;
+            }
+            if self.remote_keys.contains(&key) {
                 continue;
             }
             // A step reads every upstream output: each blob must be there and intact (a
@@ -191,11 +231,72 @@ impl StoreView {
         forgot
     }
 
+    /// Fetches the blobs of every remote result a node due to run reads, and moves the result
+    /// to the local cache; a result whose blobs cannot be fetched is forgotten (a warning), so
+    /// its node runs here. Returns whether any was forgotten.
+    fn fetch_upstream(&mut self, graph: &Graph, plan: &Plan, needed: &[bool]) -> bool {
+        let (Some(store), Some(remote)) = (&self.store, &self.remote) else {
+            return false;
+        };
+        let wanted: Vec<(String, ActionResult)> = graph
+            .order()
+            .into_iter()
+            .filter(|ix| needed[ix.index()] && !plan.action(*ix).will_run())
+            .filter(|ix| self.remote_keys.contains(&graph.node(*ix).key))
+            .filter_map(|ix| {
+                let (r, _) = store.get_mirrored(&graph.node(ix).key)?;
+                Some((graph.node(ix).id.clone(), r))
+            })
+            .collect();
+        let failed: Vec<Digest> = remote.block_on(async {
+            use futures_util::StreamExt;
+            futures_util::stream::iter(wanted)
+                .map(|(id, r)| async move {
+                    for d in r.referenced_blobs() {
+                        if let Err(e) = remote.fetch_blob(&d, store).await {
+                            eprintln!(
+                                "warning: the remote result of {id} is not used: {e}; it runs here"
+                            );
+                            return Some(r.key);
+                        }
+                    }
+                    match store.put_action(&r) {
+                        Ok(()) => {
+                            store.forget_mirrored(&r.key);
+                            None
+                        }
+                        Err(_) => Some(r.key),
+                    }
+                })
+                .buffer_unordered(8)
+                .filter_map(|k| async move { k })
+                .collect()
+                .await
+        });
+        super::remote::print_warnings(&self.remote);
+        for k in &failed {
+            self.keys.remove(k);
+            self.remote_keys.remove(k);
+            store.forget_mirrored(k);
+        }
+        // The rest of them are local now.
+        let fetched: Vec<Digest> = self
+            .remote_keys
+            .iter()
+            .filter(|k| matches!(store.get_action(k), Ok(Some(_))))
+            .copied()
+            .collect();
+        for k in fetched {
+            self.remote_keys.remove(&k);
+        }
+        !failed.is_empty()
+    }
+
     /// What an orphaned id published, from its last result.
     pub fn published(&self, id: &str) -> BTreeMap<String, String> {
         self.records()
             .get(id)
-            .and_then(|key| self.store.as_ref()?.get_action(key).ok().flatten())
+            .and_then(|key| self.store.as_ref()?.get_any_action(key))
             .map(|a| a.facts)
             .unwrap_or_default()
     }
@@ -218,7 +319,7 @@ impl CacheView for StoreView {
         let manifest = self
             .store
             .as_ref()
-            .and_then(|s| s.get_action(&key).ok().flatten())
+            .and_then(|s| s.get_any_action(&key))
             .map(|a| a.manifest);
         Some(LastResult { key, manifest })
     }
@@ -233,6 +334,14 @@ impl CacheView for StoreView {
 
     fn drift(&self, id: &str) -> Option<Vec<plan::DirtyReason>> {
         self.drift.get(id).cloned()
+    }
+
+    fn source(&self, key: &Digest) -> plan::Source {
+        if self.remote_keys.contains(key) {
+            plan::Source::Remote
+        } else {
+            plan::Source::Local
+        }
     }
 }
 
@@ -261,7 +370,8 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &args.select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let (graph, graph_key) = context::lower_keyed(&loaded, Some(&dir))?;
-    let mut view = StoreView::open(dir, &graph)?;
+    let remote = super::remote::open(cli, &loaded.config)?;
+    let mut view = StoreView::open(dir, &graph, remote)?;
     let forced = forced_ids(&graph, &args.force)?;
     let mut plan = plan::plan(&graph, &view, &forced);
     if args.refresh {

@@ -30,7 +30,7 @@ pub fn refresh_plan(
         .into_iter()
         .filter(|ix| makes_claims(graph.node(*ix).builder))
         .filter_map(|ix| match plan.action(ix) {
-            Action::Cached => Some((ix, graph.node(ix).key)),
+            Action::Cached { .. } => Some((ix, graph.node(ix).key)),
             Action::RebuildIfUpstreamChanges { .. } => {
                 view.last(&graph.node(ix).id).map(|l| (ix, l.key))
             }

@@ -36,7 +36,7 @@ impl Style {
             Action::New => "\x1b[32m",
             Action::Rebuild { .. } => "\x1b[33m",
             Action::RebuildIfUpstreamChanges { .. } => "\x1b[36m",
-            Action::Cached => "\x1b[2m",
+            Action::Cached { .. } => "\x1b[2m",
         };
         (start, "\x1b[0m")
     }

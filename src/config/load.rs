@@ -15,9 +15,11 @@ use super::source::{FileId, Loc, SourceMap, Spanned};
 /// The lock file beside the root config.
 pub const LOCK_FILE: &str = "images.lock";
 
-const TOP_LEVEL: [&str; 6] = [
+const TOP_LEVEL: [&str; 8] = [
     "import",
     "tool",
+    "remote-cache",
+    "trusted-keys",
     "kubernetes",
     "matrix",
     "provider",
@@ -35,6 +37,8 @@ struct Loader {
     matrices: Vec<MatrixDecl>,
     providers: BTreeMap<String, Provider>,
     modules: BTreeMap<String, Module>,
+    remote_cache: Option<Spanned<String>>,
+    trusted_keys: Vec<String>,
 }
 
 /// Reads a file into the source map, or reports why it cannot.
@@ -185,6 +189,43 @@ impl Loader {
                     .to_string_lossy()
                     .into_owned();
                 self.load_file(path, display, Some(target.loc));
+            }
+            "remote-cache" => {
+                let mut r = self.reader(file);
+                r.check_shape(node, &[], false);
+                if let Some(url) = r.single_string(node, "the remote cache URL") {
+                    if let Some(prev) = &self.remote_cache {
+                        let (a, b) = (prev.loc, url.loc);
+                        self.reader(file).duplicate("remote-cache", a, b);
+                    }
+                    self.remote_cache = Some(url);
+                }
+            }
+            "trusted-keys" => {
+                let mut keys = Vec::new();
+                let mut r = self.reader(file);
+                r.check_shape(node, &[], false);
+                let mut any = false;
+                for entry in crate::config::kdl::args(node) {
+                    any = true;
+                    let Some(key) = r.string(entry, "a public key NAME:BASE64") else {
+                        continue;
+                    };
+                    match crate::store::remote::keys::PublicKey::parse(&key.value) {
+                        Ok(_) => keys.push(key.value),
+                        Err(e) => r.error_at(
+                            key.loc,
+                            "kiln::config::trusted_key",
+                            format!("not a public key: {e}"),
+                            "this key",
+                            "write the public key `kiln cache keygen` prints (or `nix key convert-secret-to-public`): NAME:BASE64 of 32 bytes".into(),
+                        ),
+                    }
+                }
+                if !any {
+                    r.missing(node, "\"NAME:BASE64\" …", "the public keys to trust");
+                }
+                self.trusted_keys.extend(keys);
             }
             "tool" => {
                 if let Some(t) = parse::tool(&mut self.reader(file), node, dir) {
@@ -425,6 +466,8 @@ pub fn load(path: &Path) -> Result<(Config, Diags), Diags> {
         matrices: Vec::new(),
         providers: BTreeMap::new(),
         modules: BTreeMap::new(),
+        remote_cache: None,
+        trusted_keys: Vec::new(),
     };
     l.load_file(abs, display.clone(), None);
     if l.sources.files().next().is_none() {
@@ -447,6 +490,8 @@ pub fn load(path: &Path) -> Result<(Config, Diags), Diags> {
         matrices: l.matrices,
         providers: l.providers,
         modules: l.modules,
+        remote_cache: l.remote_cache.map(|u| u.value),
+        trusted_keys: l.trusted_keys,
     };
     Ok((config, l.diags))
 }

@@ -71,6 +71,10 @@ pub struct Config {
     pub matrices: Vec<MatrixDecl>,
     pub providers: BTreeMap<String, Provider>,
     pub modules: BTreeMap<String, Module>,
+    /// `remote-cache "URL"`: the shared cache, unless the command line or environment names one.
+    pub remote_cache: Option<String>,
+    /// `trusted-keys "NAME:BASE64" …`: whose signed results the remote cache is read for.
+    pub trusted_keys: Vec<String>,
 }
 
 impl Config {

@@ -17,9 +17,10 @@ use super::progress::Progress;
 use super::report::Outcome;
 use super::workdir::WorkDirs;
 use crate::builders::{Runner, StepCtx};
-use crate::config::SecretSource;
+use crate::config::{SecretSource, StepKind};
 use crate::graph::Node;
 use crate::plan::Action;
+use crate::store::remote::{Claimed, Remote, runner_name};
 use crate::store::{ActionResult, LocalStore, Output, Record, now_unix_ms};
 
 /// A node's live log, written while it runs: `logs/<id>.log` with the id encoded by
@@ -72,6 +73,8 @@ pub(super) struct Shared {
     pub(super) image_builder: Arc<crate::imagebuilder::Install>,
     pub(super) work_dirs: WorkDirs,
     pub(super) committer: Committer,
+    /// The shared cache: results built here go to it, and publish steps claim their node in it.
+    pub(super) remote: Option<Arc<Remote>>,
 }
 
 /// How one node's run ended.
@@ -210,10 +213,72 @@ pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOut
         && let Some(r) = try_cutoff(&sh, &job)
     {
         return match record(&sh.store, &r) {
-            Ok(()) => ended(Outcome::Cutoff, 0, None, Some(r)),
+            Ok(()) => {
+                share(&sh, &r).await;
+                ended(Outcome::Cutoff, 0, None, Some(r))
+            }
             Err(e) => ended(Outcome::Failed(e), 0, None, None),
         };
     }
+    // Of two runners reaching the same publish node, one publishes; the other takes its result.
+    let mut claim = None;
+    if node.step == StepKind::Publish
+        && let Some(remote) = &sh.remote
+    {
+        let ttl = node.policy.timeout.unwrap_or(CLAIM_TTL) * (node.policy.retries.unwrap_or(0) + 1)
+            + Duration::from_secs(60);
+        match remote.claim(&node.key, &runner_name(), ttl).await {
+            Claimed::Mine { generation } => claim = Some((remote.clone(), generation)),
+            Claimed::Done(theirs) => return adopt(&sh, theirs.result).await,
+            Claimed::Alone => {}
+        }
+    }
+    let out = run_steps(&sh, &job, slot).await;
+    if let Some((remote, generation)) = claim
+        && out.result.is_none()
+    {
+        remote.release(&node.key, generation).await;
+    }
+    out
+}
+
+/// Writes a result built here to the shared cache (a runner without a signing key writes
+/// nothing; a failure is the remote's warning).
+async fn share(sh: &Shared, r: &ActionResult) {
+    if let Some(remote) = &sh.remote {
+        remote.push(r, &sh.store).await;
+    }
+}
+
+/// Takes the result another runner published for this node: its blobs are fetched, and it is
+/// recorded here as cached.
+async fn adopt(sh: &Shared, r: ActionResult) -> JobOutcome {
+    let remote = sh.remote.as_ref().expect("adopting needs a remote");
+    for d in r.referenced_blobs() {
+        if let Err(e) = remote.fetch_blob(&d, &sh.store).await {
+            return ended(
+                Outcome::Failed(format!(
+                    "another runner published {}, but its result cannot be fetched: {e}",
+                    r.id
+                )),
+                0,
+                None,
+                None,
+            );
+        }
+    }
+    match record(&sh.store, &r) {
+        Ok(()) => ended(Outcome::Cached, 0, None, Some(r)),
+        Err(e) => ended(Outcome::Failed(e), 0, None, None),
+    }
+}
+
+/// How long a publish claim lasts when its step sets no timeout (per attempt).
+const CLAIM_TTL: Duration = Duration::from_secs(2 * 3600);
+
+/// Runs the step with its retries, and stores and commits what it made.
+async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutcome {
+    let node = &job.node;
     let secrets = match secret_values(node) {
         Ok(s) => s,
         Err(e) => return ended(Outcome::Failed(e), 0, None, None),
@@ -323,10 +388,13 @@ pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOut
                     Err(e) => Err(format!("storing the result: {e}")),
                 };
                 return match commit {
-                    Ok(r) => JobOutcome {
-                        witness,
-                        ..ended(Outcome::Built, attempt, Some(log_file), Some(r))
-                    },
+                    Ok(r) => {
+                        share(sh, &r).await;
+                        JobOutcome {
+                            witness,
+                            ..ended(Outcome::Built, attempt, Some(log_file), Some(r))
+                        }
+                    }
                     Err(e) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
                 };
             }

@@ -42,6 +42,8 @@ pub struct BuildOptions {
     pub progress: Progress,
     /// Where image-builder is at run time (`tool "image-builder" … source= image= engine=`).
     pub image_builder: crate::imagebuilder::Install,
+    /// The shared cache, if one is configured.
+    pub remote: Option<Arc<crate::store::remote::Remote>>,
 }
 
 /// Runs the plan. Cancellation (Ctrl-C, SIGTERM) stops new work, signals running children and
@@ -81,6 +83,7 @@ pub async fn execute(
         image_builder: Arc::new(opts.image_builder.clone()),
         work_dirs: WorkDirs::new(store.tmp_dir()),
         committer: Committer::start(store.clone()),
+        remote: opts.remote.clone(),
     });
 
     let order = graph.order();

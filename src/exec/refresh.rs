@@ -97,9 +97,9 @@ pub async fn refresh(
             let last = known.get(&node.id).filter(|k| k.key == key);
             let facts = match last {
                 Some(k) => k.facts.clone(),
-                None => match store.get_action(&key) {
-                    Ok(Some(r)) => r.facts,
-                    _ => continue,
+                None => match store.get_any_action(&key) {
+                    Some(r) => r.facts,
+                    None => continue,
                 },
             };
             let witness = known

@@ -142,6 +142,7 @@ fn build(
         root: dir.to_path_buf(),
         progress: Progress::new(true, graph.len()),
         image_builder: crate::imagebuilder::Install::from_config(&config),
+        remote: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

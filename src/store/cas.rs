@@ -175,3 +175,21 @@ impl LocalStore {
 pub(crate) fn mismatch(actual: &Digest) -> String {
     format!("its content hashes to {}, not to its name", actual.short())
 }
+
+impl LocalStore {
+    /// A temp file in `tmp/` to fill with a blob's bytes, then give to
+    /// [`LocalStore::adopt_blob`].
+    pub fn blob_temp(&self) -> Result<tempfile::NamedTempFile> {
+        fs::temp_file(&self.tmp, "fetch-")
+    }
+
+    /// Stores the filled temp file `tmp` as the blob `digest`, which the caller computed over
+    /// every byte it wrote (a download checks its digest as it arrives).
+    pub fn adopt_blob(&self, tmp: tempfile::NamedTempFile, digest: &Digest) -> Result<()> {
+        let dest = self.blob_location(digest);
+        tmp.as_file()
+            .sync_all()
+            .map_err(StoreError::io("sync", tmp.path()))?;
+        fs::persist(tmp, &dest, true, false)
+    }
+}

@@ -8,6 +8,8 @@
 //! ac/<first 2 hex>/<64 hex>    node key -> ActionResult (self-checking JSON)
 //! records.log                  one Record per line (JSON + checksum); the last one per id wins
 //! claims                       the latest refresh of every publish claim (self-checking JSON)
+//! remote/<first 2 hex>/<64 hex> result records fetched from a remote cache, their blobs not yet
+//!                              (see [`LocalStore::put_mirrored`])
 //! logs/                        free for the caller (live logs of running steps)
 //! tmp/                         temp files for atomic writes (same filesystem)
 //! lock                         the cache lock; holds the holder's pid and start time
@@ -28,7 +30,9 @@ mod error;
 mod fs;
 mod gc;
 mod lock;
+mod mirror;
 mod records;
+pub mod remote;
 mod types;
 mod verified;
 mod verify;
@@ -104,6 +108,7 @@ impl LocalStore {
         for dir in [&store.cas, &store.ac, &store.logs, &store.tmp] {
             fs::ensure_dir(dir)?;
         }
+        fs::ensure_dir(&store.mirror_dir())?;
         Ok(store)
     }
 

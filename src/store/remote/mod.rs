@@ -1,0 +1,589 @@
+//! The shared remote cache: results and blobs in an object store (`s3://`, `gs://`, `az://`,
+//! `file://`), signed by the runners allowed to write, read by every runner.
+//!
+//! Layout under the URL's path:
+//!
+//! ```text
+//! cas/<blake3 hex>          blobs, named by the blake3 of their bytes
+//! ac/<node key hex>         signed result records (see [`signed`])
+//! claims/<node key hex>/<n> who publishes that node now (see [`Remote::claim`])
+//! ```
+//!
+//! Blobs go first and the record last, each with a conditional write (`PutMode::Create`): a
+//! reader never sees a record whose blobs are missing, and two writers never replace each
+//! other's record. The remote is an accelerator, never a dependency: the first error it gives
+//! (down, slow, denied, no such bucket) is one warning, and from then on this run works as if
+//! it were empty.
+
+pub mod client;
+pub mod keys;
+pub mod signed;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use self::keys::{PublicKey, SecretKey};
+use self::signed::Verified;
+use super::{ActionResult, LocalStore};
+use crate::hash::Digest;
+
+/// How many requests run at once when many records or blobs are wanted.
+const IN_FLIGHT: usize = 32;
+
+/// Where the remote cache is and who this runner is to it.
+#[derive(Debug)]
+pub struct Settings {
+    pub url: String,
+    /// Present on runners allowed to write: their records are signed with it.
+    pub signing: Option<SecretKey>,
+    /// The keys whose signatures readers accept.
+    pub trusted: Vec<PublicKey>,
+}
+
+/// Requests made and bytes moved, for reports and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// A remote cache client.
+pub struct Remote {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    signing: Option<SecretKey>,
+    trusted: Vec<PublicKey>,
+    down: AtomicBool,
+    warnings: Mutex<Vec<String>>,
+    pub stats: Stats,
+    /// For the callers that are not async themselves (the planner).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // A runtime may not be dropped from async code, where the last user may be.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Why a remote cache URL cannot be used at all (a usage error, unlike a remote that fails).
+#[derive(Debug, thiserror::Error)]
+#[error("remote cache {url}: {why}")]
+pub struct UrlError {
+    pub url: String,
+    pub why: String,
+}
+
+/// The object store and path prefix a URL names.
+fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, String), String> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        format!("not a URL ({e}); write s3://BUCKET/PREFIX, gs://…, az://… or file:///PATH")
+    })?;
+    let prefix = parsed.path().trim_matches('/').to_string();
+    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+        "file" => {
+            let dir = parsed
+                .to_file_path()
+                .map_err(|()| "a file:// URL needs an absolute path".to_string())?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| e.to_string())?;
+            return Ok((Arc::new(fs), String::new()));
+        }
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url)
+                .with_retry(client::retry(false))
+                .with_client_options(client::options(false));
+            let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .unwrap_or_default();
+            if endpoint.starts_with("http://") {
+                b = b.with_allow_http(true);
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url)
+                .with_retry(client::retry(false))
+                .with_client_options(client::options(false))
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        "az" | "azure" | "abfs" | "abfss" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url)
+                .with_retry(client::retry(false))
+                .with_client_options(client::options(false))
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        other => {
+            return Err(format!(
+                "unknown scheme {other}://; kiln reads s3://, gs://, az:// and file:// caches"
+            ));
+        }
+    };
+    Ok((store, prefix))
+}
+
+impl Remote {
+    /// A client for `settings.url`. Only a URL kiln cannot use is an error; a remote that does
+    /// not answer is found out (and warned about) by the first request.
+    pub fn open(settings: Settings) -> Result<Remote, UrlError> {
+        let (store, prefix) = open_store(&settings.url).map_err(|why| UrlError {
+            url: settings.url.clone(),
+            why,
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| UrlError {
+                url: settings.url.clone(),
+                why: format!("cannot start the runtime: {e}"),
+            })?;
+        let mut trusted = settings.trusted;
+        // A runner trusts what it signed itself.
+        if let Some(k) = &settings.signing
+            && !trusted.contains(&k.public())
+        {
+            trusted.push(k.public());
+        }
+        Ok(Remote {
+            url: settings.url,
+            store,
+            prefix,
+            signing: settings.signing,
+            trusted,
+            down: AtomicBool::new(false),
+            warnings: Mutex::new(Vec::new()),
+            stats: Stats::default(),
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether this runner writes to the remote (it holds a signing key).
+    pub fn writes(&self) -> bool {
+        self.signing.is_some()
+    }
+
+    /// Whether records signed by the key named `name` are trusted.
+    pub fn trusts(&self, name: &str) -> bool {
+        self.trusted.iter().any(|k| k.name == name)
+    }
+
+    /// Whether any record can be trusted at all.
+    pub fn reads(&self) -> bool {
+        !self.trusted.is_empty()
+    }
+
+    /// Whether the remote failed in this run (and is no longer asked).
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` to completion from code that is not async.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.as_ref().expect("a runtime").block_on(f)
+    }
+
+    /// The warnings since the last call, oldest first.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn warn(&self, w: String) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(w);
+    }
+
+    /// The first failure takes the remote out of this run, with one warning.
+    fn fail(&self, what: &str, e: &object_store::Error) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            let hint = match e {
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => {
+                    " (check the credentials in the environment)"
+                }
+                _ => "",
+            };
+            self.warn(format!(
+                "remote cache {}: cannot {what}: {e}{hint}; going on without it",
+                self.url
+            ));
+        }
+    }
+
+    fn path(&self, dir: &str, name: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(format!("{dir}/{name}"))
+        } else {
+            ObjectPath::from(format!("{}/{dir}/{name}", self.prefix))
+        }
+    }
+
+    fn count(&self) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The object at `path`: `None` when it does not exist or the remote fails.
+    async fn get_bytes(&self, path: &ObjectPath) -> Option<bytes::Bytes> {
+        if self.is_down() {
+            return None;
+        }
+        self.count();
+        match self.store.get(path).await {
+            Ok(r) => match r.bytes().await {
+                Ok(b) => {
+                    self.stats
+                        .bytes_in
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                    Some(b)
+                }
+                Err(e) => {
+                    self.fail(&format!("read {path}"), &e);
+                    None
+                }
+            },
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => {
+                self.fail(&format!("read {path}"), &e);
+                None
+            }
+        }
+    }
+
+    /// Whether the object at `path` exists (`None` when the remote fails).
+    async fn exists(&self, path: &ObjectPath) -> Option<bool> {
+        if self.is_down() {
+            return None;
+        }
+        self.count();
+        match self.store.head(path).await {
+            Ok(_) => Some(true),
+            Err(object_store::Error::NotFound { .. }) => Some(false),
+            Err(e) => {
+                self.fail(&format!("inspect {path}"), &e);
+                None
+            }
+        }
+    }
+
+    /// The trusted record stored under `key`. A record that fails a check is a warning naming
+    /// it, and reads as missing, so the node runs here.
+    pub async fn get_action(&self, key: &Digest) -> Option<Verified> {
+        if !self.reads() {
+            return None;
+        }
+        let path = self.path("ac", &key.to_hex());
+        let bytes = self.get_bytes(&path).await?;
+        match signed::decode(&bytes, key, &self.trusted) {
+            Ok(v) => Some(v),
+            Err(why) => {
+                self.warn(format!(
+                    "remote cache {}: ignoring the record {path}: {why}",
+                    self.url
+                ));
+                None
+            }
+        }
+    }
+
+    /// [`Remote::get_action`] for many keys at once.
+    pub async fn get_actions(&self, keys: &[Digest]) -> Vec<Verified> {
+        futures_util::stream::iter(keys.iter().copied())
+            .map(|k| async move { self.get_action(&k).await })
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(|v| async move { v })
+            .collect()
+            .await
+    }
+
+    /// Whether every blob `result` refers to is in the remote.
+    pub async fn has_blobs(&self, result: &ActionResult) -> bool {
+        for d in result.referenced_blobs() {
+            if self.exists(&self.path("cas", &d.to_hex())).await != Some(true) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Downloads the blob `d` into the local store, checking its digest on the way.
+    pub async fn fetch_blob(&self, d: &Digest, local: &LocalStore) -> Result<(), String> {
+        if local.has_blob(d) {
+            return Ok(());
+        }
+        if self.is_down() {
+            return Err(format!("the remote cache {} is not answering", self.url));
+        }
+        let path = self.path("cas", &d.to_hex());
+        self.count();
+        let got = match self.store.get(&path).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(format!("{path} is missing from the remote cache"));
+            }
+            Err(e) => {
+                self.fail(&format!("read {path}"), &e);
+                return Err(format!("the remote cache {} is not answering", self.url));
+            }
+        };
+        let mut tmp = local.blob_temp().map_err(|e| e.to_string())?;
+        let mut hasher = blake3::Hasher::new();
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                self.fail(&format!("read {path}"), &e);
+                format!("reading {path}: {e}")
+            })?;
+            self.stats
+                .bytes_in
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            hasher.update(&chunk);
+            tmp.write_all(&chunk).map_err(|e| e.to_string())?;
+        }
+        let actual = Digest::from_bytes(*hasher.finalize().as_bytes());
+        if actual != *d {
+            return Err(format!(
+                "{path} holds other bytes than its name says (blake3 {})",
+                actual.short()
+            ));
+        }
+        local.adopt_blob(tmp, d).map_err(|e| e.to_string())
+    }
+
+    /// Sends the blob `d` from the local store unless the remote has it.
+    async fn push_blob(&self, d: &Digest, local: &LocalStore) -> Result<(), String> {
+        let path = self.path("cas", &d.to_hex());
+        match self.exists(&path).await {
+            Some(true) => return Ok(()),
+            Some(false) => {}
+            None => return Err(format!("the remote cache {} is not answering", self.url)),
+        }
+        let file = local
+            .blob_path(d)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the blob {} is not in the local cache", d.short()))?;
+        let size = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
+        self.count();
+        match client::send_file(&*self.store, &path, &file, size, true).await {
+            Ok(_) => {
+                self.stats.bytes_out.fetch_add(size, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(client::SendError::Store(object_store::Error::AlreadyExists { .. })) => Ok(()),
+            Err(client::SendError::Store(e)) => {
+                self.fail(&format!("write {path}"), &e);
+                Err(format!("writing {path}: {e}"))
+            }
+            Err(client::SendError::Read(e)) => Err(format!("reading {}: {e}", file.display())),
+        }
+    }
+
+    /// Publishes `result` to the remote: its blobs first, then its signed record, which is
+    /// never written over another. Returns whether this call wrote the record. A runner without
+    /// a signing key writes nothing. A failure is a warning, never an error.
+    pub async fn push(&self, result: &ActionResult, local: &LocalStore) -> bool {
+        match self.try_push(result, local).await {
+            Ok(wrote) => wrote,
+            Err(e) => {
+                if !self.is_down() {
+                    self.warn(format!(
+                        "remote cache {}: the result of {} was not shared: {e}",
+                        self.url, result.id
+                    ));
+                }
+                false
+            }
+        }
+    }
+
+    async fn try_push(&self, result: &ActionResult, local: &LocalStore) -> Result<bool, String> {
+        let Some(key) = &self.signing else {
+            return Ok(false);
+        };
+        if self.is_down() {
+            return Ok(false);
+        }
+        let blobs: Vec<Digest> = result.referenced_blobs().collect();
+        futures_util::stream::iter(blobs)
+            .map(|d| async move { self.push_blob(&d, local).await })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let path = self.path("ac", &result.key.to_hex());
+        let bytes = signed::encode(result, key);
+        let len = bytes.len() as u64;
+        self.count();
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => {
+                self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => {
+                self.fail(&format!("write {path}"), &e);
+                Err(format!("writing {path}: {e}"))
+            }
+        }
+    }
+}
+
+/// A claim on publishing one node, as stored at `claims/<key>/<generation>`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PublishClaim {
+    pub owner: String,
+    pub expires_unix_ms: u64,
+}
+
+/// What [`Remote::claim`] found.
+#[derive(Debug)]
+pub enum Claimed {
+    /// This runner publishes; [`Remote::release`] the claim if it fails.
+    Mine { generation: u32 },
+    /// Another runner published meanwhile: its result.
+    Done(Box<Verified>),
+    /// The remote cannot coordinate (down, or this runner does not write): publish as if alone.
+    Alone,
+}
+
+/// This runner's name in claims: `KILN_RUNNER_NAME`, else the host name and process id.
+pub fn runner_name() -> String {
+    std::env::var("KILN_RUNNER_NAME")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{host}:{}", std::process::id())
+        })
+}
+
+/// How often a runner waiting on another's publish looks for its record.
+const POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Remote {
+    fn claim_path(&self, key: &Digest, generation: u32) -> ObjectPath {
+        self.path("claims", &format!("{}/{generation}", key.to_hex()))
+    }
+
+    /// The claim another runner holds on publishing `key`, if any holds now.
+    pub async fn current_claim(&self, key: &Digest, now_ms: u64) -> Option<PublishClaim> {
+        let mut held = None;
+        let mut generation = 0;
+        while let Some(bytes) = self.get_bytes(&self.claim_path(key, generation)).await {
+            if let Ok(claim) = serde_json::from_slice::<PublishClaim>(&bytes)
+                && claim.expires_unix_ms > now_ms
+            {
+                held = Some(claim);
+            }
+            generation += 1;
+        }
+        held
+    }
+
+    /// Claims publishing `key` for `owner` for `ttl`, so that of two runners reaching the same
+    /// publish node only one publishes: a conditional put of `claims/<key>/<n>`. A runner that
+    /// finds a live claim of another waits for that runner's record and returns it; an expired
+    /// claim is taken over by claiming the next generation.
+    pub async fn claim(&self, key: &Digest, owner: &str, ttl: std::time::Duration) -> Claimed {
+        if !self.writes() || self.is_down() {
+            return Claimed::Alone;
+        }
+        let mut generation = 0;
+        loop {
+            if let Some(done) = self.get_action(key).await {
+                return Claimed::Done(Box::new(done));
+            }
+            if self.is_down() {
+                return Claimed::Alone;
+            }
+            let now = super::now_unix_ms();
+            let claim = PublishClaim {
+                owner: owner.to_string(),
+                expires_unix_ms: now + ttl.as_millis() as u64,
+            };
+            let path = self.claim_path(key, generation);
+            self.count();
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            let body = serde_json::to_vec(&claim).expect("a claim serializes");
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(body), opts)
+                .await
+            {
+                Ok(_) => return Claimed::Mine { generation },
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => {
+                    self.fail(&format!("write {path}"), &e);
+                    return Claimed::Alone;
+                }
+            }
+            let Some(theirs) = self
+                .get_bytes(&path)
+                .await
+                .and_then(|b| serde_json::from_slice::<PublishClaim>(&b).ok())
+            else {
+                // Unreadable or gone: try the next generation.
+                generation += 1;
+                continue;
+            };
+            // Wait for their record while their claim lasts.
+            while super::now_unix_ms() < theirs.expires_unix_ms {
+                if let Some(done) = self.get_action(key).await {
+                    return Claimed::Done(Box::new(done));
+                }
+                if self.is_down() {
+                    return Claimed::Alone;
+                }
+                if self.get_bytes(&path).await.is_none() {
+                    // Released: they failed.
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            generation += 1;
+        }
+    }
+
+    /// Gives up a claim (its publish failed), so another runner may take over at once.
+    pub async fn release(&self, key: &Digest, generation: u32) {
+        if self.is_down() {
+            return;
+        }
+        self.count();
+        let _ = self.store.delete(&self.claim_path(key, generation)).await;
+    }
+}
