@@ -234,9 +234,7 @@ pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOut
         }
     }
     let out = run_steps(&sh, &job, slot).await;
-    if let Some((remote, generation)) = claim
-        && out.result.is_none()
-    {
+    if let Some((remote, generation)) = claim {
         remote.release(&node.key, generation).await;
     }
     out

@@ -64,7 +64,7 @@ impl Drop for Moto {
 
 /// Starts `moto_server` on 127.0.0.1 with IAM auth after the first three requests (so the
 /// test can create a user and its keys, and every later request must be signed correctly).
-/// `None` when moto is not installed outside CI.
+/// Panics when moto is not installed (`.ci/run` installs it).
 fn start_moto() -> Option<Moto> {
     let installed = Command::new("moto_server")
         .arg("--help")
@@ -72,14 +72,10 @@ fn start_moto() -> Option<Moto> {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "moto_server is not installed (pip install 'moto[server]')"
-        );
-        eprintln!("SKIPPED: moto_server is not installed (pip install 'moto[server]')");
-        return None;
-    }
+    assert!(
+        installed,
+        "moto_server is not installed; .ci/run installs it with pip install 'moto[server]'"
+    );
     let port = free_port();
     let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])

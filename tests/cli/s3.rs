@@ -2,8 +2,8 @@
 //! wrong credentials are refused as AWS would refuse them. The CAPO flow: the offline `local`
 //! builder makes a real qcow2 and the publish step puts it and its `.sha256` into a bucket.
 //!
-//! moto comes from `pip install 'moto[server]'` (`.ci/run` installs it). Without it the tests
-//! say why and return, except under CI, where they fail.
+//! moto comes from `pip install 'moto[server]'` (`.ci/run` installs it); without it these tests
+//! fail.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,24 +11,24 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use object_store::ObjectStoreExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest as _, Sha256};
 
 use crate::support::Project;
 
-const BUCKET: &str = "capo-images";
+pub(crate) const BUCKET: &str = "capo-images";
 const CELL: &str = "capo-ubuntu-2404-k8s-1.31";
 const PUBLISH: &str = "capo/ubuntu-2404/1.31/publish";
 
 /// A moto server on a free port of 127.0.0.1, killed when dropped.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
     port: u16,
     /// Credentials of an IAM user allowed `s3:*`.
-    key_id: String,
-    secret: String,
+    pub(crate) key_id: String,
+    pub(crate) secret: String,
 }
 
 impl Drop for Moto {
@@ -106,27 +106,21 @@ fn xml_field(xml: &str, tag: &str) -> String {
 
 /// Starts moto, creates the bucket and an IAM user with an access key, then turns
 /// authentication on. `None` (with the reason printed) when moto is not installed.
-fn moto() -> Option<Moto> {
+pub(crate) fn moto() -> Option<Moto> {
     start_moto(true)
 }
 
 /// Like [`moto`], but moto keeps accepting any signature: its IAM check rejects correctly signed
 /// ListObjectsV2 requests (getmoto/moto#5948), which the refresh of S3 claims makes.
-fn moto_without_auth() -> Option<Moto> {
+pub(crate) fn moto_without_auth() -> Option<Moto> {
     start_moto(false)
 }
 
 fn start_moto(auth: bool) -> Option<Moto> {
-    if !has_moto() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "moto is not installed; .ci/run installs it with pip install 'moto[server]'"
-        );
-        eprintln!(
-            "skipping: moto is not installed (python3 -m pip install 'moto[server]' to run this test)"
-        );
-        return None;
-    }
+    assert!(
+        has_moto(),
+        "moto is not installed; .ci/run installs it with python3 -m pip install 'moto[server]'"
+    );
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -212,7 +206,7 @@ fn start_moto(auth: bool) -> Option<Moto> {
 }
 
 impl Moto {
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -236,7 +230,7 @@ impl Moto {
     }
 
     /// An object's bytes, or `None` when the bucket does not hold it.
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
         let store = self.store();
         Moto::runtime().block_on(async {
             match store.get(&ObjectPath::from(key)).await {
@@ -247,18 +241,35 @@ impl Moto {
         })
     }
 
-    fn delete(&self, key: &str) {
+    pub(crate) fn delete(&self, key: &str) {
         let store = self.store();
         Moto::runtime()
             .block_on(store.delete(&ObjectPath::from(key)))
             .unwrap();
     }
 
-    fn put(&self, key: &str, bytes: Vec<u8>) {
+    pub(crate) fn put(&self, key: &str, bytes: Vec<u8>) {
         let store = self.store();
         Moto::runtime()
             .block_on(store.put(&ObjectPath::from(key), bytes.into()))
             .unwrap();
+    }
+
+    /// The keys under `prefix` (moto must run without authentication: it refuses signed
+    /// listings).
+    pub(crate) fn list(&self, prefix: &str) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        let store = self.store();
+        let mut keys: Vec<String> = Moto::runtime()
+            .block_on(
+                store
+                    .list(Some(&ObjectPath::from(prefix)))
+                    .map_ok(|m| m.location.to_string())
+                    .try_collect(),
+            )
+            .unwrap();
+        keys.sort();
+        keys
     }
 
     fn last_modified(&self, key: &str) -> String {

@@ -168,6 +168,11 @@ impl Project {
         self.dir.path()
     }
 
+    /// The variables set with [`Project::env`].
+    pub fn env_vars(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
     pub fn read(&self, rel: &str) -> String {
         fs::read_to_string(self.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
     }

@@ -5,9 +5,9 @@ use std::process::Command;
 
 use crate::support::Project;
 
-const F: &str = "examples/local/images.kdl";
+pub(crate) const F: &str = "examples/local/images.kdl";
 
-fn local_example() -> Project {
+pub(crate) fn local_example() -> Project {
     let root = crate::support::repo_root();
     Project::new()
         .with_path(&root.join("modules/local.kdl"), "modules/local.kdl")

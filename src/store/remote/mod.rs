@@ -227,8 +227,9 @@ impl Remote {
                 _ => "",
             };
             self.warn(format!(
-                "remote cache {}: cannot {what}: {e}{hint}; going on without it",
-                self.url
+                "remote cache {}: cannot {what}: {}{hint}; going on without it",
+                self.url,
+                brief(e)
             ));
         }
     }
@@ -264,7 +265,7 @@ impl Remote {
                     None
                 }
             },
-            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) if is_miss(&e) => None,
             Err(e) => {
                 self.fail(&format!("read {path}"), &e);
                 None
@@ -280,7 +281,7 @@ impl Remote {
         self.count();
         match self.store.head(path).await {
             Ok(_) => Some(true),
-            Err(object_store::Error::NotFound { .. }) => Some(false),
+            Err(e) if is_miss(&e) => Some(false),
             Err(e) => {
                 self.fail(&format!("inspect {path}"), &e);
                 None
@@ -340,7 +341,7 @@ impl Remote {
         self.count();
         let got = match self.store.get(&path).await {
             Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => {
+            Err(e) if is_miss(&e) => {
                 return Err(format!("{path} is missing from the remote cache"));
             }
             Err(e) => {
@@ -457,6 +458,32 @@ impl Remote {
     }
 }
 
+/// Whether `e` says only that one object is absent. A missing bucket is a 404 too, but it is
+/// the remote failing, not a miss.
+fn is_miss(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. }) && !e.to_string().contains("NoSuchBucket")
+}
+
+/// An object-store error on one line: the server's error code instead of its XML or JSON body,
+/// and no more than a line's worth of the rest.
+fn brief(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let code = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.to_string());
+    let head = text.split(['<', '{']).next().unwrap_or(&text);
+    let mut line: String = head.split_whitespace().collect::<Vec<_>>().join(" ");
+    line = line.trim_end_matches([':', ' ']).to_string();
+    if line.chars().count() > 240 {
+        line = line.chars().take(240).collect::<String>() + "…";
+    }
+    match code {
+        Some(c) => format!("{line} ({c})"),
+        None => line,
+    }
+}
+
 /// A claim on publishing one node, as stored at `claims/<key>/<generation>`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PublishClaim {
@@ -561,15 +588,21 @@ impl Remote {
                 continue;
             };
             // Wait for their record while their claim lasts.
+            let record = self.path("ac", &key.to_hex());
             while super::now_unix_ms() < theirs.expires_unix_ms {
-                if let Some(done) = self.get_action(key).await {
-                    return Claimed::Done(Box::new(done));
-                }
-                if self.is_down() {
-                    return Claimed::Alone;
+                match self.exists(&record).await {
+                    // A record this runner does not trust is no result for it: it publishes.
+                    Some(true) => {
+                        return match self.get_action(key).await {
+                            Some(done) => Claimed::Done(Box::new(done)),
+                            None => Claimed::Alone,
+                        };
+                    }
+                    Some(false) => {}
+                    None => return Claimed::Alone,
                 }
                 if self.get_bytes(&path).await.is_none() {
-                    // Released: they failed.
+                    // Released: they are done (or failed).
                     break;
                 }
                 tokio::time::sleep(POLL).await;
@@ -578,7 +611,8 @@ impl Remote {
         }
     }
 
-    /// Gives up a claim (its publish failed), so another runner may take over at once.
+    /// Gives up a claim once its publish is over (its record written, or failed), so another
+    /// runner waits no longer.
     pub async fn release(&self, key: &Digest, generation: u32) {
         if self.is_down() {
             return;

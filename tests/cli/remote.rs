@@ -1,0 +1,353 @@
+//! The shared remote cache against a real S3-compatible server (moto on 127.0.0.1): runners with
+//! empty caches share results through one bucket, only signed records by trusted keys are used,
+//! a runner without a key writes nothing, a remote that fails is one warning, and of two runners
+//! racing on one publish only one publishes.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::s3::{BUCKET, Moto, moto, moto_without_auth};
+use crate::support::Project;
+use crate::truth::{F, local_example};
+
+const PREFIX: &str = "cache";
+
+/// A runner: a fresh copy of `examples/local` with its own empty cache, publishing to the shared
+/// directory `bucket`, and the remote cache in moto.
+fn runner(m: &Moto, bucket: &Path) -> Project {
+    let p = local_example();
+    p.edit(F, |s| {
+        s.replace(
+            "bucket \"file://images\"",
+            &format!("bucket \"file://{}\"", bucket.display()),
+        )
+    });
+    p.env("KILN_REMOTE_CACHE", &format!("s3://{BUCKET}/{PREFIX}"))
+        .env("AWS_ENDPOINT_URL", &m.endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", &m.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &m.secret)
+}
+
+/// Makes a signing key in `dir`; returns its file and public key.
+fn keygen(p: &Project, name: &str) -> (String, String) {
+    let file = p.path().join(format!("{name}.key"));
+    let out = p.kiln(&["cache", "keygen", name, "-o", &file.to_string_lossy()]);
+    out.expect_code(0);
+    let public = out.stdout.trim().to_string();
+    assert!(public.starts_with(&format!("{name}:")), "{public}");
+    (file.to_string_lossy().into_owned(), public)
+}
+
+fn plan_json(p: &Project) -> serde_json::Value {
+    let out = p.kiln(&["-f", F, "plan", "--json"]);
+    out.expect_code(0);
+    out.json()
+}
+
+/// The key of node `id` in a plan.
+fn key_of(plan: &serde_json::Value, id: &str) -> String {
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .unwrap_or_else(|| panic!("no node {id}"))["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn files_under(dir: &Path) -> usize {
+    match std::fs::read_dir(dir) {
+        Err(_) => 0,
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                if e.file_type().unwrap().is_dir() {
+                    files_under(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum(),
+    }
+}
+
+/// Runner A builds and signs; runner B, a fresh clone, plans and builds nothing and downloads
+/// no blob; runner C, without a key, builds a change and writes nothing to the remote.
+#[test]
+fn runners_share_results_through_one_bucket() {
+    let m = moto_without_auth().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut a = runner(&m, shared.path());
+    let (key, public) = keygen(&a, "ci-1");
+    a.set_env("KILN_SIGNING_KEY", &key);
+    let built = a.kiln(&["-f", F, "build", "--quiet"]);
+    built.expect_code(0);
+    assert_eq!(
+        built.stdout.trim(),
+        "12 built, 0 cached",
+        "{}",
+        built.stderr
+    );
+    assert!(built.stderr.is_empty(), "{}", built.stderr);
+    let objects = m.list(PREFIX);
+    let records = objects.iter().filter(|k| k.contains("/ac/")).count();
+    assert_eq!(records, 12, "{objects:#?}");
+    assert!(objects.iter().any(|k| k.contains("/cas/")));
+
+    let b = runner(&m, shared.path()).env("KILN_TRUSTED_KEYS", &public);
+    let plan = b.kiln(&["-f", F, "plan"]);
+    plan.expect_code(0);
+    assert_eq!(
+        plan.stdout.matches("cached (remote)").count(),
+        12,
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to build, 0 to rebuild, 12 cached"),
+        "{}",
+        plan.stdout
+    );
+    let json = plan_json(&b);
+    for n in json["nodes"].as_array().unwrap() {
+        assert_eq!(n["source"], "remote", "{n}");
+    }
+    let out = b.kiln(&["-f", F, "build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "0 built, 12 cached", "{}", out.stderr);
+    let cache = b.path().join("examples/local/cache");
+    assert_eq!(files_under(&cache.join("cas")), 0, "B downloaded a blob");
+
+    // C trusts A but cannot sign: it rebuilds a change and the bucket is as it was.
+    let c = runner(&m, shared.path()).env("KILN_TRUSTED_KEYS", &public);
+    c.write("examples/local/files/motd", "changed on a pull request\n");
+    let out = c.kiln(&["-f", F, "build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "12 built, 0 cached", "{}", out.stderr);
+    assert_eq!(m.list(PREFIX), objects, "a runner without a key wrote");
+}
+
+/// A record changed in the bucket, one signed by an untrusted key, and one whose blob is gone
+/// are each ignored with a warning naming it, and their node runs locally.
+#[test]
+fn untrustworthy_records_are_rebuilt() {
+    let m = moto_without_auth().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut a = runner(&m, shared.path());
+    let (key, public) = keygen(&a, "ci-1");
+    a.set_env("KILN_SIGNING_KEY", &key);
+    a.kiln(&["-f", F, "build", "--quiet"]).expect_code(0);
+    let plan = plan_json(&a);
+    let ac = |id: &str| format!("{PREFIX}/ac/{}", key_of(&plan, id));
+
+    // Tampered: a fact of the flatcar 1.31 build changes after it was signed.
+    let tampered = ac("local/flatcar/1.31/build");
+    let text = String::from_utf8(m.get(&tampered).unwrap()).unwrap();
+    assert!(text.contains("qcow2"), "{text}");
+    m.put(&tampered, text.replacen("qcow2", "raw00", 1).into_bytes());
+
+    // Untrusted: a runner with another key writes a record for the 1.32 flatcar build.
+    let untrusted = ac("local/flatcar/1.32/build");
+    m.delete(&untrusted);
+    let mut d = runner(&m, shared.path());
+    let (other, _) = keygen(&d, "ci-2");
+    d.set_env("KILN_SIGNING_KEY", &other);
+    d.kiln(&[
+        "-f",
+        F,
+        "build",
+        "--quiet",
+        "--cell",
+        "local-flatcar-k8s-1.32",
+    ])
+    .expect_code(0);
+    assert!(m.get(&untrusted).is_some());
+
+    // Missing blob: the image of the ubuntu 1.32 build is gone, and B must validate it again.
+    let b = runner(&m, shared.path()).env("KILN_TRUSTED_KEYS", &public);
+    let ubuntu = "local/ubuntu-2404/1.32/build";
+    let record = String::from_utf8(m.get(&ac(ubuntu)).unwrap()).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(&record[record.find("\n\n").unwrap() + 2..]).unwrap();
+    let image = body["outputs"][0]["digest"].as_str().unwrap();
+    m.delete(&format!("{PREFIX}/cas/{image}"));
+
+    let plan = b.kiln(&["-f", F, "plan"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stderr.contains(&format!(
+            "ignoring the record {tampered}: its body does not match its digest"
+        )),
+        "{}",
+        plan.stderr
+    );
+    assert!(
+        plan.stderr.contains(&format!(
+            "ignoring the record {untrusted}: it is signed only by ci-2, which is not a trusted key"
+        )),
+        "{}",
+        plan.stderr
+    );
+    let out = b.kiln(&[
+        "-f",
+        F,
+        "build",
+        "--quiet",
+        "--force",
+        "local/ubuntu-2404/1.32/validate",
+    ]);
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains(&format!(
+            "the remote result of {ubuntu} is not used: {PREFIX}/cas/{image} is missing from the remote cache"
+        )),
+        "{}",
+        out.stderr
+    );
+    // Built here: the two builds whose records were rejected, the build whose image is gone and
+    // the validate step forced after it. Their dependents' records hold (a dependent's key
+    // depends on its inputs' keys, not on who built them), so they stay cached.
+    assert_eq!(out.stdout.trim(), "4 built, 8 cached", "{}", out.stderr);
+}
+
+/// A remote that is down, refuses the credentials or has no such bucket is one warning; plan and
+/// build go on locally.
+#[test]
+fn a_failing_remote_is_one_warning() {
+    let m = moto().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let base = runner(&m, shared.path());
+    let (key, public) = keygen(&base, "ci-1");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let cases: [(&str, Vec<(&str, String)>); 3] = [
+        ("down", vec![("AWS_ENDPOINT_URL", dead)]),
+        (
+            "denied",
+            vec![("AWS_SECRET_ACCESS_KEY", "not-the-secret".to_string())],
+        ),
+        (
+            "no bucket",
+            vec![("KILN_REMOTE_CACHE", "s3://no-such-bucket/cache".to_string())],
+        ),
+    ];
+    for (what, env) in cases {
+        let mut p = runner(&m, shared.path())
+            .env("KILN_SIGNING_KEY", &key)
+            .env("KILN_TRUSTED_KEYS", &public);
+        for (k, v) in &env {
+            p.set_env(k, v);
+        }
+        let plan = p.kiln(&["-f", F, "plan"]);
+        plan.expect_code(0);
+        let warnings: Vec<&str> = plan
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("warning: remote cache"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{what}: {}", plan.stderr);
+        assert!(
+            warnings[0].ends_with("going on without it"),
+            "{what}: {}",
+            plan.stderr
+        );
+        let out = p.kiln(&["-f", F, "build", "--quiet"]);
+        out.expect_code(0);
+        assert_eq!(
+            out.stdout.trim(),
+            "12 built, 0 cached",
+            "{what}: {}",
+            out.stderr
+        );
+        let warnings = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("warning: remote cache"))
+            .count();
+        assert_eq!(warnings, 1, "{what}: {}", out.stderr);
+    }
+}
+
+/// A module whose publish step appends to a file shared by both runners, slowly enough that the
+/// two overlap.
+fn race_project(m: &Moto, calls: &Path) -> Project {
+    let module = format!(
+        r#"module "race" {{
+    step "build" builder="command" {{
+        argv "sh" "-c" "echo built > out.txt"
+        outputs "out.txt"
+    }}
+    step "publish" builder="command" {{
+        argv "sh" "-c" "echo published >> {calls}; sleep 2"
+    }}
+}}
+"#,
+        calls = calls.display()
+    );
+    let config = r#"import "modules/race.kdl"
+kubernetes "1.31" {
+    version "1.31.4"
+    containerd "2.2.0"
+}
+matrix "m" {
+    kubernetes "1.31"
+    provider "p"
+    os "one"
+}
+provider "p" module="race" {}
+"#;
+    Project::new()
+        .with_file("modules/race.kdl", &module)
+        .with_file("images.kdl", config)
+        .env("KILN_REMOTE_CACHE", &format!("s3://{BUCKET}/{PREFIX}"))
+        .env("AWS_ENDPOINT_URL", &m.endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", &m.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &m.secret)
+}
+
+/// Two runners reach the same publish node at once: one claims it and publishes, the other
+/// waits for its record and takes it.
+#[test]
+fn two_runners_racing_on_one_publish_publish_once() {
+    let m = moto().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let calls = shared.path().join("calls.log");
+    let first = race_project(&m, &calls);
+    let (key, public) = keygen(&first, "ci-1");
+    let runners: Vec<Project> = (0..2)
+        .map(|_| {
+            race_project(&m, &calls)
+                .env("KILN_SIGNING_KEY", &key)
+                .env("KILN_TRUSTED_KEYS", &public)
+        })
+        .collect();
+    let children: Vec<_> = runners
+        .iter()
+        .map(|p| {
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(["build", "--quiet"])
+                .current_dir(p.path())
+                .env("NO_COLOR", "1")
+                .envs(p.env_vars())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let published = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(published, "published\n", "both runners published");
+}
