@@ -12,8 +12,26 @@ pub enum CacheCommand {
     /// Check every blob and entry of the cache.
     Verify {
         /// Remove what is corrupt, so the next build redoes it.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "remote")]
         repair: bool,
+        /// Check the remote cache instead: the record of every selected node is signed by a
+        /// trusted key and intact, and its blobs are there.
+        #[arg(long)]
+        remote: bool,
+        #[command(flatten)]
+        select: super::Select,
+    },
+    /// Copy the local results of the selected nodes, and their blobs, to the remote cache
+    /// (needs a signing key).
+    Push {
+        #[command(flatten)]
+        select: super::Select,
+    },
+    /// Copy the trusted remote results of the selected nodes, and their blobs, to the local
+    /// cache.
+    Pull {
+        #[command(flatten)]
+        select: super::Select,
     },
     /// Remove results no longer needed.
     Gc {
@@ -124,8 +142,16 @@ pub fn logs(cli: &Cli, node: &str) -> Result<(), CliError> {
 }
 
 pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
-    if let CacheCommand::Keygen { name, out } = cmd {
-        return keygen(name, out);
+    match cmd {
+        CacheCommand::Keygen { name, out } => return keygen(name, out),
+        CacheCommand::Push { select } => return super::share::push(cli, select),
+        CacheCommand::Pull { select } => return super::share::pull(cli, select),
+        CacheCommand::Verify {
+            remote: true,
+            select,
+            ..
+        } => return super::share::verify(cli, select),
+        _ => {}
     }
     let store = match open(cli) {
         Ok(s) => s,
@@ -143,8 +169,10 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
         .lock(true, |h| eprintln!("waiting for the cache lock: {h}"))
         .map_err(fail)?;
     match cmd {
-        CacheCommand::Keygen { name, out } => keygen(name, out),
-        CacheCommand::Verify { repair } => {
+        CacheCommand::Keygen { .. } | CacheCommand::Push { .. } | CacheCommand::Pull { .. } => {
+            Ok(())
+        }
+        CacheCommand::Verify { repair, .. } => {
             let report = if *repair {
                 store.repair()
             } else {

@@ -13,6 +13,7 @@ mod refresh;
 mod remote;
 mod render;
 mod report;
+mod share;
 
 use std::path::PathBuf;
 

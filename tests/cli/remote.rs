@@ -351,3 +351,176 @@ fn two_runners_racing_on_one_publish_publish_once() {
     let published = std::fs::read_to_string(&calls).unwrap();
     assert_eq!(published, "published\n", "both runners published");
 }
+
+/// `kiln cache push` seeds a remote from a local cache, `kiln cache pull` hands it to another
+/// machine with every blob, and `kiln cache verify --remote` finds a record changed in place.
+#[test]
+fn push_pull_and_verify_a_file_remote() {
+    let shared = tempfile::tempdir().unwrap();
+    let remote_dir = shared.path().join("remote");
+    let url = format!("file://{}", remote_dir.display());
+    let bucket = shared.path().join("bucket");
+    let make = || {
+        let p = local_example();
+        p.edit(F, |s| {
+            s.replace(
+                "bucket \"file://images\"",
+                &format!("bucket \"file://{}\"", bucket.display()),
+            )
+        });
+        p
+    };
+    let a = make();
+    a.kiln(&["-f", F, "build", "--quiet"]).expect_code(0);
+    let (key, public) = keygen(&a, "ci-1");
+    let refused = a.kiln(&["-f", F, "--remote-cache", &url, "cache", "push"]);
+    refused.expect_code(2);
+    assert!(
+        refused.stderr.contains("pushing needs a signing key"),
+        "{}",
+        refused.stderr
+    );
+    let pushed = a.kiln(&[
+        "-f",
+        F,
+        "--remote-cache",
+        &url,
+        "--signing-key",
+        &key,
+        "cache",
+        "push",
+    ]);
+    pushed.expect_code(0);
+    assert!(
+        pushed
+            .stdout
+            .starts_with("pushed 12 results (0 already there, 0 not built here)"),
+        "{}",
+        pushed.stdout
+    );
+
+    let b = make().env("KILN_TRUSTED_KEYS", &public);
+    let pulled = b.kiln(&["-f", F, "--remote-cache", &url, "cache", "pull"]);
+    pulled.expect_code(0);
+    assert!(
+        pulled
+            .stdout
+            .starts_with("pulled 12 results (0 already here, 0 not in the remote)"),
+        "{}",
+        pulled.stdout
+    );
+    // Everything is local now: no remote needed, and the local cache is whole.
+    let plan = b.kiln(&["-f", F, "plan"]);
+    assert_eq!(
+        plan.stdout.matches("cached (local)").count(),
+        12,
+        "{}",
+        plan.stdout
+    );
+    b.kiln(&["-f", F, "cache", "verify"]).expect_code(0);
+
+    let verify = b.kiln(&[
+        "-f",
+        F,
+        "--remote-cache",
+        &url,
+        "cache",
+        "verify",
+        "--remote",
+    ]);
+    verify.expect_code(0);
+    assert!(
+        verify.stdout.contains("checked 12 records of 12 nodes"),
+        "{}",
+        verify.stdout
+    );
+    // A record changed in place in the remote.
+    let ac = remote_dir.join("ac");
+    let first = std::fs::read_dir(&ac)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(&first, text.replacen("\"attempts\":1", "\"attempts\":2", 1)).unwrap();
+    let verify = b.kiln(&[
+        "-f",
+        F,
+        "--remote-cache",
+        &url,
+        "cache",
+        "verify",
+        "--remote",
+    ]);
+    verify.expect_code(1);
+    assert!(
+        verify.stdout.contains("its body does not match its digest"),
+        "{}",
+        verify.stdout
+    );
+    assert!(verify.stdout.contains(": 1 problem\n"), "{}", verify.stdout);
+}
+
+/// Every record in a `file://` remote names blobs that are there.
+fn assert_records_complete(remote: &Path) {
+    let Ok(rd) = std::fs::read_dir(remote.join("ac")) else {
+        return;
+    };
+    for e in rd {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&text[text.find("\n\n").unwrap() + 2..]).unwrap();
+        let mut blobs: Vec<&str> = body["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["digest"].as_str().unwrap())
+            .collect();
+        blobs.extend(body["log"].as_str());
+        for b in blobs {
+            assert!(
+                remote.join("cas").join(b).is_file(),
+                "{} names the blob {b}, which is not there",
+                path.display()
+            );
+        }
+    }
+}
+
+/// A runner killed (SIGKILL) at any moment while it builds and pushes never leaves a record
+/// whose blobs are missing; the next run completes the remote.
+#[test]
+fn a_runner_killed_while_pushing_leaves_no_record_without_its_blobs() {
+    let shared = tempfile::tempdir().unwrap();
+    let remote_dir = shared.path().join("remote");
+    let url = format!("file://{}", remote_dir.display());
+    let p = local_example();
+    let (key, public) = keygen(&p, "ci-1");
+    let p = p
+        .env("KILN_REMOTE_CACHE", &url)
+        .env("KILN_SIGNING_KEY", &key)
+        .env("KILN_TRUSTED_KEYS", &public);
+    for i in 0..20u64 {
+        // New inputs every time, so every run has new results to push.
+        p.write("examples/local/files/motd", &format!("run {i}\n"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["-f", F, "build", "--quiet"])
+            .current_dir(p.path())
+            .envs(p.env_vars())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(40 + 45 * i));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_records_complete(&remote_dir);
+    }
+    let out = p.kiln(&["-f", F, "build", "--quiet"]);
+    out.expect_code(0);
+    assert_records_complete(&remote_dir);
+    p.kiln(&["-f", F, "cache", "verify", "--remote"])
+        .expect_code(0);
+}
