@@ -124,6 +124,30 @@ pub struct Select {
     pub cell: Vec<String>,
 }
 
+/// Parses the command line, runs it and reports an error; returns the exit code. A command line
+/// clap rejects exits 2, or 1 under `--detailed-exitcode` (where 2 means "changes").
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            if !e.use_stderr() {
+                return 0;
+            }
+            let detailed = args.iter().any(|a| a == "--detailed-exitcode");
+            return if detailed { 1 } else { 2 };
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            e.report();
+            e.exit_code()
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Check => check::run(&cli.file),

@@ -366,7 +366,17 @@ pub fn forced_ids(graph: &Graph, force: &[String]) -> Result<BTreeSet<String>, C
     Ok(out)
 }
 
+/// Plans; under `--detailed-exitcode` exits 0 with nothing to do, 2 with changes, 1 on any
+/// error (a usage error included, as in Terraform).
 pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
+    let r = plan_and_print(cli, args);
+    match r {
+        Err(e) if args.detailed_exitcode && !matches!(e, CliError::Exit(2)) => Err(e.as_failure()),
+        r => r,
+    }
+}
+
+fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &args.select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let (graph, graph_key) = context::lower_keyed(&loaded, Some(&dir))?;

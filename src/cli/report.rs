@@ -27,6 +27,15 @@ impl CliError {
         }
     }
 
+    /// The same error, exiting 1 whatever its kind: under `--detailed-exitcode`, 2 means
+    /// "changes" and every error is 1.
+    pub fn as_failure(self) -> CliError {
+        match self {
+            CliError::Usage(m) => CliError::Failed(m),
+            e => e,
+        }
+    }
+
     pub fn report(&self) {
         match self {
             CliError::Config(diags) => print_diags(diags),

@@ -10,6 +10,7 @@ mod image_builder;
 mod immutable;
 mod plan;
 mod publish;
+mod report;
 mod s3;
 mod support;
 mod truth;

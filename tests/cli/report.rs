@@ -1,0 +1,116 @@
+//! What people and CI read: exit codes, the plan's layout (changes first, cached nodes
+//! summarised), a failure with its log tail, retries, the build summary, and GitHub Actions'
+//! annotations and step summary.
+
+use crate::support::{Output, Project, golden};
+
+const GOLDEN: &str = "report";
+
+/// Two providers × two OSes of `command` steps: build runs the shipped `make.sh`, publish copies
+/// its output into `published/`.
+fn project() -> Project {
+    Project::new()
+        .with_file(
+            "modules/cmd.kdl",
+            r#"
+module "cmd" {
+    var "image_os" "{os}"
+    step "build" builder="command" {
+        argv "sh" "-c" "sh scripts/make.sh > out.txt"
+        outputs "out.txt"
+    }
+    step "publish" builder="command" inputs="vars" {
+        argv "sh" "-c" "mkdir -p ../../../published && cp upstream/build/out.txt ../../../published/{name}.txt"
+    }
+}
+"#,
+        )
+        .with_file(
+            "images.kdl",
+            r#"
+import "modules/cmd.kdl"
+kubernetes "1.31" {
+    version "1.31.4"
+    containerd "2.2.0"
+}
+matrix "m" {
+    kubernetes "1.31"
+    provider "alpha" "beta"
+    os "one" "two"
+}
+provider "alpha" module="cmd" {
+    ship "alpha" to="scripts"
+}
+provider "beta" module="cmd" {
+    ship "beta" to="scripts"
+}
+"#,
+        )
+        .with_file("alpha/make.sh", "echo alpha-image $image_os\n")
+        .with_file("beta/make.sh", "echo beta-image $image_os\n")
+}
+
+fn code_line(what: &str, out: &Output) -> String {
+    format!("{:>3}  {what}\n", out.code)
+}
+
+/// `--detailed-exitcode`: 0 with nothing to do, 2 with changes, 1 on every error, a usage
+/// error included; without it a usage error is 2.
+#[test]
+fn exit_codes() {
+    let p = project();
+    let mut table = String::new();
+    let mut run = |what: &str, args: &[&str]| {
+        let out = p.kiln(args);
+        table.push_str(&code_line(what, &out));
+        out
+    };
+    run(
+        "plan --detailed-exitcode (a new config)",
+        &["plan", "--detailed-exitcode"],
+    );
+    run("build (a new config)", &["build"]).expect_code(0);
+    run(
+        "plan --detailed-exitcode (nothing to do)",
+        &["plan", "--detailed-exitcode"],
+    );
+    run(
+        "plan --detailed-exitcode --os windows (the filters select no cell)",
+        &["plan", "--detailed-exitcode", "--os", "windows"],
+    );
+    run(
+        "plan --os windows (the filters select no cell)",
+        &["plan", "--os", "windows"],
+    );
+    run(
+        "plan --detailed-exitcode --force nope (no such node)",
+        &["plan", "--detailed-exitcode", "--force", "nope"],
+    );
+    run(
+        "plan --detailed-exitcode --bogus (a flag clap rejects)",
+        &["plan", "--detailed-exitcode", "--bogus"],
+    );
+    run("plan --bogus (a flag clap rejects)", &["plan", "--bogus"]);
+    run(
+        "plan --detailed-exitcode -f missing.kdl (no config)",
+        &["-f", "missing.kdl", "plan", "--detailed-exitcode"],
+    );
+    run(
+        "plan --detailed-exitcode --force alpha/one/1.31/build (changes)",
+        &[
+            "plan",
+            "--detailed-exitcode",
+            "--force",
+            "alpha/one/1.31/build",
+        ],
+    );
+    p.write("beta/make.sh", "echo broken >&2; exit 3\n");
+    run(
+        "plan --detailed-exitcode (changes)",
+        &["plan", "--detailed-exitcode"],
+    );
+    run("build (a step fails)", &["build"]);
+    run("--help", &["--help"]);
+    run("--version", &["--version"]);
+    golden(GOLDEN, "exit-codes.txt", &table);
+}
