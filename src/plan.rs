@@ -252,7 +252,25 @@ pub fn summarize<'a>(actions: impl Iterator<Item = &'a Action>, orphans: usize) 
 }
 
 impl Summary {
+    /// `Plan: 2 to build, 1 to rebuild, 5 cached`, or `No changes. 8 nodes cached.` when
+    /// nothing runs (orphans alone are nothing to do).
     pub fn line(&self) -> String {
+        if self.new + self.rebuild + self.maybe == 0 {
+            let mut s = format!(
+                "No changes. {} node{} cached",
+                self.cached,
+                if self.cached == 1 { "" } else { "s" }
+            );
+            if self.orphan > 0 {
+                s.push_str(&format!(
+                    ", {} orphan{} kept",
+                    self.orphan,
+                    if self.orphan == 1 { "" } else { "s" }
+                ));
+            }
+            s.push('.');
+            return s;
+        }
         let mut s = format!("Plan: {} to build, {} to rebuild", self.new, self.rebuild);
         if self.maybe > 0 {
             s.push_str(&format!(

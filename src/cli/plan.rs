@@ -34,6 +34,10 @@ pub struct PlanArgs {
     /// Shorthand for --format json.
     #[arg(long)]
     pub json: bool,
+    /// List every node, cached ones included (by default the text and markdown plans list the
+    /// nodes that run and count the cached ones per cell; JSON always lists every node).
+    #[arg(long)]
+    pub all: bool,
     /// Save the plan (JSON) for `kiln build --plan FILE`.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -292,11 +296,16 @@ impl StoreView {
         !failed.is_empty()
     }
 
-    /// What an orphaned id published, from its last result.
+    /// What an orphaned id published, from its last result: the facts of a publish step (a
+    /// build's facts say where its outputs went, not what is published); empty for any other.
     pub fn published(&self, id: &str) -> BTreeMap<String, String> {
         self.records()
             .get(id)
             .and_then(|key| self.store.as_ref()?.get_any_action(key))
+            .filter(|a| {
+                a.manifest.get("step").map(String::as_str)
+                    == Some(crate::config::StepKind::Publish.as_str())
+            })
             .map(|a| a.facts)
             .unwrap_or_default()
     }
@@ -416,12 +425,13 @@ fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     } else {
         args.format
     };
+    let detail = render::Detail { all: args.all };
     let text = match format {
         PlanFormat::Json => serde_json::to_string_pretty(&json()).expect("plan JSON") + "\n",
-        PlanFormat::Markdown => render::markdown(&graph, &plan, &orphans),
+        PlanFormat::Markdown => render::markdown(&graph, &plan, &orphans, detail),
         PlanFormat::Text => {
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            let mut text = render::text(&graph, &plan, &orphans, Style { color });
+            let mut text = render::text(&graph, &plan, &orphans, Style { color }, detail);
             if !args.refresh {
                 text.push_str("The published state was not checked (--refresh=false): publish nodes are planned from the cache alone.\n");
             }

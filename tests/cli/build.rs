@@ -106,8 +106,7 @@ fn second_build_runs_nothing() {
     let plan = p.kiln(&["plan", "--detailed-exitcode"]);
     plan.expect_code(0);
     assert!(
-        plan.stdout
-            .contains("Plan: 0 to build, 0 to rebuild, 8 cached"),
+        plan.stdout.contains("No changes. 8 nodes cached."),
         "{}",
         plan.stdout
     );

@@ -114,3 +114,30 @@ fn exit_codes() {
     run("--version", &["--version"]);
     golden(GOLDEN, "exit-codes.txt", &table);
 }
+
+/// A plan lists what runs first, counts each cell's cached nodes in one line and the cells with
+/// nothing to do in another; `--all` lists every node; a plan with nothing to do says so in one
+/// line.
+#[test]
+fn plans_show_changes_first_and_summarise_what_is_cached() {
+    let p = project();
+    p.kiln(&["build"]).expect_code(0);
+    let noop = p.kiln(&["plan"]);
+    noop.expect_code(0);
+    golden(GOLDEN, "plan-noop.txt", &noop.stdout);
+    let md = p.kiln(&["plan", "--format", "markdown"]);
+    golden(GOLDEN, "plan-noop.md", &md.stdout);
+
+    p.write("alpha/make.sh", "echo alpha-image v2 $image_os\n");
+    let changes = p.kiln(&["plan"]);
+    changes.expect_code(0);
+    golden(GOLDEN, "plan-changes.txt", &changes.stdout);
+    let all = p.kiln(&["plan", "--all"]);
+    golden(GOLDEN, "plan-changes-all.txt", &all.stdout);
+    let md = p.kiln(&["plan", "--format", "markdown"]);
+    golden(GOLDEN, "plan-changes.md", &md.stdout);
+    // JSON lists every node, --all or not.
+    let json = p.kiln(&["plan", "--json"]).json();
+    assert_eq!(json["nodes"].as_array().map(Vec::len), Some(8));
+    assert_eq!(p.kiln(&["plan", "--json", "--all"]).json(), json);
+}
