@@ -8,7 +8,7 @@ use clap::Args;
 use super::plan::{SavedPlan, StoreView, forced_ids};
 use super::{Cli, CliError, Select, context};
 use crate::builders::Builtin;
-use crate::exec::{self, BuildOptions, Outcome, Progress};
+use crate::exec::{self, BuildOptions, Progress};
 use crate::plan;
 use crate::store::LocalStore;
 
@@ -106,44 +106,9 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         eprintln!("warning: {w}");
     }
     super::remote::print_warnings(&remote);
-    let failures: Vec<_> = report
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.outcome, Outcome::Failed(_) | Outcome::Skipped { .. }))
-        .collect();
-    if !failures.is_empty() {
-        eprintln!(
-            "\nnode{:w$}  result",
-            "",
-            w = failures
-                .iter()
-                .map(|n| n.id.len())
-                .max()
-                .unwrap_or(0)
-                .saturating_sub(4)
-        );
-        for n in &failures {
-            let w = failures.iter().map(|n| n.id.len()).max().unwrap_or(0);
-            match &n.outcome {
-                Outcome::Failed(e) => {
-                    let log = n
-                        .log
-                        .as_ref()
-                        .map(|p| format!("; log: {}", p.display()))
-                        .unwrap_or_default();
-                    eprintln!(
-                        "{:w$}  failed after {} attempt{}: {e}{log}",
-                        n.id,
-                        n.attempts,
-                        if n.attempts == 1 { "" } else { "s" }
-                    );
-                }
-                Outcome::Skipped { failed_dep } => {
-                    eprintln!("{:w$}  skipped: upstream {failed_dep} failed", n.id)
-                }
-                _ => {}
-            }
-        }
+    let table = exec::summary_table(&report);
+    if !table.is_empty() {
+        eprint!("\n{table}");
     }
     println!("{}", report.summary());
     if report.cancelled {

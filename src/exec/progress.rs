@@ -45,7 +45,7 @@ fn outcome_word(outcome: &Outcome) -> Option<String> {
         Outcome::Cutoff => "same  ".to_string(),
         Outcome::Failed(e) => format!("FAILED: {e} —"),
         Outcome::Cancelled => "cancelled".to_string(),
-        Outcome::Cached | Outcome::Skipped { .. } => return None,
+        Outcome::Cached | Outcome::Skipped { .. } | Outcome::NotStarted => return None,
     })
 }
 
@@ -101,6 +101,18 @@ impl Progress {
                     .lock()
                     .expect("progress lock")
                     .insert(node.id.clone(), (bar, ticker));
+            }
+        }
+    }
+
+    /// A retry starts: its own line, `retry 2/3 with PACKER_LOG=1`.
+    pub fn retry(&self, node: &Node, what: &str) {
+        let line = format!("[{}] {what}  {}", stamp(), node.id);
+        match &self.mode {
+            Mode::Quiet => {}
+            Mode::Lines => eprintln!("{line}"),
+            Mode::Live(live) => {
+                let _ = live.multi.println(line);
             }
         }
     }

@@ -141,3 +141,111 @@ fn plans_show_changes_first_and_summarise_what_is_cached() {
     assert_eq!(json["nodes"].as_array().map(Vec::len), Some(8));
     assert_eq!(p.kiln(&["plan", "--json", "--all"]).json(), json);
 }
+
+/// Replaces what differs between runs: `[hh:mm:ss]` stamps and durations such as `0.8s`.
+fn steady(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        // [hh:mm:ss]
+        if b[i] == b'['
+            && b.len() >= i + 10
+            && b[i + 9] == b']'
+            && b[i + 3] == b':'
+            && b[i + 6] == b':'
+            && [1, 2, 4, 5, 7, 8].iter().all(|k| b[i + k].is_ascii_digit())
+        {
+            out.push_str("[hh:mm:ss]");
+            i += 10;
+            continue;
+        }
+        // 12.3s after a space or an opening parenthesis
+        if b[i].is_ascii_digit() && (i == 0 || b[i - 1] == b' ' || b[i - 1] == b'(') {
+            let mut j = i;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            if j + 2 < b.len() && b[j] == b'.' && b[j + 1].is_ascii_digit() {
+                let mut k = j + 1;
+                while k < b.len() && b[k].is_ascii_digit() {
+                    k += 1;
+                }
+                if k < b.len() && b[k] == b's' {
+                    out.push_str("N.Ns");
+                    i = k + 1;
+                    continue;
+                }
+            }
+        }
+        let c = text[i..].chars().next().unwrap();
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
+/// The summary after the progress lines: from the first blank line on.
+fn summary_part(stderr: &str) -> &str {
+    stderr.split_once("\n\n").map_or("", |(_, s)| s)
+}
+
+/// A failing project: beta's build prints 25 lines, one with its secret, and fails; it is
+/// retried once with its debug settings.
+fn failing() -> Project {
+    let p = project();
+    p.edit("modules/cmd.kdl", |t| {
+        t.replace(
+            r#"step "build" builder="command" {"#,
+            "step \"build\" builder=\"command\" retries=1 {\n        debug-env \"PACKER_LOG=1\"",
+        )
+    });
+    p.edit("images.kdl", |t| {
+        t.replace(
+            "ship \"beta\" to=\"scripts\"",
+            "ship \"beta\" to=\"scripts\"\n    secret \"TOKEN\" file=\"token.txt\"",
+        )
+    });
+    p.write("token.txt", "s3cr3t-t0ken\n");
+    p.write(
+        "beta/make.sh",
+        "for i in $(seq 1 25); do echo \"step $i of 25\" >&2; done\necho \"token was $TOKEN\" >&2\necho 'boom: disk full' >&2\nexit 3\n",
+    );
+    p
+}
+
+/// A failed node shows the last lines of its log, secrets redacted; each retry is a line of its
+/// own; every node is in the summary with its outcome.
+#[test]
+fn a_failure_shows_its_log_tail_and_retries() {
+    let p = failing();
+    let out = p.kiln(&["build", "-j", "1"]);
+    out.expect_code(1);
+    assert!(!out.stderr.contains("s3cr3t-t0ken"), "{}", out.stderr);
+    assert!(!out.stdout.contains("s3cr3t-t0ken"), "{}", out.stdout);
+    let progress = steady(&out.stderr);
+    assert!(
+        progress.contains("[hh:mm:ss] retry 2/2 with PACKER_LOG=1  beta/one/1.31/build\n"),
+        "{progress}"
+    );
+    golden(
+        GOLDEN,
+        "build-failure.txt",
+        &format!("{}{}", steady(summary_part(&out.stderr)), out.stdout),
+    );
+}
+
+/// With `--fail-fast`, the nodes that never started are in the summary as `not started`, and
+/// the counts add up to every node.
+#[test]
+fn fail_fast_lists_what_never_started() {
+    let p = failing();
+    p.write("alpha/make.sh", "echo no >&2; exit 1\n");
+    let out = p.kiln(&["build", "-j", "1", "--fail-fast"]);
+    out.expect_code(1);
+    golden(
+        GOLDEN,
+        "build-fail-fast.txt",
+        &format!("{}{}", steady(summary_part(&out.stderr)), out.stdout),
+    );
+}
