@@ -1,5 +1,6 @@
 //! `kiln logs NODE` and `kiln cache verify|gc`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -26,6 +27,11 @@ pub enum CacheCommand {
         /// Say what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also forget the ids the config declares no more (the plan's orphans): their records
+        /// go, and with them their results unless a declared node shares them. Whatever they
+        /// published stays where it is; its facts are printed.
+        #[arg(long)]
+        orphans: bool,
     },
     /// Make a signing key for the remote cache: writes the secret key file (Nix's format) and
     /// prints the public key, NAME:BASE64, for `trusted-keys`.
@@ -172,24 +178,78 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
             keep_last,
             older_than,
             dry_run,
+            orphans,
         } => {
+            let forget = if *orphans {
+                orphans_of(cli, &store)?
+            } else {
+                Vec::new()
+            };
+            for (id, published) in &forget {
+                let what = if published.is_empty() {
+                    String::new()
+                } else {
+                    let facts: Vec<String> =
+                        published.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!(
+                        "; it published {} (kiln removes nothing published)",
+                        facts.join(" ")
+                    )
+                };
+                let verb = if *dry_run { "would forget" } else { "forgot" };
+                println!("{verb} orphan {id}{what}");
+            }
+            let forget: HashSet<String> = forget.into_iter().map(|(id, _)| id).collect();
             let r = store
-                .gc(&GcPolicy {
-                    keep_last: *keep_last,
-                    older_than: *older_than,
-                    dry_run: *dry_run,
-                    now_unix_ms: now_unix_ms(),
-                })
+                .gc_forgetting(
+                    &GcPolicy {
+                        keep_last: *keep_last,
+                        older_than: *older_than,
+                        dry_run: *dry_run,
+                        now_unix_ms: now_unix_ms(),
+                    },
+                    &forget,
+                )
                 .map_err(fail)?;
             println!(
-                "{}{} results and {} blobs removed ({} bytes), {} results kept",
+                "{}{} results and {} blobs {} ({} bytes), {} results kept",
                 if *dry_run { "dry run: " } else { "" },
                 r.actions_removed,
                 r.blobs_removed,
+                if *dry_run {
+                    "would be removed"
+                } else {
+                    "removed"
+                },
                 r.bytes_freed(),
                 r.actions_kept
             );
             Ok(())
         }
     }
+}
+
+type Facts = std::collections::BTreeMap<String, String>;
+
+/// The ids with a record that the whole config declares no more (see [`plan::orphans`]), each
+/// with what its last result published (a publish step's facts).
+fn orphans_of(cli: &Cli, store: &LocalStore) -> Result<Vec<(String, Facts)>, CliError> {
+    let loaded = context::load(&cli.file, &super::Select::default(), true)?;
+    let graph = context::lower(&loaded, None)?;
+    let records = store
+        .load_records()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let recorded: Vec<(&str, crate::hash::Digest)> =
+        records.iter().map(|(id, r)| (id.as_str(), r.key)).collect();
+    Ok(crate::plan::orphans(&graph, &recorded)
+        .into_iter()
+        .map(|id| {
+            let published = records
+                .get(&id)
+                .and_then(|r| store.get_action(&r.key).ok().flatten())
+                .map(super::plan::published_facts)
+                .unwrap_or_default();
+            (id, published)
+        })
+        .collect())
 }

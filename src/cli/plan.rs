@@ -302,12 +302,19 @@ impl StoreView {
         self.records()
             .get(id)
             .and_then(|key| self.store.as_ref()?.get_any_action(key))
-            .filter(|a| {
-                a.manifest.get("step").map(String::as_str)
-                    == Some(crate::config::StepKind::Publish.as_str())
-            })
-            .map(|a| a.facts)
+            .map(published_facts)
             .unwrap_or_default()
+    }
+}
+
+/// What a result says was published: the facts of a publish step's result (a build's facts say
+/// where its outputs went, nothing is published); empty for any other step.
+pub fn published_facts(result: crate::store::ActionResult) -> BTreeMap<String, String> {
+    let publish = crate::config::StepKind::Publish.as_str();
+    if result.manifest.get("step").map(String::as_str) == Some(publish) {
+        result.facts
+    } else {
+        BTreeMap::new()
     }
 }
 

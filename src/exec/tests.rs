@@ -247,11 +247,14 @@ fn fail_fast_starts_nothing_after_a_failure() {
     let not_started = report.count(|o| *o == Outcome::NotStarted);
     assert!(not_started > 0, "{:?}", report.nodes);
     assert_eq!(
-        report.count(|o| matches!(o, Outcome::Failed(_) | Outcome::Skipped { .. }))
-            + not_started,
+        report.count(|o| matches!(o, Outcome::Failed(_) | Outcome::Skipped { .. })) + not_started,
         report.nodes.len()
     );
-    assert!(report.summary().ends_with(&format!("{not_started} not started")));
+    assert!(
+        report
+            .summary()
+            .ends_with(&format!("{not_started} not started"))
+    );
 }
 
 #[test]

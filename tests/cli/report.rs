@@ -249,3 +249,94 @@ fn fail_fast_lists_what_never_started() {
         &format!("{}{}", steady(summary_part(&out.stderr)), out.stdout),
     );
 }
+
+/// The offline example, copied into a project.
+fn local_example() -> Project {
+    let root = crate::support::repo_root();
+    Project::new()
+        .with_path(&root.join("modules/local.kdl"), "modules/local.kdl")
+        .with_path(
+            &root.join("examples/local/images.kdl"),
+            "examples/local/images.kdl",
+        )
+        .with_path(&root.join("examples/local/files"), "examples/local/files")
+}
+
+/// `kiln cache gc` keeps the stored copies of input files that the next plan diffs against;
+/// orphan lines call only a publish step's facts published; `kiln cache gc --orphans` forgets
+/// the orphans' records (and says what they published, which stays).
+#[test]
+fn gc_keeps_what_plans_diff_against_and_forgets_orphans_on_request() {
+    const F: &str = "examples/local/images.kdl";
+    let p = local_example();
+    p.kiln(&["-f", F, "build", "--quiet"]).expect_code(0);
+    p.kiln(&["-f", F, "cache", "gc"]).expect_code(0);
+    p.edit("examples/local/files/motd", |t| {
+        format!("{t}one more line\n")
+    });
+    let plan = p.kiln(&["-f", F, "plan"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout.contains("· files/motd changed\n"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("+one more line"),
+        "no diff after gc:\n{}",
+        plan.stdout
+    );
+
+    // Drop the 1.32 series: its six nodes are orphans.
+    p.edit(F, |t| {
+        t.replace(r#"kubernetes "1.31" "1.32""#, r#"kubernetes "1.31""#)
+    });
+    let plan = p.kiln(&["-f", F, "plan"]);
+    let orphans: Vec<&str> = plan
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("-  "))
+        .collect();
+    assert_eq!(orphans.len(), 6, "{}", plan.stdout);
+    for line in &orphans {
+        if line.contains("/publish ") {
+            assert!(line.contains("; published: "), "{line}");
+        } else {
+            // The build's `format=qcow2` is no published artifact.
+            assert!(!line.contains("published"), "{line}");
+        }
+    }
+    let dry = p.kiln(&["-f", F, "cache", "gc", "--orphans", "--dry-run"]);
+    dry.expect_code(0);
+    assert_eq!(
+        dry.stdout.matches("would forget orphan ").count(),
+        6,
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("would be removed"), "{}", dry.stdout);
+    assert_eq!(p.kiln(&["-f", F, "plan"]).stdout, plan.stdout);
+    let gc = p.kiln(&["-f", F, "cache", "gc", "--orphans"]);
+    gc.expect_code(0);
+    assert_eq!(
+        gc.stdout.matches("forgot orphan ").count(),
+        6,
+        "{}",
+        gc.stdout
+    );
+    assert!(
+        gc.stdout
+            .contains("forgot orphan local/flatcar/1.32/publish; it published "),
+        "{}",
+        gc.stdout
+    );
+    let after = p.kiln(&["-f", F, "plan"]);
+    assert!(!after.stdout.contains("orphan"), "{}", after.stdout);
+    // What was published stays.
+    assert!(
+        p.path()
+            .join("examples/local/images/local-flatcar-k8s-1.32.qcow2")
+            .is_file()
+    );
+    p.kiln(&["-f", F, "cache", "verify"]).expect_code(0);
+}
