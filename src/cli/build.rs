@@ -110,6 +110,14 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
     if !table.is_empty() {
         eprint!("\n{table}");
     }
+    if let Some(gh) = super::github::GitHub::from_env() {
+        for n in &report.nodes {
+            if matches!(n.outcome, exec::Outcome::Failed(_)) {
+                gh.error(&n.id, &exec::failure_message(n));
+            }
+        }
+        gh.append_summary(&exec::summary_markdown(&report));
+    }
     println!("{}", report.summary());
     if report.cancelled {
         return Err(CliError::Exit(130));

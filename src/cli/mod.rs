@@ -5,6 +5,7 @@ mod cache;
 mod check;
 mod context;
 mod explain;
+mod github;
 mod graph;
 mod images;
 mod matrix;
@@ -62,6 +63,11 @@ pub enum Command {
         /// Print a JSON array of cells.
         #[arg(long)]
         json: bool,
+        /// How to print the cells: a table, a JSON array, or GitHub Actions' `{"include": […]}`
+        /// for `strategy.matrix: ${{ fromJSON(…) }}` (one object per cell: `cell`, `matrix` and
+        /// its axis values).
+        #[arg(long, value_enum, default_value = "text", conflicts_with = "json")]
+        format: matrix::MatrixFormat,
     },
     /// Print the graph of step nodes.
     Graph {
@@ -151,7 +157,18 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Check => check::run(&cli.file),
-        Command::Matrix { ref select, json } => matrix::run(&cli.file, select, json),
+        Command::Matrix {
+            ref select,
+            json,
+            format,
+        } => {
+            let format = if json {
+                matrix::MatrixFormat::Json
+            } else {
+                format
+            };
+            matrix::run(&cli.file, select, format)
+        }
         Command::Graph { ref select, format } => graph::run(&cli.file, select, format),
         Command::Plan(ref args) => plan::run(&cli, args),
         Command::Build(ref args) => build::run(&cli, args),

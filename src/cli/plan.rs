@@ -448,6 +448,13 @@ fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+    if let Some(gh) = super::github::GitHub::from_env() {
+        let md = match format {
+            PlanFormat::Markdown => text,
+            _ => render::markdown(&graph, &plan, &orphans, detail),
+        };
+        gh.append_summary(&md);
+    }
     let work = plan.has_work();
     // Freeing a large graph costs time and changes nothing: the process ends here.
     std::mem::forget((graph, plan, view, loaded));

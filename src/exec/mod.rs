@@ -30,7 +30,9 @@ use job::{Job, JobOutcome, Shared, StepSlot, run_job};
 pub use job::{available_secrets, log_path};
 use process::ProcTable;
 pub use progress::Progress;
-pub use report::{BuildReport, NodeReport, Outcome, TAIL_LINES, summary_table};
+pub use report::{
+    BuildReport, NodeReport, Outcome, TAIL_LINES, failure_message, summary_markdown, summary_table,
+};
 use report::{first_failed_ancestor, report_failed};
 use workdir::WorkDirs;
 

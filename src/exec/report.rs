@@ -202,6 +202,61 @@ pub fn summary_table(r: &BuildReport) -> String {
     out
 }
 
+/// The build summary as markdown, for a job summary: the counts, a row per node that was due to
+/// run with its outcome, a row for the cached ones, and each failure's log tail in a fold.
+pub fn summary_markdown(r: &BuildReport) -> String {
+    use std::fmt::Write;
+    let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+    let mut out = format!("## kiln build\n\n**{}**\n\n", r.summary());
+    let due: Vec<&NodeReport> = r
+        .nodes
+        .iter()
+        .filter(|n| n.outcome != Outcome::Cached)
+        .collect();
+    let cached = r.count(|o| *o == Outcome::Cached);
+    out.push_str("| node | outcome |\n| --- | --- |\n");
+    for n in &due {
+        let _ = writeln!(out, "| `{}` | {} |", n.id, cell(&n.describe()));
+    }
+    if cached > 0 {
+        let _ = writeln!(out, "| {cached} cached | not run |");
+    }
+    out.push('\n');
+    for n in due
+        .iter()
+        .filter(|n| matches!(n.outcome, Outcome::Failed(_)))
+    {
+        let _ = writeln!(
+            out,
+            "<details><summary><code>{}</code>: {}</summary>\n\n```",
+            n.id,
+            cell(&n.describe())
+        );
+        for line in n.retries.iter().chain(&n.tail) {
+            let _ = writeln!(out, "{}", line.replace("```", "'''"));
+        }
+        out.push_str("```\n\n</details>\n\n");
+    }
+    out
+}
+
+/// The message of a failed node's annotation: what failed, its retries and its log tail.
+pub fn failure_message(n: &NodeReport) -> String {
+    let mut msg = n.describe();
+    for retry in &n.retries {
+        msg.push('\n');
+        msg.push_str(retry);
+    }
+    if !n.tail.is_empty() {
+        msg.push_str("\nlast lines of its log:");
+        for line in &n.tail {
+            msg.push('\n');
+            msg.push_str(line);
+        }
+    }
+    msg
+}
+
 pub(super) fn report_failed(r: &BuildReport) -> HashSet<String> {
     r.nodes
         .iter()

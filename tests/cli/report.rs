@@ -340,3 +340,51 @@ fn gc_keeps_what_plans_diff_against_and_forgets_orphans_on_request() {
     );
     p.kiln(&["-f", F, "cache", "verify"]).expect_code(0);
 }
+
+/// Under GitHub Actions, a failed node is an `::error` annotation titled with its id, and the
+/// markdown plan and build summary go to the job summary file.
+#[test]
+fn github_actions_get_annotations_and_a_job_summary() {
+    let mut p = failing();
+    p.set_env("GITHUB_ACTIONS", "true");
+    let summary = p.path().join("step-summary.md");
+    p.set_env("GITHUB_STEP_SUMMARY", &summary.to_string_lossy());
+    let plan = p.kiln(&["plan"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout
+            .ends_with("Plan: 8 to build, 0 to rebuild, 0 cached\n"),
+        "{}",
+        plan.stdout
+    );
+    let out = p.kiln(&["build", "-j", "1"]);
+    out.expect_code(1);
+    assert!(!out.stdout.contains("s3cr3t-t0ken"));
+    golden(GOLDEN, "github-annotations.txt", &steady(&out.stdout));
+    golden(
+        GOLDEN,
+        "github-step-summary.md",
+        &steady(&p.read("step-summary.md")),
+    );
+
+    // Elsewhere, neither.
+    let q = failing();
+    let out = q.kiln(&["build", "-j", "1"]);
+    assert!(!out.stdout.contains("::error"), "{}", out.stdout);
+}
+
+/// `kiln matrix --format github` is a matrix for `fromJSON`.
+#[test]
+fn matrix_for_github_actions() {
+    let p = project();
+    let out = p.kiln(&["matrix", "--format", "github", "--provider", "beta"]);
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout,
+        concat!(
+            r#"{"include":[{"cell":"beta-one-k8s-1.31","matrix":"m","kubernetes":"1.31","provider":"beta","os":"one"},"#,
+            r#"{"cell":"beta-two-k8s-1.31","matrix":"m","kubernetes":"1.31","provider":"beta","os":"two"}]}"#,
+            "\n"
+        )
+    );
+}

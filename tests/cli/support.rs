@@ -199,8 +199,8 @@ impl Project {
         out
     }
 
-    /// Runs `kiln ARGS` in the project directory, with `NO_COLOR=1`, no inherited `KILN_*`
-    /// variables, and the variables set with [`Project::env`].
+    /// Runs `kiln ARGS` in the project directory, with `NO_COLOR=1`, no inherited `KILN_*`,
+    /// `GITHUB_*`, `CI` or `CLICOLOR*` variables, and the variables set with [`Project::env`].
     pub fn kiln(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(args).current_dir(self.path());
@@ -211,9 +211,15 @@ impl Project {
             }
         }
         cmd.env("NO_COLOR", "1");
+        // Nothing of the environment the tests run in decides how kiln reports: not a CI
+        // runner's variables, not a forced colour.
         for (k, _) in std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
-            .filter(|(k, _)| k.starts_with("KILN_"))
+            .filter(|(k, _)| {
+                k.starts_with("KILN_")
+                    || k.starts_with("GITHUB_")
+                    || ["CI", "CLICOLOR", "CLICOLOR_FORCE"].contains(&k.as_str())
+            })
         {
             cmd.env_remove(k);
         }
