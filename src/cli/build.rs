@@ -8,7 +8,7 @@ use clap::Args;
 use super::plan::{SavedPlan, StoreView, forced_ids};
 use super::{Cli, CliError, Select, context};
 use crate::builders::Builtin;
-use crate::exec::{self, BuildOptions, Progress};
+use crate::exec::{self, BuildOptions, Progress, View};
 use crate::plan;
 use crate::store::LocalStore;
 
@@ -31,9 +31,27 @@ pub struct BuildArgs {
     /// No progress lines, only the summary.
     #[arg(short, long)]
     pub quiet: bool,
+    /// The progress view: `live` (one line per running node under an overall bar; needs a
+    /// terminal), `plain` (timestamped lines), or `auto`: live on a terminal unless `CI` is set
+    /// or `TERM` is `dumb`. `NO_COLOR` only removes colour.
+    #[arg(long, value_enum, default_value = "auto", value_name = "VIEW")]
+    pub progress: super::settings::ProgressChoice,
     /// Execute exactly this saved plan (`kiln plan -o FILE`); refuse if anything changed since.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["force", "matrix", "kubernetes", "provider", "os", "cell"])]
     pub plan: Option<std::path::PathBuf>,
+}
+
+/// The progress view `--quiet` and `--progress` ask for, where stderr can show it.
+fn progress_view(args: &BuildArgs) -> View {
+    use std::io::IsTerminal;
+    let env = super::settings::Env::read();
+    if args.quiet {
+        View::Quiet
+    } else if super::settings::live(args.progress, std::io::stderr().is_terminal(), &env) {
+        View::Live
+    } else {
+        View::Plain
+    }
 }
 
 pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
@@ -86,8 +104,9 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         fail_fast: args.fail_fast,
         root: loaded.config.root.clone(),
         progress: Progress::new(
-            args.quiet,
+            progress_view(args),
             plan.actions.iter().filter(|a| a.will_run()).count(),
+            super::settings::colors().stderr,
         ),
         image_builder: crate::imagebuilder::Install::from_config(&loaded.config),
         remote: remote.clone(),

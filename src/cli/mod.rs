@@ -14,6 +14,7 @@ mod refresh;
 mod remote;
 mod render;
 mod report;
+mod settings;
 
 use std::path::PathBuf;
 
@@ -48,6 +49,16 @@ pub struct Cli {
     /// KILN_SIGNING_KEY). Without one, kiln only reads from the remote.
     #[arg(long, global = true, value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
+    /// When to colour the output: `auto` colours a terminal unless `NO_COLOR` is set, and any
+    /// stream when `CLICOLOR_FORCE` is.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    pub color: settings::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -145,6 +156,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
             return if detailed { 1 } else { 2 };
         }
     };
+    settings::init(cli.color);
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {

@@ -2,7 +2,7 @@
 //! `kiln build --plan`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -437,7 +437,7 @@ fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
         PlanFormat::Json => serde_json::to_string_pretty(&json()).expect("plan JSON") + "\n",
         PlanFormat::Markdown => render::markdown(&graph, &plan, &orphans, detail),
         PlanFormat::Text => {
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let color = super::settings::colors().stdout;
             let mut text = render::text(&graph, &plan, &orphans, Style { color }, detail);
             if !args.refresh {
                 text.push_str("The published state was not checked (--refresh=false): publish nodes are planned from the cache alone.\n");

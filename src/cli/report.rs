@@ -1,7 +1,5 @@
 //! Errors as the binary reports them: diagnostics rendered by miette, and exit codes.
 
-use std::io::IsTerminal;
-
 use miette::{GraphicalReportHandler, GraphicalTheme};
 
 use crate::config::Diags;
@@ -47,7 +45,7 @@ impl CliError {
 }
 
 fn handler() -> GraphicalReportHandler {
-    let theme = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+    let theme = if super::settings::colors().stderr {
         GraphicalTheme::unicode()
     } else {
         GraphicalTheme::unicode_nocolor()

@@ -29,7 +29,7 @@ use commit::Committer;
 use job::{Job, JobOutcome, Shared, StepSlot, run_job};
 pub use job::{available_secrets, log_path};
 use process::ProcTable;
-pub use progress::Progress;
+pub use progress::{Progress, View};
 pub use report::{
     BuildReport, NodeReport, Outcome, TAIL_LINES, failure_message, summary_markdown, summary_table,
 };

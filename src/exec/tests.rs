@@ -140,7 +140,7 @@ fn build(
         jobs,
         fail_fast,
         root: dir.to_path_buf(),
-        progress: Progress::new(true, graph.len()),
+        progress: Progress::new(super::View::Quiet, graph.len(), false),
         image_builder: crate::imagebuilder::Install::from_config(&config),
         remote: None,
     };

@@ -8,6 +8,7 @@ mod build;
 mod config;
 mod image_builder;
 mod immutable;
+mod live;
 mod plan;
 mod publish;
 mod report;

@@ -388,3 +388,32 @@ fn matrix_for_github_actions() {
         )
     );
 }
+
+/// `--color` against `NO_COLOR` and `CLICOLOR_FORCE`, on a pipe (where `auto` means none).
+#[test]
+fn color_follows_the_flag_then_no_color_then_clicolor_force() {
+    let mut p = project();
+    p.unset_env("NO_COLOR");
+    let colored = |p: &Project, args: &[&str]| p.kiln(args).stdout.contains('\x1b');
+    assert!(!colored(&p, &["plan"]));
+    assert!(colored(&p, &["plan", "--color", "always"]));
+    assert!(colored(&p, &["--color=always", "plan"]));
+    p.set_env("CLICOLOR_FORCE", "1");
+    assert!(colored(&p, &["plan"]));
+    assert!(!colored(&p, &["plan", "--color", "never"]));
+    p.set_env("CLICOLOR_FORCE", "0");
+    assert!(!colored(&p, &["plan"]));
+    p.set_env("CLICOLOR_FORCE", "1");
+    p.set_env("NO_COLOR", "1");
+    assert!(!colored(&p, &["plan"]));
+    assert!(colored(&p, &["plan", "--color", "always"]));
+    // Progress lines are coloured the same way; plain lines on a pipe whatever is asked.
+    let out = p.kiln(&["build", "--color", "always", "--progress", "live"]);
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains("\x1b[32mbuilt \x1b[0m"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("] start  "), "{}", out.stderr);
+}

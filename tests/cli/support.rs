@@ -82,6 +82,7 @@ impl Output {
 pub struct Project {
     dir: TempDir,
     env: BTreeMap<String, String>,
+    unset: Vec<String>,
     clean_env: bool,
 }
 
@@ -109,6 +110,7 @@ impl Project {
         Project {
             dir: dir.unwrap(),
             env: BTreeMap::new(),
+            unset: Vec::new(),
             clean_env: false,
         }
     }
@@ -161,6 +163,7 @@ impl Project {
     }
 
     pub fn set_env(&mut self, key: &str, value: &str) {
+        self.unset.retain(|k| k != key);
         self.env.insert(key.into(), value.into());
     }
 
@@ -202,6 +205,18 @@ impl Project {
     /// Runs `kiln ARGS` in the project directory, with `NO_COLOR=1`, no inherited `KILN_*`,
     /// `GITHUB_*`, `CI` or `CLICOLOR*` variables, and the variables set with [`Project::env`].
     pub fn kiln(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        let out = cmd.output().expect("run kiln");
+        let text = |b: Vec<u8>| self.redact(&String::from_utf8(b).expect("output is UTF-8"));
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: text(out.stdout),
+            stderr: text(out.stderr),
+        }
+    }
+
+    /// The command [`Project::kiln`] runs, to spawn it another way.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(args).current_dir(self.path());
         if self.clean_env {
@@ -224,13 +239,16 @@ impl Project {
             cmd.env_remove(k);
         }
         cmd.envs(&self.env);
-        let out = cmd.output().expect("run kiln");
-        let text = |b: Vec<u8>| self.redact(&String::from_utf8(b).expect("output is UTF-8"));
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: text(out.stdout),
-            stderr: text(out.stderr),
+        for k in &self.unset {
+            cmd.env_remove(k);
         }
+        cmd
+    }
+
+    /// Removes a variable that every run would otherwise get (such as `NO_COLOR`).
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.remove(key);
+        self.unset.push(key.to_string());
     }
 }
 
