@@ -36,6 +36,10 @@ pub struct BuildArgs {
     /// or `TERM` is `dumb`. `NO_COLOR` only removes colour.
     #[arg(long, value_enum, default_value = "auto", value_name = "VIEW")]
     pub progress: super::settings::ProgressChoice,
+    /// Print the summary as one JSON object on stdout: the counts and every node with its
+    /// outcome (errors too are JSON); progress stays on stderr.
+    #[arg(long)]
+    pub json: bool,
     /// Execute exactly this saved plan (`kiln plan -o FILE`); refuse if anything changed since.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["force", "matrix", "kubernetes", "provider", "os", "cell"])]
     pub plan: Option<std::path::PathBuf>,
@@ -125,19 +129,26 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         eprintln!("warning: {w}");
     }
     super::remote::print_warnings(&remote);
-    let table = exec::summary_table(&report);
-    if !table.is_empty() {
-        eprint!("\n{table}");
+    if !args.json {
+        let table = exec::summary_table(&report);
+        if !table.is_empty() {
+            eprint!("\n{table}");
+        }
     }
     if let Some(gh) = super::github::GitHub::from_env() {
         for n in &report.nodes {
             if matches!(n.outcome, exec::Outcome::Failed(_)) {
-                gh.error(&n.id, &exec::failure_message(n));
+                // With --json stdout is the report's; the runner reads commands on stderr too.
+                gh.error(&n.id, &exec::failure_message(n), args.json);
             }
         }
         gh.append_summary(&exec::summary_markdown(&report));
     }
-    println!("{}", report.summary());
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.summary());
+    }
     if report.cancelled {
         return Err(CliError::Exit(130));
     }

@@ -15,6 +15,9 @@ pub enum CacheCommand {
         /// Remove what is corrupt, so the next build redoes it.
         #[arg(long)]
         repair: bool,
+        /// Print `{blobs_checked, results_checked, records_checked, problems}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove results no longer needed.
     Gc {
@@ -32,6 +35,9 @@ pub enum CacheCommand {
         /// published stays where it is; its facts are printed.
         #[arg(long)]
         orphans: bool,
+        /// Print what was (or would be) removed and forgotten as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Make a signing key for the remote cache: writes the secret key file (Nix's format) and
     /// prints the public key, NAME:BASE64, for `trusted-keys`.
@@ -72,6 +78,15 @@ fn keygen(name: &str, out: &std::path::Path) -> Result<(), CliError> {
     Ok(())
 }
 
+impl CacheCommand {
+    pub fn json(&self) -> bool {
+        match self {
+            CacheCommand::Verify { json, .. } | CacheCommand::Gc { json, .. } => *json,
+            CacheCommand::Keygen { .. } => false,
+        }
+    }
+}
+
 fn open(cli: &Cli) -> Result<LocalStore, CliError> {
     let (config, _) = crate::config::load(&cli.file).map_err(CliError::Config)?;
     let dir = context::cache_dir(&config, &cli.cache_dir);
@@ -87,7 +102,7 @@ fn open(cli: &Cli) -> Result<LocalStore, CliError> {
 /// Prints the log that the node's last recorded result names, read from its blob and checked
 /// against its digest. The live log file under `logs/` is never printed: anyone may have changed
 /// it.
-pub fn logs(cli: &Cli, node: &str) -> Result<(), CliError> {
+pub fn logs(cli: &Cli, node: &str, json: bool) -> Result<(), CliError> {
     let store = open(cli)?;
     let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
     let records = store.load_records().map_err(fail)?;
@@ -124,6 +139,16 @@ pub fn logs(cli: &Cli, node: &str) -> Result<(), CliError> {
         .map_err(fail)?
         .ok_or_else(|| damaged("log"))?;
     use std::io::Write;
+    if json {
+        let v = serde_json::json!({
+            "node": node,
+            "key": record.key,
+            "log_digest": digest,
+            "log": String::from_utf8_lossy(&bytes),
+        });
+        println!("{v}");
+        return Ok(());
+    }
     std::io::stdout()
         .write_all(&bytes)
         .map_err(|e| CliError::Failed(format!("writing the log: {e}")))
@@ -136,10 +161,12 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
     let store = match open(cli) {
         Ok(s) => s,
         Err(CliError::Failed(m)) if m.starts_with("no cache") => {
-            println!(
-                "{}: nothing to do",
-                m.split(':').next().unwrap_or("no cache")
-            );
+            let what = m.split(':').next().unwrap_or("no cache");
+            if cmd.json() {
+                println!("{}", serde_json::json!({ "cache": null, "message": what }));
+            } else {
+                println!("{what}: nothing to do");
+            }
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -150,24 +177,46 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
         .map_err(fail)?;
     match cmd {
         CacheCommand::Keygen { name, out } => keygen(name, out),
-        CacheCommand::Verify { repair } => {
+        CacheCommand::Verify { repair, json } => {
             let report = if *repair {
                 store.repair()
             } else {
                 store.verify()
             }
             .map_err(fail)?;
-            for p in &report.problems {
+            if *json {
+                let problems: Vec<serde_json::Value> = report
+                    .problems
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "path": p.path.display().to_string(),
+                            "what": p.what,
+                            "repaired": p.repaired,
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "blobs_checked": report.blobs_checked,
+                    "results_checked": report.actions_checked,
+                    "records_checked": report.records_checked,
+                    "problems": problems,
+                });
+                println!("{v}");
+            }
+            for p in report.problems.iter().filter(|_| !*json) {
                 println!("{p}");
             }
-            println!(
-                "checked {} blobs, {} results, {} records: {} problem{}",
-                report.blobs_checked,
-                report.actions_checked,
-                report.records_checked,
-                report.problems.len(),
-                if report.problems.len() == 1 { "" } else { "s" }
-            );
+            if !*json {
+                println!(
+                    "checked {} blobs, {} results, {} records: {} problem{}",
+                    report.blobs_checked,
+                    report.actions_checked,
+                    report.records_checked,
+                    report.problems.len(),
+                    if report.problems.len() == 1 { "" } else { "s" }
+                );
+            }
             if report.is_ok() || *repair {
                 Ok(())
             } else {
@@ -179,13 +228,14 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
             older_than,
             dry_run,
             orphans,
+            json,
         } => {
             let forget = if *orphans {
                 orphans_of(cli, &store)?
             } else {
                 Vec::new()
             };
-            for (id, published) in &forget {
+            for (id, published) in forget.iter().filter(|_| !*json) {
                 let what = if published.is_empty() {
                     String::new()
                 } else {
@@ -199,6 +249,7 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
                 let verb = if *dry_run { "would forget" } else { "forgot" };
                 println!("{verb} orphan {id}{what}");
             }
+            let forgotten = forget.clone();
             let forget: HashSet<String> = forget.into_iter().map(|(id, _)| id).collect();
             let r = store
                 .gc_forgetting(
@@ -211,6 +262,25 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
                     &forget,
                 )
                 .map_err(fail)?;
+            if *json {
+                let orphans: Vec<serde_json::Value> = forgotten
+                    .iter()
+                    .map(|(id, published)| serde_json::json!({ "id": id, "published": published }))
+                    .collect();
+                let v = serde_json::json!({
+                    "dry_run": r.dry_run,
+                    "results_removed": r.actions_removed,
+                    "results_kept": r.actions_kept,
+                    "blobs_removed": r.blobs_removed,
+                    "blobs_kept": r.blobs_kept,
+                    "temp_files_removed": r.temp_files_removed,
+                    "records_dropped": r.records_dropped,
+                    "bytes_freed": r.bytes_freed(),
+                    "orphans_forgotten": orphans,
+                });
+                println!("{v}");
+                return Ok(());
+            }
             println!(
                 "{}{} results and {} blobs {} ({} bytes), {} results kept",
                 if *dry_run { "dry run: " } else { "" },

@@ -8,7 +8,7 @@ use super::{Cli, CliError, Select, context};
 use crate::config::SecretSource;
 use crate::plan::{self, CacheView};
 
-pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
+pub fn run(cli: &Cli, id: &str, json: bool) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &Select::default(), true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let graph = context::lower(&loaded, Some(&dir))?;
@@ -26,6 +26,10 @@ pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
     let view = StoreView::open(dir, &graph, super::remote::open(cli, &loaded.config)?)?;
     let plan = plan::plan(&graph, &view, &BTreeSet::new());
     let n = graph.node(ix);
+    if json {
+        println!("{}", explain_json(&graph, ix, &plan, &view, &loaded.config));
+        return Ok(());
+    }
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<9} {v}\n"));
     line("node", n.id.clone());
@@ -93,6 +97,56 @@ pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
     }
     print!("{out}");
     Ok(())
+}
+
+/// What `kiln explain --json` prints: the same facts as the text, as one object.
+fn explain_json(
+    graph: &crate::graph::Graph,
+    ix: petgraph::graph::NodeIndex,
+    plan: &plan::Plan,
+    view: &StoreView,
+    config: &crate::config::Config,
+) -> serde_json::Value {
+    let n = graph.node(ix);
+    let deps: Vec<serde_json::Value> = graph
+        .deps(ix)
+        .map(|d| serde_json::json!({ "id": graph.node(d).id, "key": graph.node(d).key }))
+        .collect();
+    let secrets: Vec<serde_json::Value> = n
+        .secrets
+        .iter()
+        .map(|s| match &s.source {
+            SecretSource::Env(v) => serde_json::json!({ "name": s.name, "env": v }),
+            SecretSource::File(f) => {
+                serde_json::json!({ "name": s.name, "file": f.display().to_string() })
+            }
+        })
+        .collect();
+    let p = n.policy;
+    let mut v = serde_json::json!({
+        "id": n.id,
+        "step": n.step.as_str(),
+        "builder": n.builder.to_string(),
+        "key": n.key,
+        "recipe": n.recipe_digest,
+        "cells": n.cells.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "deps": deps,
+        "policy": {
+            "retries": p.retries.unwrap_or(0),
+            "timeout_ms": p.timeout.map(|t| t.as_millis() as u64),
+            "limit": p.limit,
+        },
+        "secrets": secrets,
+        "inputs": n.manifest_labels(),
+        "plan": plan.action(ix),
+        "last_key": view.last(&n.id).map(|l| l.key),
+    });
+    if n.builder == crate::config::BuilderKind::ImageBuilder {
+        let mut text = String::new();
+        describe_invocation(graph, ix, config, &mut text);
+        v["invocation"] = serde_json::Value::String(text);
+    }
+    v
 }
 
 /// The exact command an image-builder node runs, in a work directory shown as `<work>`.

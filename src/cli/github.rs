@@ -25,11 +25,16 @@ impl GitHub {
     }
 
     /// Prints an error annotation titled `title` (a node id) to stdout, where the runner reads
-    /// workflow commands.
-    pub fn error(&self, title: &str, message: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(error_command(title, message).as_bytes());
-        let _ = out.flush();
+    /// workflow commands, or to stderr (which it reads too) when stdout holds JSON.
+    pub fn error(&self, title: &str, message: &str, to_stderr: bool) {
+        let line = error_command(title, message);
+        if to_stderr {
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }
     }
 
     /// Appends markdown to the job summary; a failure is a warning (the build's outcome does not

@@ -66,7 +66,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Validate the config and every module it imports.
-    Check,
+    Check {
+        /// Print `{file, files, matrices, cells, nodes, warnings}`; errors as JSON objects.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the expanded matrix cells.
     Matrix {
         #[command(flatten)]
@@ -95,6 +99,9 @@ pub enum Command {
     Explain {
         /// The node id, as `kiln plan` prints it.
         node: String,
+        /// Print the node, its inputs and its plan as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// List what is published, per cell: the facts of each publish node's last result.
     Images {
@@ -108,6 +115,9 @@ pub enum Command {
     Logs {
         /// The node id, as `kiln plan` prints it.
         node: String,
+        /// Print `{node, key, log_digest, log}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect or clean the cache.
     #[command(subcommand)]
@@ -119,6 +129,24 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<std::ffi::OsString>,
     },
+}
+
+impl Command {
+    /// Whether the command was asked for JSON: then its errors are JSON too.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Check { json }
+            | Command::Images { json, .. }
+            | Command::Explain { json, .. }
+            | Command::Logs { json, .. } => *json,
+            Command::Matrix { json, format, .. } => *json || *format != matrix::MatrixFormat::Text,
+            Command::Plan(args) => args.json || args.format == plan::PlanFormat::Json,
+            Command::Build(args) => args.json,
+            Command::Cache(cmd) => cmd.json(),
+            Command::Graph { format, .. } => *format == crate::graph::GraphFormat::Json,
+            Command::Supervise { .. } => false,
+        }
+    }
 }
 
 /// Which cells to work on.
@@ -148,19 +176,32 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
             if !e.use_stderr() {
+                let _ = e.print();
                 return 0;
+            }
+            if args.iter().any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let message = text.lines().next().unwrap_or_default();
+                let message = message.strip_prefix("error: ").unwrap_or(message);
+                CliError::Usage(message.to_string()).report_json();
+            } else {
+                let _ = e.print();
             }
             let detailed = args.iter().any(|a| a == "--detailed-exitcode");
             return if detailed { 1 } else { 2 };
         }
     };
     settings::init(cli.color);
+    let json = cli.command.json();
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            e.report();
+            if json {
+                e.report_json();
+            } else {
+                e.report();
+            }
             e.exit_code()
         }
     }
@@ -168,7 +209,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Check => check::run(&cli.file),
+        Command::Check { json } => check::run(&cli.file, json),
         Command::Matrix {
             ref select,
             json,
@@ -185,8 +226,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Plan(ref args) => plan::run(&cli, args),
         Command::Build(ref args) => build::run(&cli, args),
         Command::Images { ref select, json } => images::run(&cli, select, json),
-        Command::Logs { ref node } => cache::logs(&cli, node),
-        Command::Explain { ref node } => explain::run(&cli, node),
+        Command::Logs { ref node, json } => cache::logs(&cli, node, json),
+        Command::Explain { ref node, json } => explain::run(&cli, node, json),
         Command::Cache(ref cmd) => cache::run(&cli, cmd),
         Command::Supervise { ref argv } => crate::exec::supervise::run(argv),
     }

@@ -118,6 +118,49 @@ impl BuildReport {
             }) == 0
     }
 
+    /// `kiln build --json`: the counts, whether the build was interrupted, and every node with
+    /// its outcome, attempts, retries, failure and log tail.
+    pub fn to_json(&self) -> serde_json::Value {
+        let nodes: Vec<serde_json::Value> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut v = serde_json::json!({
+                    "id": n.id,
+                    "outcome": n.outcome.word().replace(' ', "_"),
+                    "attempts": n.attempts,
+                    "duration_ms": n.duration.as_millis() as u64,
+                    "retries": n.retries,
+                });
+                match &n.outcome {
+                    Outcome::Failed(e) => {
+                        v["error"] = e.as_str().into();
+                        v["log_tail"] = n.tail.clone().into();
+                        v["log"] = n.log.as_ref().map(|p| p.display().to_string()).into();
+                    }
+                    Outcome::Skipped { failed_dep } => v["failed_dep"] = failed_dep.as_str().into(),
+                    _ => {}
+                }
+                v
+            })
+            .collect();
+        let count = |f: fn(&Outcome) -> bool| self.count(f);
+        serde_json::json!({
+            "summary": {
+                "built": count(|o| *o == Outcome::Built),
+                "cached": count(|o| *o == Outcome::Cached),
+                "cutoff": count(|o| *o == Outcome::Cutoff),
+                "failed": count(|o| matches!(o, Outcome::Failed(_))),
+                "skipped": count(|o| matches!(o, Outcome::Skipped { .. })),
+                "not_started": count(|o| *o == Outcome::NotStarted),
+                "cancelled": count(|o| *o == Outcome::Cancelled),
+            },
+            "interrupted": self.cancelled,
+            "ok": self.ok(),
+            "nodes": nodes,
+        })
+    }
+
     pub fn summary(&self) -> String {
         let mut s = format!(
             "{} built, {} cached",

@@ -417,3 +417,94 @@ fn color_follows_the_flag_then_no_color_then_clicolor_force() {
     );
     assert!(out.stderr.contains("] start  "), "{}", out.stderr);
 }
+
+/// With `--json`, errors are JSON objects on stdout: `{code, message, file, line, column, help}`.
+#[test]
+fn json_errors() {
+    let p = project();
+    let mut out = String::new();
+    let mut run = |args: &[&str]| {
+        let o = p.kiln(args);
+        assert!(o.code != 0, "{args:?} succeeded");
+        out.push_str(&format!(
+            "$ kiln {}  (exit {})\n{}",
+            args.join(" "),
+            o.code,
+            o.stdout
+        ));
+        for line in o.stdout.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON object a line");
+            for k in ["code", "message", "file", "line", "column", "help"] {
+                assert!(v.get(k).is_some(), "no {k} in {v}");
+            }
+        }
+    };
+    run(&["plan", "--json", "--os", "windows"]);
+    run(&["check", "--json", "--bogus"]);
+    run(&["logs", "alpha/one/1.31/build", "--json"]);
+    run(&["build", "--json", "--cell", "nope"]);
+    p.edit("images.kdl", |t| {
+        t.replace(
+            "ship \"alpha\" to=\"scripts\"",
+            "ship \"alpha\" too=\"scripts\"",
+        )
+    });
+    run(&["check", "--json"]);
+    run(&["explain", "alpha/one/1.31/build", "--json"]);
+    golden(GOLDEN, "json-errors.txt", &out);
+}
+
+/// `--json` on every command that reports.
+#[test]
+fn json_on_every_reporting_command() {
+    let p = project();
+    let json = |args: &[&str], code: i32| {
+        let o = p.kiln(args);
+        o.expect_code(code);
+        o.json()
+    };
+    let check = json(&["check", "--json"], 0);
+    assert_eq!(
+        (check["cells"].as_u64(), check["nodes"].as_u64()),
+        (Some(4), Some(8))
+    );
+    let explain = json(&["explain", "alpha/one/1.31/build", "--json"], 0);
+    assert_eq!(explain["plan"]["action"], "new");
+    assert_eq!(explain["deps"], serde_json::json!([]));
+    p.write("beta/make.sh", "echo broken >&2; exit 3\n");
+    let build = json(&["build", "--json"], 1);
+    assert_eq!(build["summary"]["built"], 4);
+    assert_eq!(build["summary"]["failed"], 2);
+    let failed = build["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "beta/one/1.31/build")
+        .unwrap();
+    assert_eq!(failed["outcome"], "failed");
+    assert!(
+        failed["log_tail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "broken"),
+        "{failed}"
+    );
+    let logs = json(&["logs", "alpha/one/1.31/build", "--json"], 0);
+    assert!(
+        logs["log"]
+            .as_str()
+            .unwrap()
+            .contains("alpha/one/1.31/build"),
+        "{logs}"
+    );
+    let verify = json(&["cache", "verify", "--json"], 0);
+    assert_eq!(verify["problems"], serde_json::json!([]));
+    assert!(verify["blobs_checked"].as_u64().unwrap() > 0);
+    let gc = json(&["cache", "gc", "--json", "--dry-run"], 0);
+    assert_eq!(gc["dry_run"], true);
+    let images = json(&["images", "--json"], 0);
+    assert_eq!(images.as_array().map(Vec::len), Some(4));
+    let plan = json(&["plan", "--json"], 0);
+    assert_eq!(plan["summary"]["new"], 4);
+}
