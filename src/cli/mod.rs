@@ -8,6 +8,7 @@ mod explain;
 mod github;
 mod graph;
 mod images;
+mod init;
 mod matrix;
 mod plan;
 mod refresh;
@@ -22,11 +23,28 @@ use clap::{Args, Parser, Subcommand};
 
 pub use report::CliError;
 
+/// `kiln --version`: the version and, when built from a git checkout, the commit.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("KILN_VERSION_SUFFIX"));
+
+const EXAMPLES: &str = "\
+Examples:
+  kiln init                              # a starter images.kdl (offline `local` provider)
+  kiln check                             # validate images.kdl, its modules and images.lock
+  kiln plan                              # what a build would do, and why
+  kiln plan --detailed-exitcode          # exit 0: nothing to do, 2: changes, 1: error
+  kiln build --provider aws -j 4         # build the aws cells, 4 nodes at once
+  kiln build --plan plan.json            # run exactly a plan saved with `kiln plan -o plan.json`
+  kiln explain aws/ubuntu-2404/1.31/build
+  kiln logs aws/ubuntu-2404/1.31/build
+  kiln matrix --format github            # {\"include\":[…]} for a GitHub Actions matrix
+  kiln cache gc --orphans --dry-run";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kiln",
-    version,
-    about = "Builds Cluster API machine images from a declarative matrix"
+    version = VERSION,
+    about = "Builds Cluster API machine images from a declarative matrix",
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     /// The config file.
@@ -122,6 +140,23 @@ pub enum Command {
     /// Inspect or clean the cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Write a starter images.kdl (at -f, default ./images.kdl) and the provider module it
+    /// imports; `kiln check` accepts it as written.
+    #[command(
+        after_help = "Examples:\n  kiln init                      # the offline `local` provider: small ext4 images in qcow2\n  kiln init --provider aws\n  kiln -f images/images.kdl init --provider hcloud"
+    )]
+    Init {
+        /// The provider of the matrix.
+        #[arg(long, value_enum, default_value = "local")]
+        provider: init::Provider,
+    },
+    /// Print a shell completion script: `kiln completions bash > /etc/bash_completion.d/kiln`,
+    /// `kiln completions zsh > "${fpath[1]}/_kiln"`, `kiln completions fish >
+    /// ~/.config/fish/completions/kiln.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Runs one process of a step and ends every process it leaves behind (kiln starts this
     /// itself for every process of a step).
     #[command(name = "__supervise", hide = true)]
@@ -132,6 +167,19 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command only reads files and prints (no network, no child process).
+    fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Check { .. }
+                | Command::Matrix { .. }
+                | Command::Graph { .. }
+                | Command::Explain { .. }
+                | Command::Logs { .. }
+                | Command::Completions { .. }
+        )
+    }
+
     /// Whether the command was asked for JSON: then its errors are JSON too.
     pub fn json(&self) -> bool {
         match self {
@@ -144,7 +192,7 @@ impl Command {
             Command::Build(args) => args.json,
             Command::Cache(cmd) => cmd.json(),
             Command::Graph { format, .. } => *format == crate::graph::GraphFormat::Json,
-            Command::Supervise { .. } => false,
+            Command::Supervise { .. } | Command::Init { .. } | Command::Completions { .. } => false,
         }
     }
 }
@@ -193,6 +241,15 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         }
     };
     settings::init(cli.color);
+    if cli.command.only_prints() {
+        // `kiln matrix | head` ends quietly when head does, as other Unix tools do, instead
+        // of failing to print. Commands that talk to the network or to children keep the
+        // ignored SIGPIPE Rust starts with, and see EPIPE as an error.
+        // SAFETY: setting a signal's disposition to its default is always sound.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let json = cli.command.json();
     match run(cli) {
         Ok(()) => 0,
@@ -229,6 +286,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Logs { ref node, json } => cache::logs(&cli, node, json),
         Command::Explain { ref node, json } => explain::run(&cli, node, json),
         Command::Cache(ref cmd) => cache::run(&cli, cmd),
+        Command::Init { provider } => init::run(&cli.file, provider),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Supervise { ref argv } => crate::exec::supervise::run(argv),
     }
 }

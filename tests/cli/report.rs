@@ -508,3 +508,63 @@ fn json_on_every_reporting_command() {
     let plan = json(&["plan", "--json"], 0);
     assert_eq!(plan["summary"]["new"], 4);
 }
+
+/// `kiln init` writes a starter config that `kiln check` accepts, for every provider; it
+/// overwrites nothing.
+#[test]
+fn init_writes_a_config_that_checks() {
+    for provider in ["local", "aws", "gcp", "openstack", "hcloud"] {
+        let p = Project::new();
+        let out = p.kiln(&["init", "--provider", provider]);
+        out.expect_code(0);
+        assert!(
+            p.path().join(format!("modules/{provider}.kdl")).is_file(),
+            "{provider}"
+        );
+        let check = p.kiln(&["check"]);
+        check.expect_code(0);
+        assert!(check.stderr.is_empty(), "{provider}: {}", check.stderr);
+        p.kiln(&["plan", "--refresh=false"]).expect_code(0);
+        let again = p.kiln(&["init", "--provider", provider]);
+        again.expect_code(1);
+        assert!(again.stderr.contains("exists already"), "{}", again.stderr);
+    }
+    // The default is the offline provider, and it builds.
+    let p = Project::new();
+    p.kiln(&["-f", "sub/images.kdl", "init"]).expect_code(0);
+    assert!(
+        p.read("sub/images.kdl")
+            .contains("import \"modules/local.kdl\"")
+    );
+    let out = p.kiln(&["-f", "sub/images.kdl", "build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout, "6 built, 0 cached\n");
+}
+
+/// Completions for bash, zsh and fish; the version with the commit when built from git; help
+/// with examples.
+#[test]
+fn completions_version_and_help() {
+    let p = Project::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = p.kiln(&["completions", shell]);
+        out.expect_code(0);
+        for sub in ["plan", "build", "completions", "init"] {
+            assert!(out.stdout.contains(sub), "{shell} lacks {sub}");
+        }
+    }
+    let version = p.kiln(&["--version"]).stdout;
+    let rest = version
+        .strip_prefix(&format!("kiln {}", env!("CARGO_PKG_VERSION")))
+        .unwrap_or_else(|| panic!("{version}"));
+    let commit = rest
+        .strip_prefix(" (commit ")
+        .and_then(|r| r.strip_suffix(")\n"));
+    assert!(
+        rest == "\n"
+            || commit.is_some_and(|c| c.len() == 12 && c.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{version}"
+    );
+    let help = p.kiln(&["--help"]).stdout;
+    assert!(help.contains("Examples:\n  kiln init"), "{help}");
+}
