@@ -37,6 +37,13 @@ impl GitHub {
         }
     }
 
+    /// An error of kiln itself (not of a node) as an annotation, on stderr: see
+    /// [`cli_error_command`].
+    pub fn cli_error(&self, error: &serde_json::Value) {
+        let line = cli_error_command(error);
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
     /// Appends markdown to the job summary; a failure is a warning (the build's outcome does not
     /// depend on it).
     pub fn append_summary(&self, markdown: &str) {
@@ -65,6 +72,30 @@ pub fn error_command(title: &str, message: &str) -> String {
     )
 }
 
+/// An error of [`super::CliError::to_json`] as `::error file=F,line=L,col=C,title=CODE::…`: a
+/// config diagnostic at its file, line and column, its help after the message; anything else
+/// without a position, titled with its code.
+pub fn cli_error_command(error: &serde_json::Value) -> String {
+    let text = |k: &str| error[k].as_str().map(str::to_string);
+    let mut props = Vec::new();
+    if let Some(file) = text("file") {
+        props.push(format!("file={}", escape_property(&file)));
+        for (k, name) in [("line", "line"), ("column", "col")] {
+            if let Some(n) = error[k].as_u64() {
+                props.push(format!("{name}={n}"));
+            }
+        }
+    }
+    let title = text("code").unwrap_or_else(|| "kiln".into());
+    props.push(format!("title={}", escape_property(&title)));
+    let mut message = text("message").unwrap_or_default();
+    if let Some(help) = text("help") {
+        message.push_str("\nhelp: ");
+        message.push_str(&help);
+    }
+    format!("::error {}::{}\n", props.join(","), escape_data(&message))
+}
+
 fn escape_data(s: &str) -> String {
     s.replace('%', "%25")
         .replace('\r', "%0D")
@@ -78,6 +109,19 @@ fn escape_property(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_error_is_annotated_at_its_position() {
+        let e = serde_json::json!({"code": "kiln::config::unknown", "message": "unknown property",
+            "file": "images.kdl", "line": 3, "column": 7, "help": "did you mean `to`?"});
+        assert_eq!(
+            cli_error_command(&e),
+            "::error file=images.kdl,line=3,col=7,title=kiln%3A%3Aconfig%3A%3Aunknown::unknown property%0Ahelp: did you mean `to`?\n"
+        );
+        let e = serde_json::json!({"code": "usage", "message": "no such cell", "file": null,
+            "line": null, "column": null, "help": null});
+        assert_eq!(cli_error_command(&e), "::error title=usage::no such cell\n");
+    }
 
     #[test]
     fn annotations_escape_what_the_runner_would_read_as_syntax() {

@@ -259,6 +259,11 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
             } else {
                 e.report();
             }
+            if let Some(gh) = github::GitHub::from_env() {
+                for error in e.to_json() {
+                    gh.cli_error(&error);
+                }
+            }
             e.exit_code()
         }
     }

@@ -367,6 +367,18 @@ fn github_actions_get_annotations_and_a_job_summary() {
         &steady(&p.read("step-summary.md")),
     );
 
+    // A config error is annotated at its position.
+    p.edit("images.kdl", |t| {
+        t.replace("ship \"alpha\" to=", "ship \"alpha\" too=")
+    });
+    let check = p.kiln(&["check"]);
+    check.expect_code(1);
+    assert!(
+        check.stderr.contains("::error file=images.kdl,line=13,col=18,title=kiln%3A%3Aconfig%3A%3Aunknown::unknown property `too` on `ship`%0Ahelp: did you mean `to`?\n"),
+        "{}",
+        check.stderr
+    );
+
     // Elsewhere, neither.
     let q = failing();
     let out = q.kiln(&["build", "-j", "1"]);
