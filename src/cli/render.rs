@@ -110,6 +110,16 @@ fn node_line(
     reason_lines(a, "       ", out);
 }
 
+/// `3 nodes cached`, `3 nodes cached (1 in the remote cache)`.
+fn cached_count(cached: usize, remote: usize) -> String {
+    let n = plural(cached, "node cached", "nodes cached");
+    if remote == 0 {
+        n
+    } else {
+        format!("{n} ({remote} in the remote cache)")
+    }
+}
+
 fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
@@ -144,15 +154,25 @@ pub fn text(
         .max()
         .unwrap_or(0);
     let mut out = String::new();
-    let (mut quiet_cells, mut quiet_nodes) = (0, 0);
+    let (mut quiet_cells, mut quiet_nodes, mut quiet_remote) = (0, 0, 0);
+    let remote = |ix: &&NodeIndex| {
+        matches!(
+            plan.action(**ix),
+            Action::Cached {
+                source: crate::plan::Source::Remote
+            }
+        )
+    };
     for (cell, nodes) in &groups {
         let cached = nodes
             .iter()
             .filter(|ix| !plan.action(**ix).will_run())
             .count();
+        let from_remote = nodes.iter().filter(remote).count();
         if !detail.all && cached == nodes.len() {
             quiet_cells += 1;
             quiet_nodes += cached;
+            quiet_remote += from_remote;
             continue;
         }
         let _ = writeln!(out, "{}", style.paint("1", cell));
@@ -160,15 +180,15 @@ pub fn text(
             node_line(graph, plan, *ix, width, style, &mut out);
         }
         if !detail.all && cached > 0 {
-            let line = format!("=  {}", plural(cached, "node cached", "nodes cached"));
+            let line = format!("=  {}", cached_count(cached, from_remote));
             let _ = writeln!(out, "  {}", style.paint("2", &line));
         }
     }
     if quiet_cells > 0 && plan.has_work() {
         let line = format!(
-            "=  {} with nothing to do ({}); `kiln plan --all` lists every node",
+            "=  {} with nothing to do: {}; `kiln plan --all` lists every node",
             plural(quiet_cells, "other cell", "other cells"),
-            plural(quiet_nodes, "node cached", "nodes cached")
+            cached_count(quiet_nodes, quiet_remote)
         );
         let _ = writeln!(out, "{}", style.paint("2", &line));
     }

@@ -580,3 +580,45 @@ fn completions_version_and_help() {
     let help = p.kiln(&["--help"]).stdout;
     assert!(help.contains("Examples:\n  kiln init"), "{help}");
 }
+
+/// A cached node found in the remote cache is counted as such in the summarised plan.
+#[test]
+fn summarised_plans_count_remote_hits() {
+    let p = project();
+    let key = p.kiln(&["cache", "keygen", "ci-1", "-o", "ci-1.key"]);
+    key.expect_code(0);
+    let mut p = p;
+    p.set_env("KILN_TRUSTED_KEYS", key.stdout.trim());
+    let remote = format!("file://{}/remote", p.path().display());
+    p.kiln(&[
+        "build",
+        "-q",
+        "--remote-cache",
+        &remote,
+        "--signing-key",
+        "ci-1.key",
+    ])
+    .expect_code(0);
+    std::fs::remove_dir_all(p.path().join("cache")).unwrap();
+    let plan = p.kiln(&[
+        "plan",
+        "--remote-cache",
+        &remote,
+        "--force",
+        "alpha/one/1.31/build",
+    ]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout
+            .contains("\n  =  1 node cached (1 in the remote cache)\n"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains(
+            "=  3 other cells with nothing to do: 6 nodes cached (6 in the remote cache); "
+        ),
+        "{}",
+        plan.stdout
+    );
+}
