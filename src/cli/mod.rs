@@ -110,8 +110,21 @@ pub enum Command {
         format: crate::graph::GraphFormat,
     },
     /// Show what a build would do, node by node, and why.
+    #[command(after_help = "Examples:
+  kiln plan                              # what runs, and why; cached nodes counted per cell
+  kiln plan --all                        # every node, cached ones included
+  kiln plan --provider aws --kubernetes 1.31
+  kiln plan --format markdown            # for a pull request comment
+  kiln plan --detailed-exitcode          # exit 0: nothing to do, 2: changes, 1: error
+  kiln plan -o plan.json && kiln build --plan plan.json")]
     Plan(plan::PlanArgs),
     /// Run every node the plan marks, in dependency order, and record the results.
+    #[command(after_help = "Examples:
+  kiln build                             # the whole matrix
+  kiln build --cell aws-ubuntu-2404-k8s-1.31 -j 2
+  kiln build --fail-fast --progress plain
+  kiln build --force aws/ubuntu-2404/1.31/build
+  kiln build --json > build.json         # the summary for a machine; progress on stderr")]
     Build(build::BuildArgs),
     /// Show one node's key, inputs, and why it would run.
     Explain {
