@@ -48,6 +48,7 @@ impl GitHub {
     /// depend on it).
     pub fn append_summary(&self, markdown: &str) {
         let Some(path) = &self.summary else { return };
+        let markdown = fit_summary(markdown, SUMMARY_LIMIT);
         let r = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -60,6 +61,38 @@ impl GitHub {
             );
         }
     }
+}
+
+/// GitHub takes at most 1 MiB of job summary from one step; what is larger is not shown at all.
+const SUMMARY_LIMIT: usize = 1024 * 1024;
+
+/// The markdown, cut at a line so that it stays within `limit` bytes with a closing note
+/// saying so (an open code block or fold is closed first).
+pub fn fit_summary(markdown: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if markdown.len() <= limit {
+        return markdown.into();
+    }
+    const FENCE: &str = "```\n";
+    const FOLD: &str = "\n</details>\n";
+    const CUT: &str = "\n**The rest is cut: a job summary holds at most 1 MiB; run the same kiln command with `--format markdown` or `--json` for all of it.**\n";
+    let room = limit.saturating_sub(FENCE.len() + FOLD.len() + CUT.len());
+    // A newline is one byte of its own: the last one within `room` is a place to cut.
+    let cut = markdown.as_bytes()[..room.min(markdown.len())]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let kept = &markdown[..cut];
+    let open_fence = kept.matches("```").count() % 2 == 1;
+    let open_fold = kept.matches("<details>").count() > kept.matches("</details>").count();
+    let mut out = kept.to_string();
+    if open_fence {
+        out.push_str(FENCE);
+    }
+    if open_fold {
+        out.push_str(FOLD);
+    }
+    out.push_str(CUT);
+    out.into()
 }
 
 /// `::error title=TITLE::MESSAGE`, with the escapes GitHub's runner undoes: `%`, CR and LF in
@@ -121,6 +154,20 @@ mod tests {
         let e = serde_json::json!({"code": "usage", "message": "no such cell", "file": null,
             "line": null, "column": null, "help": null});
         assert_eq!(cli_error_command(&e), "::error title=usage::no such cell\n");
+    }
+
+    #[test]
+    fn a_summary_too_large_is_cut_at_a_line_with_its_fences_closed() {
+        let md = "## kiln plan\n\n<details><summary>x</summary>\n\n```diff\n".to_string()
+            + &"+ a node line\n".repeat(1000);
+        assert_eq!(fit_summary(&md, md.len()), md);
+        let cut = fit_summary(&md, 2000);
+        assert!(cut.len() <= 2000, "{}", cut.len());
+        assert!(
+            cut.contains("+ a node line\n```\n\n</details>\n\n**The rest is cut"),
+            "{cut}"
+        );
+        assert_eq!(cut.matches("```").count() % 2, 0);
     }
 
     #[test]
