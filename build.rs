@@ -16,10 +16,18 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=KILN_COMMIT");
+    // Only kiln's own checkout names the commit, not a repository kiln's source sits in.
+    let own = git(&["rev-parse", "--show-toplevel"]).is_some_and(|top| {
+        let here = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+        std::fs::canonicalize(top).ok() == std::fs::canonicalize(here).ok()
+    });
     let commit = std::env::var("KILN_COMMIT")
         .ok()
         .filter(|c| !c.is_empty())
-        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]));
+        .or_else(|| {
+            own.then(|| git(&["rev-parse", "--short=12", "HEAD"]))
+                .flatten()
+        });
     // Built again when HEAD moves: HEAD itself, the branch it names, and packed refs.
     for path in ["HEAD", "packed-refs"] {
         if let Some(p) = git(&["rev-parse", "--git-path", path]) {
