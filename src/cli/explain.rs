@@ -142,23 +142,34 @@ fn explain_json(
         "last_key": view.last(&n.id).map(|l| l.key),
     });
     if n.builder == crate::config::BuilderKind::ImageBuilder {
-        let mut text = String::new();
-        describe_invocation(graph, ix, config, &mut text);
-        v["invocation"] = serde_json::Value::String(text);
+        v["invocation"] = match image_builder_invocation(graph, ix, config) {
+            Ok(inv) => serde_json::json!({
+                "argv": inv.argv,
+                "env": inv.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                "secrets": inv.secrets,
+                "debug_env_on_retry": crate::builders::image_builder::DEBUG_ENV,
+                "files": inv
+                    .files
+                    .iter()
+                    .map(|(from, to)| serde_json::json!({ "from": from.display().to_string(), "to": to }))
+                    .collect::<Vec<_>>(),
+                "vars": inv.vars,
+            }),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
     }
     v
 }
 
-/// The exact command an image-builder node runs, in a work directory shown as `<work>`.
-fn describe_invocation(
+/// The invocation of an image-builder node, in a work directory shown as `<work>`: the patched
+/// template comes from the cell's patch node, upstream of validate and build.
+fn image_builder_invocation(
     graph: &crate::graph::Graph,
     ix: petgraph::graph::NodeIndex,
     config: &crate::config::Config,
-    out: &mut String,
-) {
+) -> Result<crate::builders::image_builder::Invocation, crate::exec::process::StepError> {
     use crate::builders::image_builder::invocation;
     let n = graph.node(ix);
-    // The patched template comes from the cell's patch node, upstream of validate and build.
     let mut upstream: Vec<_> = graph.deps(ix).collect();
     let mut template = None;
     while let Some(d) = upstream.pop() {
@@ -174,13 +185,23 @@ fn describe_invocation(
         upstream.extend(graph.deps(d));
     }
     let install = crate::imagebuilder::Install::from_config(config);
-    match invocation(
+    invocation(
         n,
         &install,
         std::path::Path::new("<work>"),
         template.as_deref(),
         1,
-    ) {
+    )
+}
+
+/// The exact command an image-builder node runs, in a work directory shown as `<work>`.
+fn describe_invocation(
+    graph: &crate::graph::Graph,
+    ix: petgraph::graph::NodeIndex,
+    config: &crate::config::Config,
+    out: &mut String,
+) {
+    match image_builder_invocation(graph, ix, config) {
         Ok(inv) => {
             out.push_str(&format!("command   {}\n", inv.argv.join(" ")));
             for (k, v) in &inv.env {
