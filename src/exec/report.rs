@@ -273,12 +273,32 @@ pub fn summary_markdown(r: &BuildReport) -> String {
             out,
             "<details><summary><code>{}</code>: {}</summary>\n\n```",
             n.id,
-            cell(&n.describe())
+            html_code(&n.describe().replace('\n', " "))
         );
         for line in n.retries.iter().chain(&n.tail) {
             let _ = writeln!(out, "{}", line.replace("```", "'''"));
         }
         out.push_str("```\n\n</details>\n\n");
+    }
+    out
+}
+
+/// Markdown's `code` as HTML's `<code>code</code>`, for text inside an HTML element (a fold's
+/// summary), where markdown is not rendered; `<`, `>` and `&` escaped.
+fn html_code(s: &str) -> String {
+    let escaped = s
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let mut out = String::with_capacity(escaped.len());
+    for (i, part) in escaped.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str("<code>");
+            out.push_str(part);
+            out.push_str("</code>");
+        } else {
+            out.push_str(part);
+        }
     }
     out
 }
@@ -323,4 +343,15 @@ pub(super) fn first_failed_ancestor(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn code_in_a_fold_summary_is_html() {
+        assert_eq!(
+            super::html_code("`sh` exited <3 & `x"),
+            "<code>sh</code> exited &lt;3 &amp; <code>x</code>"
+        );
+    }
 }
