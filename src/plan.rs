@@ -218,6 +218,9 @@ pub struct Summary {
     pub rebuild: usize,
     pub maybe: usize,
     pub cached: usize,
+    /// Of `cached`, how many are only in the remote cache.
+    #[serde(default)]
+    pub remote: usize,
     pub orphan: usize,
 }
 
@@ -242,7 +245,10 @@ pub fn summarize<'a>(actions: impl Iterator<Item = &'a Action>, orphans: usize) 
     };
     for a in actions {
         match a {
-            Action::Cached { .. } => s.cached += 1,
+            Action::Cached { source } => {
+                s.cached += 1;
+                s.remote += usize::from(*source == Source::Remote);
+            }
             Action::New => s.new += 1,
             Action::Rebuild { .. } => s.rebuild += 1,
             Action::RebuildIfUpstreamChanges { .. } => s.maybe += 1,
@@ -252,7 +258,34 @@ pub fn summarize<'a>(actions: impl Iterator<Item = &'a Action>, orphans: usize) 
 }
 
 impl Summary {
+    fn remote_note(&self) -> String {
+        if self.remote == 0 {
+            String::new()
+        } else {
+            format!(" ({} in the remote cache)", self.remote)
+        }
+    }
+
+    /// `Plan: 2 to build, 1 to rebuild, 5 cached`, or `No changes. 8 nodes cached.` when
+    /// nothing runs (orphans alone are nothing to do).
     pub fn line(&self) -> String {
+        if self.new + self.rebuild + self.maybe == 0 {
+            let mut s = format!(
+                "No changes. {} node{} cached{}",
+                self.cached,
+                if self.cached == 1 { "" } else { "s" },
+                self.remote_note()
+            );
+            if self.orphan > 0 {
+                s.push_str(&format!(
+                    ", {} orphan{} kept",
+                    self.orphan,
+                    if self.orphan == 1 { "" } else { "s" }
+                ));
+            }
+            s.push('.');
+            return s;
+        }
         let mut s = format!("Plan: {} to build, {} to rebuild", self.new, self.rebuild);
         if self.maybe > 0 {
             s.push_str(&format!(
@@ -260,7 +293,7 @@ impl Summary {
                 self.maybe
             ));
         }
-        s.push_str(&format!(", {} cached", self.cached));
+        s.push_str(&format!(", {} cached{}", self.cached, self.remote_note()));
         if self.orphan > 0 {
             s.push_str(&format!(
                 ", {} orphan{}",

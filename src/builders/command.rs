@@ -32,7 +32,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     env.push(("KILN_NODE".into(), ctx.node.id.clone()));
     env.push(("KILN_ATTEMPT".into(), ctx.attempt.to_string()));
     if ctx.is_retry() {
-        for pair in p.get("debug-env").map(Value::as_list).unwrap_or_default() {
+        for pair in super::debug_settings(&ctx.node) {
             if let Some((k, v)) = pair.split_once('=') {
                 env.push((k.to_string(), v.to_string()));
             }

@@ -20,6 +20,9 @@ use super::{StepCtx, StepOutput, copy_into, io_err, local::IMAGE};
 use crate::config::{StepKind, Value};
 use crate::exec::process::StepError;
 use crate::graph::{FileRole, Node};
+
+/// What a retry adds to image-builder's environment: packer's debug log.
+pub const DEBUG_ENV: &str = "PACKER_LOG=1";
 use crate::imagebuilder::{self, Engine, FLAG_PREFIX, Install};
 
 /// The patched template a `template-patch` node outputs.
@@ -247,8 +250,10 @@ pub fn invocation(
     if !flags.is_empty() {
         env.push(("PACKER_FLAGS".into(), flags));
     }
-    if attempt > 1 {
-        env.push(("PACKER_LOG".into(), "1".into()));
+    if attempt > 1
+        && let Some((k, v)) = DEBUG_ENV.split_once('=')
+    {
+        env.push((k.into(), v.into()));
     }
     let secrets: Vec<String> = node.secrets.iter().map(|s| s.name.clone()).collect();
     let mut files: Vec<(PathBuf, String)> =

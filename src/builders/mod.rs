@@ -152,6 +152,24 @@ pub trait Runner: Send + Sync {
     fn refresh<'a>(&'a self, claims: &'a [Claim]) -> RefreshFuture<'a>;
 }
 
+/// The environment a retry of the node runs with on top of its own, as `NAME=value`: a
+/// `command` step's `debug-env`, `PACKER_LOG=1` for image-builder; none for the others.
+pub fn debug_settings(node: &Node) -> Vec<String> {
+    match node.builder {
+        BuilderKind::Command => node
+            .recipe
+            .params
+            .get("debug-env")
+            .map(crate::config::Value::as_list)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|pair| pair.contains('='))
+            .collect(),
+        BuilderKind::ImageBuilder => vec![image_builder::DEBUG_ENV.to_string()],
+        _ => Vec::new(),
+    }
+}
+
 /// Whether a builder's results are claims about something outside kiln, checked by a refresh.
 pub fn makes_claims(builder: BuilderKind) -> bool {
     matches!(

@@ -8,7 +8,7 @@ use clap::Args;
 use super::plan::{SavedPlan, StoreView, forced_ids};
 use super::{Cli, CliError, Select, context};
 use crate::builders::Builtin;
-use crate::exec::{self, BuildOptions, Outcome, Progress};
+use crate::exec::{self, BuildOptions, Progress, View};
 use crate::plan;
 use crate::store::LocalStore;
 
@@ -31,9 +31,31 @@ pub struct BuildArgs {
     /// No progress lines, only the summary.
     #[arg(short, long)]
     pub quiet: bool,
+    /// The progress view: `live` (one line per running node under an overall bar; needs a
+    /// terminal), `plain` (timestamped lines), or `auto`: live on a terminal unless `CI` is set
+    /// or `TERM` is `dumb`. `NO_COLOR` only removes colour.
+    #[arg(long, value_enum, default_value = "auto", value_name = "VIEW")]
+    pub progress: super::settings::ProgressChoice,
+    /// Print the summary as one JSON object on stdout: the counts and every node with its
+    /// outcome (errors too are JSON); progress stays on stderr.
+    #[arg(long)]
+    pub json: bool,
     /// Execute exactly this saved plan (`kiln plan -o FILE`); refuse if anything changed since.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["force", "matrix", "kubernetes", "provider", "os", "cell"])]
     pub plan: Option<std::path::PathBuf>,
+}
+
+/// The progress view `--quiet` and `--progress` ask for, where stderr can show it.
+fn progress_view(args: &BuildArgs) -> View {
+    use std::io::IsTerminal;
+    let env = super::settings::Env::read();
+    if args.quiet {
+        View::Quiet
+    } else if super::settings::live(args.progress, std::io::stderr().is_terminal(), &env) {
+        View::Live
+    } else {
+        View::Plain
+    }
 }
 
 pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
@@ -86,8 +108,9 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         fail_fast: args.fail_fast,
         root: loaded.config.root.clone(),
         progress: Progress::new(
-            args.quiet,
+            progress_view(args),
             plan.actions.iter().filter(|a| a.will_run()).count(),
+            super::settings::colors().stderr,
         ),
         image_builder: crate::imagebuilder::Install::from_config(&loaded.config),
         remote: remote.clone(),
@@ -106,46 +129,26 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         eprintln!("warning: {w}");
     }
     super::remote::print_warnings(&remote);
-    let failures: Vec<_> = report
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.outcome, Outcome::Failed(_) | Outcome::Skipped { .. }))
-        .collect();
-    if !failures.is_empty() {
-        eprintln!(
-            "\nnode{:w$}  result",
-            "",
-            w = failures
-                .iter()
-                .map(|n| n.id.len())
-                .max()
-                .unwrap_or(0)
-                .saturating_sub(4)
-        );
-        for n in &failures {
-            let w = failures.iter().map(|n| n.id.len()).max().unwrap_or(0);
-            match &n.outcome {
-                Outcome::Failed(e) => {
-                    let log = n
-                        .log
-                        .as_ref()
-                        .map(|p| format!("; log: {}", p.display()))
-                        .unwrap_or_default();
-                    eprintln!(
-                        "{:w$}  failed after {} attempt{}: {e}{log}",
-                        n.id,
-                        n.attempts,
-                        if n.attempts == 1 { "" } else { "s" }
-                    );
-                }
-                Outcome::Skipped { failed_dep } => {
-                    eprintln!("{:w$}  skipped: upstream {failed_dep} failed", n.id)
-                }
-                _ => {}
-            }
+    if !args.json {
+        let table = exec::summary_table(&report);
+        if !table.is_empty() {
+            eprint!("\n{table}");
         }
     }
-    println!("{}", report.summary());
+    if let Some(gh) = super::github::GitHub::from_env() {
+        for n in &report.nodes {
+            if matches!(n.outcome, exec::Outcome::Failed(_)) {
+                // With --json stdout is the report's; the runner reads commands on stderr too.
+                gh.error(&n.id, &exec::failure_message(n), args.json);
+            }
+        }
+        gh.append_summary(&exec::summary_markdown(&report));
+    }
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.summary());
+    }
     if report.cancelled {
         return Err(CliError::Exit(130));
     }

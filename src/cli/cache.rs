@@ -1,5 +1,6 @@
 //! `kiln logs NODE` and `kiln cache verify|gc`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -14,6 +15,9 @@ pub enum CacheCommand {
         /// Remove what is corrupt, so the next build redoes it.
         #[arg(long, conflicts_with = "remote")]
         repair: bool,
+        /// Print `{blobs_checked, results_checked, records_checked, problems}`.
+        #[arg(long)]
+        json: bool,
         /// Check the remote cache instead: the record of every selected node is signed by a
         /// trusted key and intact, and its blobs are there.
         #[arg(long)]
@@ -44,6 +48,14 @@ pub enum CacheCommand {
         /// Say what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also forget the ids the config declares no more (the plan's orphans): their records
+        /// go, and with them their results unless a declared node shares them. Whatever they
+        /// published stays where it is; its facts are printed.
+        #[arg(long)]
+        orphans: bool,
+        /// Print what was (or would be) removed and forgotten as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Make a signing key for the remote cache: writes the secret key file (Nix's format) and
     /// prints the public key, NAME:BASE64, for `trusted-keys`.
@@ -84,6 +96,17 @@ fn keygen(name: &str, out: &std::path::Path) -> Result<(), CliError> {
     Ok(())
 }
 
+impl CacheCommand {
+    pub fn json(&self) -> bool {
+        match self {
+            CacheCommand::Verify { json, .. } | CacheCommand::Gc { json, .. } => *json,
+            CacheCommand::Keygen { .. } | CacheCommand::Push { .. } | CacheCommand::Pull { .. } => {
+                false
+            }
+        }
+    }
+}
+
 fn open(cli: &Cli) -> Result<LocalStore, CliError> {
     let (config, _) = crate::config::load(&cli.file).map_err(CliError::Config)?;
     let dir = context::cache_dir(&config, &cli.cache_dir);
@@ -99,7 +122,7 @@ fn open(cli: &Cli) -> Result<LocalStore, CliError> {
 /// Prints the log that the node's last recorded result names, read from its blob and checked
 /// against its digest. The live log file under `logs/` is never printed: anyone may have changed
 /// it.
-pub fn logs(cli: &Cli, node: &str) -> Result<(), CliError> {
+pub fn logs(cli: &Cli, node: &str, json: bool) -> Result<(), CliError> {
     let store = open(cli)?;
     let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
     let records = store.load_records().map_err(fail)?;
@@ -136,6 +159,16 @@ pub fn logs(cli: &Cli, node: &str) -> Result<(), CliError> {
         .map_err(fail)?
         .ok_or_else(|| damaged("log"))?;
     use std::io::Write;
+    if json {
+        let v = serde_json::json!({
+            "node": node,
+            "key": record.key,
+            "log_digest": digest,
+            "log": String::from_utf8_lossy(&bytes),
+        });
+        println!("{v}");
+        return Ok(());
+    }
     std::io::stdout()
         .write_all(&bytes)
         .map_err(|e| CliError::Failed(format!("writing the log: {e}")))
@@ -156,10 +189,12 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
     let store = match open(cli) {
         Ok(s) => s,
         Err(CliError::Failed(m)) if m.starts_with("no cache") => {
-            println!(
-                "{}: nothing to do",
-                m.split(':').next().unwrap_or("no cache")
-            );
+            let what = m.split(':').next().unwrap_or("no cache");
+            if cmd.json() {
+                println!("{}", serde_json::json!({ "cache": null, "message": what }));
+            } else {
+                println!("{what}: nothing to do");
+            }
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -172,24 +207,46 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
         CacheCommand::Keygen { .. } | CacheCommand::Push { .. } | CacheCommand::Pull { .. } => {
             Ok(())
         }
-        CacheCommand::Verify { repair, .. } => {
+        CacheCommand::Verify { repair, json, .. } => {
             let report = if *repair {
                 store.repair()
             } else {
                 store.verify()
             }
             .map_err(fail)?;
-            for p in &report.problems {
+            if *json {
+                let problems: Vec<serde_json::Value> = report
+                    .problems
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "path": p.path.display().to_string(),
+                            "what": p.what,
+                            "repaired": p.repaired,
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "blobs_checked": report.blobs_checked,
+                    "results_checked": report.actions_checked,
+                    "records_checked": report.records_checked,
+                    "problems": problems,
+                });
+                println!("{v}");
+            }
+            for p in report.problems.iter().filter(|_| !*json) {
                 println!("{p}");
             }
-            println!(
-                "checked {} blobs, {} results, {} records: {} problem{}",
-                report.blobs_checked,
-                report.actions_checked,
-                report.records_checked,
-                report.problems.len(),
-                if report.problems.len() == 1 { "" } else { "s" }
-            );
+            if !*json {
+                println!(
+                    "checked {} blobs, {} results, {} records: {} problem{}",
+                    report.blobs_checked,
+                    report.actions_checked,
+                    report.records_checked,
+                    report.problems.len(),
+                    if report.problems.len() == 1 { "" } else { "s" }
+                );
+            }
             if report.is_ok() || *repair {
                 Ok(())
             } else {
@@ -200,24 +257,99 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
             keep_last,
             older_than,
             dry_run,
+            orphans,
+            json,
         } => {
+            let forget = if *orphans {
+                orphans_of(cli, &store)?
+            } else {
+                Vec::new()
+            };
+            for (id, published) in forget.iter().filter(|_| !*json) {
+                let what = if published.is_empty() {
+                    String::new()
+                } else {
+                    let facts: Vec<String> =
+                        published.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!(
+                        "; it published {} (kiln removes nothing published)",
+                        facts.join(" ")
+                    )
+                };
+                let verb = if *dry_run { "would forget" } else { "forgot" };
+                println!("{verb} orphan {id}{what}");
+            }
+            let forgotten = forget.clone();
+            let forget: HashSet<String> = forget.into_iter().map(|(id, _)| id).collect();
             let r = store
-                .gc(&GcPolicy {
-                    keep_last: *keep_last,
-                    older_than: *older_than,
-                    dry_run: *dry_run,
-                    now_unix_ms: now_unix_ms(),
-                })
+                .gc_forgetting(
+                    &GcPolicy {
+                        keep_last: *keep_last,
+                        older_than: *older_than,
+                        dry_run: *dry_run,
+                        now_unix_ms: now_unix_ms(),
+                    },
+                    &forget,
+                )
                 .map_err(fail)?;
+            if *json {
+                let orphans: Vec<serde_json::Value> = forgotten
+                    .iter()
+                    .map(|(id, published)| serde_json::json!({ "id": id, "published": published }))
+                    .collect();
+                let v = serde_json::json!({
+                    "dry_run": r.dry_run,
+                    "results_removed": r.actions_removed,
+                    "results_kept": r.actions_kept,
+                    "blobs_removed": r.blobs_removed,
+                    "blobs_kept": r.blobs_kept,
+                    "temp_files_removed": r.temp_files_removed,
+                    "records_dropped": r.records_dropped,
+                    "bytes_freed": r.bytes_freed(),
+                    "orphans_forgotten": orphans,
+                });
+                println!("{v}");
+                return Ok(());
+            }
             println!(
-                "{}{} results and {} blobs removed ({} bytes), {} results kept",
+                "{}{} results and {} blobs {} ({} bytes), {} results kept",
                 if *dry_run { "dry run: " } else { "" },
                 r.actions_removed,
                 r.blobs_removed,
+                if *dry_run {
+                    "would be removed"
+                } else {
+                    "removed"
+                },
                 r.bytes_freed(),
                 r.actions_kept
             );
             Ok(())
         }
     }
+}
+
+type Facts = std::collections::BTreeMap<String, String>;
+
+/// The ids with a record that the whole config declares no more (see [`plan::orphans`]), each
+/// with what its last result published (a publish step's facts).
+fn orphans_of(cli: &Cli, store: &LocalStore) -> Result<Vec<(String, Facts)>, CliError> {
+    let loaded = context::load(&cli.file, &super::Select::default(), true)?;
+    let graph = context::lower(&loaded, None)?;
+    let records = store
+        .load_records()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let recorded: Vec<(&str, crate::hash::Digest)> =
+        records.iter().map(|(id, r)| (id.as_str(), r.key)).collect();
+    Ok(crate::plan::orphans(&graph, &recorded)
+        .into_iter()
+        .map(|id| {
+            let published = records
+                .get(&id)
+                .and_then(|r| store.get_action(&r.key).ok().flatten())
+                .map(super::plan::published_facts)
+                .unwrap_or_default();
+            (id, published)
+        })
+        .collect())
 }

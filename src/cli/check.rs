@@ -4,10 +4,31 @@ use std::path::Path;
 
 use super::{CliError, Select, context};
 
-pub fn run(file: &Path) -> Result<(), CliError> {
-    let loaded = context::load(file, &Select::default(), true)?;
+pub fn run(file: &Path, json: bool) -> Result<(), CliError> {
+    let (loaded, warnings) = context::load_with_warnings(file, &Select::default(), true)?;
+    if !json && !warnings.0.is_empty() {
+        super::report::print_diags(&warnings);
+    }
     let graph = context::lower(&loaded, None)?;
     let c = &loaded.config;
+    if json {
+        let warnings: Vec<serde_json::Value> = warnings
+            .0
+            .iter()
+            .map(|d| super::report::diagnostic_json(d))
+            .collect();
+        let v = serde_json::json!({
+            "file": file.display().to_string(),
+            "ok": true,
+            "files": c.sources.files().count(),
+            "matrices": c.matrices.len(),
+            "cells": loaded.cells.len(),
+            "nodes": graph.len(),
+            "warnings": warnings,
+        });
+        println!("{v}");
+        return Ok(());
+    }
     println!(
         "{}: ok — {} file{}, {} matri{}, {} cell{}, {} node{}",
         file.display(),

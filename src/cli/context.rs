@@ -24,16 +24,26 @@ pub struct Loaded {
 /// Loads and expands the config; prints its warnings. `images` checks that the cells name
 /// declared providers and releases (everything but `kiln matrix` needs that).
 pub fn load(file: &Path, select: &Select, images: bool) -> Result<Loaded, CliError> {
+    let (loaded, warnings) = load_with_warnings(file, select, images)?;
+    if !warnings.0.is_empty() {
+        super::report::print_diags(&warnings);
+    }
+    Ok(loaded)
+}
+
+/// [`load`], returning the warnings instead of printing them.
+pub fn load_with_warnings(
+    file: &Path,
+    select: &Select,
+    images: bool,
+) -> Result<(Loaded, config::Diags), CliError> {
     let (config, warnings) = config::load(file).map_err(CliError::Config)?;
     let (cells, more) = config::cells::expand_all(&config).map_err(CliError::Config)?;
     if images {
         config::cells::check_images(&config, &cells).map_err(CliError::Config)?;
     }
-    let mut all = warnings;
-    all.0.extend(more.0);
-    if !all.0.is_empty() {
-        super::report::print_diags(&all);
-    }
+    let mut all_warnings = warnings;
+    all_warnings.0.extend(more.0);
     let whole = select.matrix.is_none()
         && select.kubernetes.is_empty()
         && select.provider.is_empty()
@@ -45,12 +55,15 @@ pub fn load(file: &Path, select: &Select, images: bool) -> Result<Loaded, CliErr
     } else {
         filter(&config, &all, select)?.into()
     };
-    Ok(Loaded {
-        config,
-        all,
-        cells: selected,
-        whole,
-    })
+    Ok((
+        Loaded {
+            config,
+            all,
+            cells: selected,
+            whole,
+        },
+        all_warnings,
+    ))
 }
 
 fn filter(config: &Config, cells: &[Cell], s: &Select) -> Result<Vec<Cell>, CliError> {

@@ -8,7 +8,7 @@ use super::{Cli, CliError, Select, context};
 use crate::config::SecretSource;
 use crate::plan::{self, CacheView};
 
-pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
+pub fn run(cli: &Cli, id: &str, json: bool) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &Select::default(), true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let graph = context::lower(&loaded, Some(&dir))?;
@@ -26,6 +26,10 @@ pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
     let view = StoreView::open(dir, &graph, super::remote::open(cli, &loaded.config)?)?;
     let plan = plan::plan(&graph, &view, &BTreeSet::new());
     let n = graph.node(ix);
+    if json {
+        println!("{}", explain_json(&graph, ix, &plan, &view, &loaded.config));
+        return Ok(());
+    }
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<9} {v}\n"));
     line("node", n.id.clone());
@@ -95,16 +99,77 @@ pub fn run(cli: &Cli, id: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The exact command an image-builder node runs, in a work directory shown as `<work>`.
-fn describe_invocation(
+/// What `kiln explain --json` prints: the same facts as the text, as one object.
+fn explain_json(
+    graph: &crate::graph::Graph,
+    ix: petgraph::graph::NodeIndex,
+    plan: &plan::Plan,
+    view: &StoreView,
+    config: &crate::config::Config,
+) -> serde_json::Value {
+    let n = graph.node(ix);
+    let deps: Vec<serde_json::Value> = graph
+        .deps(ix)
+        .map(|d| serde_json::json!({ "id": graph.node(d).id, "key": graph.node(d).key }))
+        .collect();
+    let secrets: Vec<serde_json::Value> = n
+        .secrets
+        .iter()
+        .map(|s| match &s.source {
+            SecretSource::Env(v) => serde_json::json!({ "name": s.name, "env": v }),
+            SecretSource::File(f) => {
+                serde_json::json!({ "name": s.name, "file": f.display().to_string() })
+            }
+        })
+        .collect();
+    let p = n.policy;
+    let mut v = serde_json::json!({
+        "id": n.id,
+        "step": n.step.as_str(),
+        "builder": n.builder.to_string(),
+        "key": n.key,
+        "recipe": n.recipe_digest,
+        "cells": n.cells.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "deps": deps,
+        "policy": {
+            "retries": p.retries.unwrap_or(0),
+            "timeout_ms": p.timeout.map(|t| t.as_millis() as u64),
+            "limit": p.limit,
+        },
+        "secrets": secrets,
+        "inputs": n.manifest_labels(),
+        "plan": plan.action(ix),
+        "last_key": view.last(&n.id).map(|l| l.key),
+    });
+    if n.builder == crate::config::BuilderKind::ImageBuilder {
+        v["invocation"] = match image_builder_invocation(graph, ix, config) {
+            Ok(inv) => serde_json::json!({
+                "argv": inv.argv,
+                "env": inv.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                "secrets": inv.secrets,
+                "debug_env_on_retry": crate::builders::image_builder::DEBUG_ENV,
+                "files": inv
+                    .files
+                    .iter()
+                    .map(|(from, to)| serde_json::json!({ "from": from.display().to_string(), "to": to }))
+                    .collect::<Vec<_>>(),
+                "vars": inv.vars,
+            }),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+    }
+    v
+}
+
+/// The invocation of an image-builder node, in a work directory shown as `<work>`: the patched
+/// template comes from the cell's patch node, upstream of validate and build.
+fn image_builder_invocation(
     graph: &crate::graph::Graph,
     ix: petgraph::graph::NodeIndex,
     config: &crate::config::Config,
-    out: &mut String,
-) {
+) -> Result<crate::builders::image_builder::Invocation, crate::exec::process::StepError> {
     use crate::builders::image_builder::invocation;
     let n = graph.node(ix);
-    // The patched template comes from the cell's patch node, upstream of validate and build.
     let mut upstream: Vec<_> = graph.deps(ix).collect();
     let mut template = None;
     while let Some(d) = upstream.pop() {
@@ -120,13 +185,23 @@ fn describe_invocation(
         upstream.extend(graph.deps(d));
     }
     let install = crate::imagebuilder::Install::from_config(config);
-    match invocation(
+    invocation(
         n,
         &install,
         std::path::Path::new("<work>"),
         template.as_deref(),
         1,
-    ) {
+    )
+}
+
+/// The exact command an image-builder node runs, in a work directory shown as `<work>`.
+fn describe_invocation(
+    graph: &crate::graph::Graph,
+    ix: petgraph::graph::NodeIndex,
+    config: &crate::config::Config,
+    out: &mut String,
+) {
+    match image_builder_invocation(graph, ix, config) {
         Ok(inv) => {
             out.push_str(&format!("command   {}\n", inv.argv.join(" ")));
             for (k, v) in &inv.env {

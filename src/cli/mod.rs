@@ -5,14 +5,17 @@ mod cache;
 mod check;
 mod context;
 mod explain;
+mod github;
 mod graph;
 mod images;
+mod init;
 mod matrix;
 mod plan;
 mod refresh;
 mod remote;
 mod render;
 mod report;
+mod settings;
 mod share;
 
 use std::path::PathBuf;
@@ -21,11 +24,28 @@ use clap::{Args, Parser, Subcommand};
 
 pub use report::CliError;
 
+/// `kiln --version`: the version and, when built from a git checkout, the commit.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("KILN_VERSION_SUFFIX"));
+
+const EXAMPLES: &str = "\
+Examples:
+  kiln init                              # a starter images.kdl (offline `local` provider)
+  kiln check                             # validate images.kdl, its modules and images.lock
+  kiln plan                              # what a build would do, and why
+  kiln plan --detailed-exitcode          # exit 0: nothing to do, 2: changes, 1: error
+  kiln build --provider aws -j 4         # build the aws cells, 4 nodes at once
+  kiln build --plan plan.json            # run exactly a plan saved with `kiln plan -o plan.json`
+  kiln explain aws/ubuntu-2404/1.31/build
+  kiln logs aws/ubuntu-2404/1.31/build
+  kiln matrix --format github            # {\"include\":[…]} for a GitHub Actions matrix
+  kiln cache gc --orphans --dry-run";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kiln",
-    version,
-    about = "Builds Cluster API machine images from a declarative matrix"
+    version = VERSION,
+    about = "Builds Cluster API machine images from a declarative matrix",
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     /// The config file.
@@ -48,6 +68,16 @@ pub struct Cli {
     /// KILN_SIGNING_KEY). Without one, kiln only reads from the remote.
     #[arg(long, global = true, value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
+    /// When to colour the output: `auto` colours a terminal unless `NO_COLOR` is set, and any
+    /// stream when `CLICOLOR_FORCE` is.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    pub color: settings::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,7 +85,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Validate the config and every module it imports.
-    Check,
+    Check {
+        /// Print `{file, files, matrices, cells, nodes, warnings}`; errors as JSON objects.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the expanded matrix cells.
     Matrix {
         #[command(flatten)]
@@ -63,6 +97,11 @@ pub enum Command {
         /// Print a JSON array of cells.
         #[arg(long)]
         json: bool,
+        /// How to print the cells: a table, a JSON array, or GitHub Actions' `{"include": […]}`
+        /// for `strategy.matrix: ${{ fromJSON(…) }}` (one object per cell: `cell`, `matrix` and
+        /// its axis values).
+        #[arg(long, value_enum, default_value = "text", conflicts_with = "json")]
+        format: matrix::MatrixFormat,
     },
     /// Print the graph of step nodes.
     Graph {
@@ -72,13 +111,29 @@ pub enum Command {
         format: crate::graph::GraphFormat,
     },
     /// Show what a build would do, node by node, and why.
+    #[command(after_help = "Examples:
+  kiln plan                              # what runs, and why; cached nodes counted per cell
+  kiln plan --all                        # every node, cached ones included
+  kiln plan --provider aws --kubernetes 1.31
+  kiln plan --format markdown            # for a pull request comment
+  kiln plan --detailed-exitcode          # exit 0: nothing to do, 2: changes, 1: error
+  kiln plan -o plan.json && kiln build --plan plan.json")]
     Plan(plan::PlanArgs),
     /// Run every node the plan marks, in dependency order, and record the results.
+    #[command(after_help = "Examples:
+  kiln build                             # the whole matrix
+  kiln build --cell aws-ubuntu-2404-k8s-1.31 -j 2
+  kiln build --fail-fast --progress plain
+  kiln build --force aws/ubuntu-2404/1.31/build
+  kiln build --json > build.json         # the summary for a machine; progress on stderr")]
     Build(build::BuildArgs),
     /// Show one node's key, inputs, and why it would run.
     Explain {
         /// The node id, as `kiln plan` prints it.
         node: String,
+        /// Print the node, its inputs and its plan as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// List what is published, per cell: the facts of each publish node's last result.
     Images {
@@ -92,10 +147,30 @@ pub enum Command {
     Logs {
         /// The node id, as `kiln plan` prints it.
         node: String,
+        /// Print `{node, key, log_digest, log}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect or clean the cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Write a starter images.kdl (at -f, default ./images.kdl) and the provider module it
+    /// imports; `kiln check` accepts it as written.
+    #[command(
+        after_help = "Examples:\n  kiln init                      # the offline `local` provider: small ext4 images in qcow2\n  kiln init --provider aws\n  kiln -f images/images.kdl init --provider hcloud"
+    )]
+    Init {
+        /// The provider of the matrix.
+        #[arg(long, value_enum, default_value = "local")]
+        provider: init::Provider,
+    },
+    /// Print a shell completion script: `kiln completions bash > /etc/bash_completion.d/kiln`,
+    /// `kiln completions zsh > "${fpath[1]}/_kiln"`, `kiln completions fish >
+    /// ~/.config/fish/completions/kiln.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Runs one process of a step and ends every process it leaves behind (kiln starts this
     /// itself for every process of a step).
     #[command(name = "__supervise", hide = true)]
@@ -103,6 +178,37 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<std::ffi::OsString>,
     },
+}
+
+impl Command {
+    /// Whether the command only reads files and prints (no network, no child process).
+    fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Check { .. }
+                | Command::Matrix { .. }
+                | Command::Graph { .. }
+                | Command::Explain { .. }
+                | Command::Logs { .. }
+                | Command::Completions { .. }
+        )
+    }
+
+    /// Whether the command was asked for JSON: then its errors are JSON too.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Check { json }
+            | Command::Images { json, .. }
+            | Command::Explain { json, .. }
+            | Command::Logs { json, .. } => *json,
+            Command::Matrix { json, format, .. } => *json || *format != matrix::MatrixFormat::Text,
+            Command::Plan(args) => args.json || args.format == plan::PlanFormat::Json,
+            Command::Build(args) => args.json,
+            Command::Cache(cmd) => cmd.json(),
+            Command::Graph { format, .. } => *format == crate::graph::GraphFormat::Json,
+            Command::Supervise { .. } | Command::Init { .. } | Command::Completions { .. } => false,
+        }
+    }
 }
 
 /// Which cells to work on.
@@ -125,17 +231,86 @@ pub struct Select {
     pub cell: Vec<String>,
 }
 
+/// Parses the command line, runs it and reports an error; returns the exit code. A command line
+/// clap rejects exits 2, or 1 under `--detailed-exitcode` (where 2 means "changes").
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            if !e.use_stderr() {
+                let _ = e.print();
+                return 0;
+            }
+            if args.iter().any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let message = text.lines().next().unwrap_or_default();
+                let message = message.strip_prefix("error: ").unwrap_or(message);
+                CliError::Usage(message.to_string()).report_json();
+            } else {
+                let _ = e.print();
+            }
+            let detailed = args.iter().any(|a| a == "--detailed-exitcode");
+            return if detailed { 1 } else { 2 };
+        }
+    };
+    settings::init(cli.color);
+    if cli.command.only_prints() {
+        // `kiln matrix | head` ends quietly when head does, as other Unix tools do, instead
+        // of failing to print. Commands that talk to the network or to children keep the
+        // ignored SIGPIPE Rust starts with, and see EPIPE as an error.
+        // SAFETY: setting a signal's disposition to its default is always sound.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let json = cli.command.json();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            if json {
+                e.report_json();
+            } else {
+                e.report();
+            }
+            if let Some(gh) = github::GitHub::from_env() {
+                for error in e.to_json() {
+                    gh.cli_error(&error);
+                }
+            }
+            e.exit_code()
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Check => check::run(&cli.file),
-        Command::Matrix { ref select, json } => matrix::run(&cli.file, select, json),
+        Command::Check { json } => check::run(&cli.file, json),
+        Command::Matrix {
+            ref select,
+            json,
+            format,
+        } => {
+            let format = if json {
+                matrix::MatrixFormat::Json
+            } else {
+                format
+            };
+            matrix::run(&cli.file, select, format)
+        }
         Command::Graph { ref select, format } => graph::run(&cli.file, select, format),
         Command::Plan(ref args) => plan::run(&cli, args),
         Command::Build(ref args) => build::run(&cli, args),
         Command::Images { ref select, json } => images::run(&cli, select, json),
-        Command::Logs { ref node } => cache::logs(&cli, node),
-        Command::Explain { ref node } => explain::run(&cli, node),
+        Command::Logs { ref node, json } => cache::logs(&cli, node, json),
+        Command::Explain { ref node, json } => explain::run(&cli, node, json),
         Command::Cache(ref cmd) => cache::run(&cli, cmd),
+        Command::Init { provider } => init::run(&cli.file, provider),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Supervise { ref argv } => crate::exec::supervise::run(argv),
     }
 }

@@ -2,7 +2,7 @@
 //! `kiln build --plan`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -34,6 +34,10 @@ pub struct PlanArgs {
     /// Shorthand for --format json.
     #[arg(long)]
     pub json: bool,
+    /// List every node, cached ones included (by default the text and markdown plans list the
+    /// nodes that run and count the cached ones per cell; JSON always lists every node).
+    #[arg(long)]
+    pub all: bool,
     /// Save the plan (JSON) for `kiln build --plan FILE`.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -292,13 +296,25 @@ impl StoreView {
         !failed.is_empty()
     }
 
-    /// What an orphaned id published, from its last result.
+    /// What an orphaned id published, from its last result: the facts of a publish step (a
+    /// build's facts say where its outputs went, not what is published); empty for any other.
     pub fn published(&self, id: &str) -> BTreeMap<String, String> {
         self.records()
             .get(id)
             .and_then(|key| self.store.as_ref()?.get_any_action(key))
-            .map(|a| a.facts)
+            .map(published_facts)
             .unwrap_or_default()
+    }
+}
+
+/// What a result says was published: the facts of a publish step's result (a build's facts say
+/// where its outputs went, nothing is published); empty for any other step.
+pub fn published_facts(result: crate::store::ActionResult) -> BTreeMap<String, String> {
+    let publish = crate::config::StepKind::Publish.as_str();
+    if result.manifest.get("step").map(String::as_str) == Some(publish) {
+        result.facts
+    } else {
+        BTreeMap::new()
     }
 }
 
@@ -366,7 +382,17 @@ pub fn forced_ids(graph: &Graph, force: &[String]) -> Result<BTreeSet<String>, C
     Ok(out)
 }
 
+/// Plans; under `--detailed-exitcode` exits 0 with nothing to do, 2 with changes, 1 on any
+/// error (a usage error included, as in Terraform).
 pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
+    let r = plan_and_print(cli, args);
+    match r {
+        Err(e) if args.detailed_exitcode && !matches!(e, CliError::Exit(2)) => Err(e.as_failure()),
+        r => r,
+    }
+}
+
+fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &args.select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let (graph, graph_key) = context::lower_keyed(&loaded, Some(&dir))?;
@@ -406,12 +432,13 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     } else {
         args.format
     };
+    let detail = render::Detail { all: args.all };
     let text = match format {
         PlanFormat::Json => serde_json::to_string_pretty(&json()).expect("plan JSON") + "\n",
-        PlanFormat::Markdown => render::markdown(&graph, &plan, &orphans),
+        PlanFormat::Markdown => render::markdown(&graph, &plan, &orphans, detail),
         PlanFormat::Text => {
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            let mut text = render::text(&graph, &plan, &orphans, Style { color });
+            let color = super::settings::colors().stdout;
+            let mut text = render::text(&graph, &plan, &orphans, Style { color }, detail);
             if !args.refresh {
                 text.push_str("The published state was not checked (--refresh=false): publish nodes are planned from the cache alone.\n");
             }
@@ -421,6 +448,13 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+    if let Some(gh) = super::github::GitHub::from_env() {
+        let md = match format {
+            PlanFormat::Markdown => text,
+            _ => render::markdown(&graph, &plan, &orphans, detail),
+        };
+        gh.append_summary(&md);
+    }
     let work = plan.has_work();
     // Freeing a large graph costs time and changes nothing: the process ends here.
     std::mem::forget((graph, plan, view, loaded));

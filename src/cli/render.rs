@@ -79,44 +79,126 @@ fn reason_lines(a: &Action, indent: &str, out: &mut String) {
     }
 }
 
+/// How much of the plan the text and markdown renderings show.
+#[derive(Clone, Copy, Default)]
+pub struct Detail {
+    /// Every node, cached ones included; otherwise only the nodes that run, each cell's cached
+    /// nodes in one line, and cells with nothing to do in one line for all of them.
+    pub all: bool,
+}
+
+fn node_line(
+    graph: &Graph,
+    plan: &Plan,
+    ix: NodeIndex,
+    width: usize,
+    style: Style,
+    out: &mut String,
+) {
+    let n = graph.node(ix);
+    let a = plan.action(ix);
+    let (start, end) = style.action_codes(a);
+    let _ = writeln!(
+        out,
+        "  {start}{:2} {:width$}  {:8}  {}  {}{end}",
+        a.symbol(),
+        n.id,
+        n.step.as_str(),
+        n.key.short_display(),
+        a.label()
+    );
+    reason_lines(a, "       ", out);
+}
+
+/// `3 nodes cached`, `3 nodes cached (1 in the remote cache)`.
+fn cached_count(cached: usize, remote: usize) -> String {
+    let n = plural(cached, "node cached", "nodes cached");
+    if remote == 0 {
+        n
+    } else {
+        format!("{n} ({remote} in the remote cache)")
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// What an orphan's line says it published: only a publish step's facts are published
+/// artifacts (a build's facts are only where its outputs went).
+fn orphan_what(facts: &BTreeMap<String, String>) -> String {
+    if facts.is_empty() {
+        return String::new();
+    }
+    let artifacts: Vec<String> = facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("; published: {}", artifacts.join(" "))
+}
+
+/// The plan for people, like `terraform plan`: the nodes that run, with their reasons, grouped
+/// by cell and first; each such cell's cached nodes in one line; the cells with nothing to do
+/// in one line; orphans; the counts. `No changes. N nodes cached.` when nothing runs.
+/// `detail.all` lists every node instead.
 pub fn text(
     graph: &Graph,
     plan: &Plan,
     orphans: &[(String, BTreeMap<String, String>)],
     style: Style,
+    detail: Detail,
 ) -> String {
-    let width = graph
-        .order()
+    // Nothing runs: no node is listed, so none is grouped (a large no-op plan stays cheap).
+    let groups = if detail.all || plan.has_work() {
+        by_cell(graph)
+    } else {
+        Vec::new()
+    };
+    let shown = |ix: &NodeIndex| detail.all || plan.action(*ix).will_run();
+    let width = groups
         .iter()
+        .flat_map(|(_, nodes)| nodes.iter().filter(|ix| shown(ix)))
         .map(|ix| graph.node(*ix).id.len())
         .max()
         .unwrap_or(0);
-    let mut out = String::with_capacity(graph.len() * (width + 48));
-    for (cell, nodes) in by_cell(graph) {
-        let _ = writeln!(out, "{}", style.paint("1", &cell));
-        for ix in nodes {
-            let n = graph.node(ix);
-            let a = plan.action(ix);
-            let (start, end) = style.action_codes(a);
-            let _ = writeln!(
-                out,
-                "  {start}{:2} {:width$}  {:8}  {}  {}{end}",
-                a.symbol(),
-                n.id,
-                n.step.as_str(),
-                n.key.short_display(),
-                a.label()
-            );
-            reason_lines(a, "       ", &mut out);
+    let mut out = String::new();
+    let (mut quiet_cells, mut quiet_nodes, mut quiet_remote) = (0, 0, 0);
+    let remote = |ix: &&NodeIndex| {
+        matches!(
+            plan.action(**ix),
+            Action::Cached {
+                source: crate::plan::Source::Remote
+            }
+        )
+    };
+    for (cell, nodes) in &groups {
+        let cached = nodes
+            .iter()
+            .filter(|ix| !plan.action(**ix).will_run())
+            .count();
+        let from_remote = nodes.iter().filter(remote).count();
+        if !detail.all && cached == nodes.len() {
+            quiet_cells += 1;
+            quiet_nodes += cached;
+            quiet_remote += from_remote;
+            continue;
+        }
+        let _ = writeln!(out, "{}", style.paint("1", cell));
+        for ix in nodes.iter().filter(|ix| shown(ix)) {
+            node_line(graph, plan, *ix, width, style, &mut out);
+        }
+        if !detail.all && cached > 0 {
+            let line = format!("=  {}", cached_count(cached, from_remote));
+            let _ = writeln!(out, "  {}", style.paint("2", &line));
         }
     }
+    if quiet_cells > 0 && plan.has_work() {
+        let line = format!(
+            "=  {} with nothing to do: {}; `kiln plan --all` lists every node",
+            plural(quiet_cells, "other cell", "other cells"),
+            cached_count(quiet_nodes, quiet_remote)
+        );
+        let _ = writeln!(out, "{}", style.paint("2", &line));
+    }
     for (id, facts) in orphans {
-        let artifacts: Vec<String> = facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let what = if artifacts.is_empty() {
-            String::new()
-        } else {
-            format!("; published: {}", artifacts.join(" "))
-        };
+        let what = orphan_what(facts);
         let _ = writeln!(
             out,
             "{}",
@@ -125,6 +207,9 @@ pub fn text(
                 &format!("-  {id}  orphan: declared no more, kept{what}")
             )
         );
+    }
+    if plan.has_work() && !out.is_empty() {
+        out.push('\n');
     }
     out.push_str(&plan.summary().line());
     out.push('\n');
@@ -172,20 +257,42 @@ fn counts_row(s: &Summary) -> String {
     format!("{} | {} | {} | {}", s.new, s.rebuild, s.maybe, s.cached)
 }
 
+/// The plan for a pull request or a job summary: the counts, a table of the cells that run
+/// something (every cell with `detail.all`), and each such cell's nodes with their reasons.
 pub fn markdown(
     graph: &Graph,
     plan: &Plan,
     orphans: &[(String, BTreeMap<String, String>)],
+    detail: Detail,
 ) -> String {
     let mut out = String::from("## kiln plan\n\n");
     let _ = writeln!(out, "**{}**\n", plan.summary().line());
     let groups = by_cell(graph);
-    out.push_str("| cell | + new | ~ rebuild | ~? if upstream changes | = cached |\n| --- | ---: | ---: | ---: | ---: |\n");
-    for (cell, nodes) in &groups {
-        let s = summarize(nodes.iter().map(|ix| plan.action(*ix)), 0);
-        let _ = writeln!(out, "| `{cell}` | {} |", counts_row(&s));
+    let busy = |nodes: &[NodeIndex]| nodes.iter().any(|ix| plan.action(*ix).will_run());
+    let shown: Vec<&(String, Vec<NodeIndex>)> = groups
+        .iter()
+        .filter(|(_, nodes)| detail.all || busy(nodes))
+        .collect();
+    if !shown.is_empty() {
+        out.push_str("| cell | + new | ~ rebuild | ~? if upstream changes | = cached |\n| --- | ---: | ---: | ---: | ---: |\n");
+        for (cell, nodes) in &shown {
+            let s = summarize(nodes.iter().map(|ix| plan.action(*ix)), 0);
+            let _ = writeln!(out, "| `{cell}` | {} |", counts_row(&s));
+        }
+        let quiet: Vec<&(String, Vec<NodeIndex>)> = groups
+            .iter()
+            .filter(|(_, nodes)| !detail.all && !busy(nodes))
+            .collect();
+        if !quiet.is_empty() {
+            let cached: usize = quiet.iter().map(|(_, nodes)| nodes.len()).sum();
+            let _ = writeln!(
+                out,
+                "| {} with nothing to do | 0 | 0 | 0 | {cached} |",
+                plural(quiet.len(), "other cell", "other cells")
+            );
+        }
+        out.push('\n');
     }
-    out.push('\n');
     for (cell, nodes) in &groups {
         let running: Vec<&NodeIndex> = nodes
             .iter()
@@ -221,7 +328,12 @@ pub fn markdown(
         out.push_str("Orphans (declared no more; their artifacts are kept):\n\n");
         for (id, facts) in orphans {
             let artifacts: Vec<String> = facts.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
-            let _ = writeln!(out, "- `{id}` {}", artifacts.join(" "));
+            let what = if artifacts.is_empty() {
+                String::new()
+            } else {
+                format!(" published: {}", artifacts.join(" "))
+            };
+            let _ = writeln!(out, "- `{id}`{what}");
         }
     }
     out

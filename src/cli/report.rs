@@ -1,8 +1,6 @@
 //! Errors as the binary reports them: diagnostics rendered by miette, and exit codes.
 
-use std::io::IsTerminal;
-
-use miette::{GraphicalReportHandler, GraphicalTheme};
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
 
 use crate::config::Diags;
 
@@ -27,6 +25,43 @@ impl CliError {
         }
     }
 
+    /// The same error, exiting 1 whatever its kind: under `--detailed-exitcode`, 2 means
+    /// "changes" and every error is 1.
+    pub fn as_failure(self) -> CliError {
+        match self {
+            CliError::Usage(m) => CliError::Failed(m),
+            e => e,
+        }
+    }
+
+    /// The error as JSON objects `{code, message, file, line, column, help}`, one per
+    /// diagnostic (a config error may have several; warnings are left out). `file`, `line`
+    /// and `column` (1-based) are those of the diagnostic's first label, `null` without one.
+    pub fn to_json(&self) -> Vec<serde_json::Value> {
+        match self {
+            CliError::Config(diags) => diags
+                .0
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| diagnostic_json(d))
+                .collect(),
+            CliError::Usage(m) => vec![plain_json("usage", m)],
+            CliError::Failed(m) => vec![plain_json("failed", m)],
+            CliError::Exit(_) => Vec::new(),
+        }
+    }
+
+    /// Prints [`CliError::to_json`] to stdout, one object a line: with `--json`, stdout is for
+    /// machines whether the command succeeded or not.
+    pub fn report_json(&self) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for v in self.to_json() {
+            let _ = writeln!(out, "{v}");
+        }
+        let _ = out.flush();
+    }
+
     pub fn report(&self) {
         match self {
             CliError::Config(diags) => print_diags(diags),
@@ -37,8 +72,44 @@ impl CliError {
     }
 }
 
+pub fn plain_json(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "code": code,
+        "message": message,
+        "file": null,
+        "line": null,
+        "column": null,
+        "help": null,
+    })
+}
+
+/// A diagnostic as JSON, through miette's `Diagnostic` view of it: where its first label is.
+pub fn diagnostic_json(d: &dyn Diagnostic) -> serde_json::Value {
+    let at = d.source_code().and_then(|src| {
+        let label = d.labels()?.next()?;
+        let span = src.read_span(label.inner(), 0, 0).ok()?;
+        Some((
+            span.name().map(str::to_string),
+            span.line() + 1,
+            span.column() + 1,
+        ))
+    });
+    let (file, line, column) = match at {
+        Some((file, line, column)) => (file, Some(line), Some(column)),
+        None => (None, None, None),
+    };
+    serde_json::json!({
+        "code": d.code().map(|c| c.to_string()),
+        "message": d.to_string(),
+        "file": file,
+        "line": line,
+        "column": column,
+        "help": d.help().map(|h| h.to_string()),
+    })
+}
+
 fn handler() -> GraphicalReportHandler {
-    let theme = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+    let theme = if super::settings::colors().stderr {
         GraphicalTheme::unicode()
     } else {
         GraphicalTheme::unicode_nocolor()

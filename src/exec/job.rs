@@ -85,6 +85,10 @@ pub(super) struct JobOutcome {
     pub(super) result: Option<ActionResult>,
     /// What a publish step left as evidence of its claim (see [`refresh`]).
     pub(super) witness: Option<String>,
+    /// The last lines of the log of a node that failed.
+    pub(super) tail: Vec<String>,
+    /// `retry 2/3 with PACKER_LOG=1`, one per retry.
+    pub(super) retries: Vec<String>,
 }
 
 pub(super) fn ended(
@@ -99,6 +103,8 @@ pub(super) fn ended(
         log,
         result,
         witness: None,
+        tail: Vec::new(),
+        retries: Vec::new(),
     }
 }
 
@@ -299,11 +305,22 @@ async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutco
     let t0 = Instant::now();
     let mut last_err = StepError::Failed("not run".into());
     let mut attempts = 0;
+    let mut retries = Vec::new();
     for attempt in 1..=tries {
         attempts = attempt;
         if *sh.cancel.borrow() {
             last_err = StepError::Cancelled;
             break;
+        }
+        if attempt > 1 {
+            let debug = crate::builders::debug_settings(node);
+            let retry = if debug.is_empty() {
+                format!("retry {attempt}/{tries}")
+            } else {
+                format!("retry {attempt}/{tries} with {}", debug.join(" "))
+            };
+            sh.progress.retry(node, &retry);
+            retries.push(retry);
         }
         log.line(&format!(
             "== {} ({}), attempt {attempt} of {tries}",
@@ -390,10 +407,15 @@ async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutco
                         share(sh, &r).await;
                         JobOutcome {
                             witness,
+                            retries,
                             ..ended(Outcome::Built, attempt, Some(log_file), Some(r))
                         }
                     }
-                    Err(e) => ended(Outcome::Failed(e), attempt, Some(log_file), None),
+                    Err(e) => JobOutcome {
+                        retries,
+                        tail: log.tail(),
+                        ..ended(Outcome::Failed(e), attempt, Some(log_file), None)
+                    },
                 };
             }
             Err(e) => {
@@ -408,12 +430,19 @@ async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutco
         }
     }
     match last_err {
-        StepError::Cancelled => ended(Outcome::Cancelled, attempts, Some(log_file), None),
-        e => ended(
-            Outcome::Failed(e.to_string()),
-            attempts,
-            Some(log_file),
-            None,
-        ),
+        StepError::Cancelled => JobOutcome {
+            retries,
+            ..ended(Outcome::Cancelled, attempts, Some(log_file), None)
+        },
+        e => JobOutcome {
+            retries,
+            tail: log.tail(),
+            ..ended(
+                Outcome::Failed(e.to_string()),
+                attempts,
+                Some(log_file),
+                None,
+            )
+        },
     }
 }

@@ -20,7 +20,12 @@ pub struct NodeLog {
     secrets: Vec<String>,
     start: Instant,
     last: Mutex<String>,
+    /// The last [`TAIL_LINES`] lines, redacted, without their times: what the build output
+    /// shows of a failed node.
+    tail: Mutex<std::collections::VecDeque<String>>,
 }
+
+use super::report::TAIL_LINES;
 
 /// The open file and a running digest of every byte written to it.
 struct Written {
@@ -75,6 +80,7 @@ impl NodeLog {
             secrets: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
             start: Instant::now(),
             last: Mutex::new(String::new()),
+            tail: Mutex::new(std::collections::VecDeque::with_capacity(TAIL_LINES)),
         })
     }
 
@@ -105,7 +111,24 @@ impl NodeLog {
                 }
             }
         }
+        {
+            let mut tail = self.tail.lock().expect("log lock");
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
+        }
         *self.last.lock().expect("log lock") = line;
+    }
+
+    /// The last lines written (at most [`TAIL_LINES`]), secrets redacted.
+    pub fn tail(&self) -> Vec<String> {
+        self.tail
+            .lock()
+            .expect("log lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Ends the log: later lines are dropped, so the file can become a blob. Returns the
@@ -170,6 +193,19 @@ mod tests {
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("the secret is ***") && !text.contains("hunter2"));
         assert!(!text.contains("after the end"));
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_lines_redacted() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = NodeLog::create(&dir.path().join("a.log"), vec!["hunter2".into()]).unwrap();
+        for i in 0..TAIL_LINES + 5 {
+            log.line(&format!("line {i} hunter2"));
+        }
+        let tail = log.tail();
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(tail[0], "line 5 ***");
+        assert_eq!(tail[TAIL_LINES - 1], format!("line {} ***", TAIL_LINES + 4));
     }
 
     #[test]

@@ -29,8 +29,10 @@ use commit::Committer;
 use job::{Job, JobOutcome, Shared, StepSlot, run_job};
 pub use job::{available_secrets, log_path};
 use process::ProcTable;
-pub use progress::Progress;
-pub use report::{BuildReport, NodeReport, Outcome};
+pub use progress::{Progress, View};
+pub use report::{
+    BuildReport, NodeReport, Outcome, TAIL_LINES, failure_message, summary_markdown, summary_table,
+};
 use report::{first_failed_ancestor, report_failed};
 use workdir::WorkDirs;
 
@@ -95,16 +97,7 @@ pub async fn execute(
     for &ix in &order {
         let node = graph.node(ix);
         if !plan.action(ix).will_run() {
-            outcome.insert(
-                ix,
-                NodeReport {
-                    id: node.id.clone(),
-                    outcome: Outcome::Cached,
-                    attempts: 0,
-                    log: None,
-                    duration: Duration::ZERO,
-                },
-            );
+            outcome.insert(ix, NodeReport::idle(&node.id, Outcome::Cached));
             if records.get(&node.id).map(|r| r.key) != Some(node.key) {
                 let _ = store.append_record(&Record {
                     id: node.id.clone(),
@@ -181,7 +174,10 @@ pub async fn execute(
                 frontier.extend(graph.deps(d));
             }
             if let Some(m) = missing {
-                outcome.insert(ix, NodeReport { id: node.id.clone(), outcome: Outcome::Failed(format!("the cached result of {m} is unreadable; run `kiln cache verify --repair`")), attempts: 0, log: None, duration: Duration::ZERO });
+                let failed = Outcome::Failed(format!(
+                    "the cached result of {m} is unreadable; run `kiln cache verify --repair`"
+                ));
+                outcome.insert(ix, NodeReport::idle(&node.id, failed));
                 continue;
             }
             *per_provider.entry(node.provider.clone()).or_default() += 1;
@@ -234,6 +230,8 @@ pub async fn execute(
                     log,
                     result,
                     witness,
+                    tail,
+                    retries,
                 },
             ),
         )) = done
@@ -260,6 +258,8 @@ pub async fn execute(
                 attempts,
                 log,
                 duration: took,
+                tail,
+                retries,
             },
         );
         if failed && opts.fail_fast {
@@ -296,16 +296,12 @@ pub async fn execute(
         let node = graph.node(ix);
         let r = outcome.remove(&ix).unwrap_or_else(|| {
             let failed_dep = first_failed_ancestor(graph, ix, &report_failed(&report));
-            NodeReport {
-                id: node.id.clone(),
-                outcome: match failed_dep {
-                    Some(d) if !cancelled => Outcome::Skipped { failed_dep: d },
-                    _ => Outcome::Cancelled,
-                },
-                attempts: 0,
-                log: None,
-                duration: Duration::ZERO,
-            }
+            let outcome = match failed_dep {
+                _ if cancelled => Outcome::Cancelled,
+                Some(d) => Outcome::Skipped { failed_dep: d },
+                None => Outcome::NotStarted,
+            };
+            NodeReport::idle(&node.id, outcome)
         });
         report.nodes.push(r);
     }

@@ -140,7 +140,7 @@ fn build(
         jobs,
         fail_fast,
         root: dir.to_path_buf(),
-        progress: Progress::new(true, graph.len()),
+        progress: Progress::new(super::View::Quiet, graph.len(), false),
         image_builder: crate::imagebuilder::Install::from_config(&config),
         remote: None,
     };
@@ -243,6 +243,18 @@ fn fail_fast_starts_nothing_after_a_failure() {
     );
     assert!(!report.ok());
     assert_eq!(report.count(|o| *o == Outcome::Built), 0);
+    // Every node is in the report: what never started says so.
+    let not_started = report.count(|o| *o == Outcome::NotStarted);
+    assert!(not_started > 0, "{:?}", report.nodes);
+    assert_eq!(
+        report.count(|o| matches!(o, Outcome::Failed(_) | Outcome::Skipped { .. })) + not_started,
+        report.nodes.len()
+    );
+    assert!(
+        report
+            .summary()
+            .ends_with(&format!("{not_started} not started"))
+    );
 }
 
 #[test]

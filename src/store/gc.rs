@@ -1,5 +1,7 @@
 //! Garbage collection: keep the action entries that `records.log` names (per policy) and the
-//! blobs they refer to; remove everything else.
+//! blobs they refer to — their outputs, logs and the stored copies of their input files, which
+//! the next plan diffs a changed file against; remove everything else. The records of ids named
+//! to be forgotten (orphans, which only the caller can tell) go too.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, UNIX_EPOCH};
@@ -42,6 +44,8 @@ pub struct GcReport {
     pub temp_bytes_freed: u64,
     /// Lines of `records.log` dropped because their entries were collected (or were garbled).
     pub records_dropped: usize,
+    /// Ids whose every record was dropped because they were to be forgotten.
+    pub ids_forgotten: usize,
 }
 
 impl GcReport {
@@ -54,11 +58,27 @@ impl LocalStore {
     /// Collects garbage according to `policy`. Hold the cache lock: every action entry that no
     /// record names is removed, including one a concurrent build has just written.
     pub fn gc(&self, policy: &GcPolicy) -> Result<GcReport> {
+        self.gc_forgetting(policy, &HashSet::new())
+    }
+
+    /// [`LocalStore::gc`], and every record of the ids in `forget` is dropped as well, so their
+    /// results go unless another id's record keeps them (`kiln cache gc --orphans`).
+    pub fn gc_forgetting(&self, policy: &GcPolicy, forget: &HashSet<String>) -> Result<GcReport> {
         let mut report = GcReport {
             dry_run: policy.dry_run,
             ..GcReport::default()
         };
-        let log = self.read_record_log()?;
+        let mut log = self.read_record_log()?;
+        let before = log.records.len();
+        let forgotten: HashSet<&str> = log
+            .records
+            .iter()
+            .filter(|r| forget.contains(&r.id))
+            .map(|r| r.id.as_str())
+            .collect();
+        report.ids_forgotten = forgotten.len();
+        log.records.retain(|r| !forget.contains(&r.id));
+        let dropped_ids = before - log.records.len();
         let roots = roots(&log.records, policy);
 
         // Action entries.
@@ -73,6 +93,7 @@ impl LocalStore {
                     Some(Ok(result)) => {
                         report.actions_kept += 1;
                         live_blobs.extend(result.referenced_blobs());
+                        live_blobs.extend(result.input_copies());
                         continue;
                     }
                     Some(Err(problem)) if !policy.dry_run => self.warn(StoreWarning {
@@ -98,7 +119,8 @@ impl LocalStore {
             .filter(|r| roots.contains(&r.key))
             .cloned()
             .collect();
-        report.records_dropped = log.records.len() - kept_records.len() + log.garbled.len();
+        report.records_dropped =
+            log.records.len() - kept_records.len() + log.garbled.len() + dropped_ids;
         if report.records_dropped > 0 && !policy.dry_run {
             self.rewrite_records(&kept_records)?;
         }
@@ -193,4 +215,75 @@ fn roots(history: &[super::Record], policy: &GcPolicy) -> HashSet<Digest> {
         }
     }
     roots
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+
+    use super::*;
+    use crate::store::{ActionResult, Record};
+
+    fn result(store: &LocalStore, id: &str, n: u8, input: &[u8]) -> ActionResult {
+        let copy = store.put_blob(input).unwrap();
+        let r = ActionResult {
+            key: Digest::of_bytes(&[n]),
+            id: id.into(),
+            recipe: Digest::of_bytes(id.as_bytes()),
+            dep_outputs: BTreeMap::new(),
+            outputs: Vec::new(),
+            facts: BTreeMap::new(),
+            manifest: BTreeMap::from([("file:files/motd".into(), format!("{copy} 6"))]),
+            attempts: 1,
+            started_unix_ms: 0,
+            duration_ms: 0,
+            log: None,
+        };
+        store.put_action(&r).unwrap();
+        store
+            .append_record(&Record {
+                id: id.into(),
+                key: r.key,
+                unix_ms: 1,
+            })
+            .unwrap();
+        r
+    }
+
+    fn policy() -> GcPolicy {
+        GcPolicy {
+            keep_last: None,
+            older_than: None,
+            dry_run: false,
+            now_unix_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn gc_keeps_the_input_copies_of_kept_results_and_forgets_the_named_ids() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = LocalStore::open(&dir.path().join("cache")).unwrap();
+        let kept = result(&store, "a/build", 1, b"hello\n");
+        let gone = result(&store, "old/build", 2, b"bye\n");
+        let input = |r: &ActionResult| r.input_copies().next().unwrap();
+
+        let report = store.gc(&policy()).unwrap();
+        assert_eq!(report.blobs_removed, 0, "{report:?}");
+        assert!(store.has_blob(&input(&kept)) && store.has_blob(&input(&gone)));
+
+        let forget = HashSet::from(["old/build".to_string()]);
+        let report = store.gc_forgetting(&policy(), &forget).unwrap();
+        assert_eq!(report.ids_forgotten, 1);
+        assert_eq!(report.records_dropped, 1);
+        assert_eq!(report.actions_removed, 1);
+        assert!(store.has_blob(&input(&kept)));
+        assert!(!store.has_blob(&input(&gone)));
+        let ids: Vec<String> = store
+            .record_history()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["a/build"]);
+    }
 }

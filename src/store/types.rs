@@ -62,6 +62,16 @@ impl ActionResult {
     pub fn referenced_blobs(&self) -> impl Iterator<Item = Digest> + '_ {
         self.outputs.iter().map(|o| o.digest).chain(self.log)
     }
+
+    /// The digests of the node's input files as its manifest names them (`file:PATH` →
+    /// `DIGEST …`): the stored copies of the small ones are what the next plan diffs a changed
+    /// file against.
+    pub fn input_copies(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.manifest
+            .iter()
+            .filter(|(k, _)| k.starts_with("file:"))
+            .filter_map(|(_, v)| v.split(' ').next()?.parse().ok())
+    }
 }
 
 /// One line of `records.log`: logical id `id` was built (or found cached) as `key` at `unix_ms`.

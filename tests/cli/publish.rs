@@ -739,6 +739,7 @@ fn gcp_image_grants_the_role_with_gcloud() {
     let plan = |p: &Project| {
         let out = p.kiln(&[
             "plan",
+            "--all",
             "--provider",
             "gcp",
             "--os",

@@ -82,6 +82,7 @@ impl Output {
 pub struct Project {
     dir: TempDir,
     env: BTreeMap<String, String>,
+    unset: Vec<String>,
     clean_env: bool,
 }
 
@@ -109,6 +110,7 @@ impl Project {
         Project {
             dir: dir.unwrap(),
             env: BTreeMap::new(),
+            unset: Vec::new(),
             clean_env: false,
         }
     }
@@ -161,6 +163,7 @@ impl Project {
     }
 
     pub fn set_env(&mut self, key: &str, value: &str) {
+        self.unset.retain(|k| k != key);
         self.env.insert(key.into(), value.into());
     }
 
@@ -204,9 +207,21 @@ impl Project {
         out
     }
 
-    /// Runs `kiln ARGS` in the project directory, with `NO_COLOR=1`, no inherited `KILN_*`
-    /// variables, and the variables set with [`Project::env`].
+    /// Runs `kiln ARGS` in the project directory, with `NO_COLOR=1`, no inherited `KILN_*`,
+    /// `GITHUB_*`, `CI` or `CLICOLOR*` variables, and the variables set with [`Project::env`].
     pub fn kiln(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        let out = cmd.output().expect("run kiln");
+        let text = |b: Vec<u8>| self.redact(&String::from_utf8(b).expect("output is UTF-8"));
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: text(out.stdout),
+            stderr: text(out.stderr),
+        }
+    }
+
+    /// The command [`Project::kiln`] runs, to spawn it another way.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(args).current_dir(self.path());
         if self.clean_env {
@@ -216,20 +231,29 @@ impl Project {
             }
         }
         cmd.env("NO_COLOR", "1");
+        // Nothing of the environment the tests run in decides how kiln reports: not a CI
+        // runner's variables, not a forced colour.
         for (k, _) in std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
-            .filter(|(k, _)| k.starts_with("KILN_"))
+            .filter(|(k, _)| {
+                k.starts_with("KILN_")
+                    || k.starts_with("GITHUB_")
+                    || ["CI", "CLICOLOR", "CLICOLOR_FORCE"].contains(&k.as_str())
+            })
         {
             cmd.env_remove(k);
         }
         cmd.envs(&self.env);
-        let out = cmd.output().expect("run kiln");
-        let text = |b: Vec<u8>| self.redact(&String::from_utf8(b).expect("output is UTF-8"));
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: text(out.stdout),
-            stderr: text(out.stderr),
+        for k in &self.unset {
+            cmd.env_remove(k);
         }
+        cmd
+    }
+
+    /// Removes a variable that every run would otherwise get (such as `NO_COLOR`).
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.remove(key);
+        self.unset.push(key.to_string());
     }
 }
 

@@ -149,9 +149,7 @@ fn a_revert_republishes_what_the_bucket_no_longer_holds() {
     assert_eq!(entry["current"], true, "{entry}");
     let again = p.kiln(&["-f", F, "plan"]);
     assert!(
-        again
-            .stdout
-            .ends_with("Plan: 0 to build, 0 to rebuild, 12 cached\n"),
+        again.stdout.ends_with("No changes. 12 nodes cached.\n"),
         "{}",
         again.stdout
     );
@@ -210,7 +208,7 @@ fn a_tampered_or_deleted_bucket_object_is_published_again() {
     unchecked.expect_code(0);
     assert!(
         unchecked.stdout.ends_with(
-            "Plan: 0 to build, 0 to rebuild, 12 cached\nThe published state was not checked (--refresh=false): publish nodes are planned from the cache alone.\n"
+            "No changes. 12 nodes cached.\nThe published state was not checked (--refresh=false): publish nodes are planned from the cache alone.\n"
         ),
         "{}",
         unchecked.stdout
