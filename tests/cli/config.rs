@@ -40,6 +40,7 @@ const ERROR_CASES: &[&str] = &[
     "error-bad-duration",
     "error-unquoted-version",
     "error-zero-limit",
+    "error-trusted-key",
 ];
 
 #[test]
