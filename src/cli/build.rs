@@ -128,6 +128,9 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
+    if let Some(r) = &remote {
+        super::remote::write_pack(r, &graph, &store, &|k| view.pack_facts(k));
+    }
     super::remote::print_warnings(&remote);
     if !args.json {
         let table = exec::summary_table(&report);

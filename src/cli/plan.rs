@@ -14,8 +14,8 @@ use crate::hash::{Digest, DigestSet};
 use crate::plan::{self, CacheView, LastResult, Plan};
 use std::sync::Arc;
 
-use crate::store::remote::Remote;
-use crate::store::{ActionResult, LocalStore};
+use crate::store::LocalStore;
+use crate::store::remote::{Remote, pack};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PlanFormat {
@@ -61,6 +61,8 @@ pub struct StoreView {
     /// The keys of `keys` whose result is only in the remote cache (its record fetched).
     remote_keys: DigestSet,
     remote: Option<Arc<Remote>>,
+    /// The facts of remote publish results known from a pack (their records not fetched).
+    pack_facts: HashMap<Digest, BTreeMap<String, String>>,
     /// The key of the last record of every id: read from `records.log` when first needed
     /// (a plan with nothing to do needs none).
     records: std::sync::OnceLock<Records>,
@@ -89,6 +91,7 @@ impl StoreView {
                 keys: DigestSet::default(),
                 remote_keys: DigestSet::default(),
                 remote: None,
+                pack_facts: HashMap::new(),
                 records: Records::default().into(),
                 drift: BTreeMap::new(),
             });
@@ -106,6 +109,7 @@ impl StoreView {
             eprintln!("warning: {w}");
         }
         let mut remote_keys = DigestSet::default();
+        let mut pack_facts = HashMap::new();
         if let Some(r) = remote.as_ref().filter(|r| r.reads()) {
             let mut ask = Vec::new();
             for k in wanted.iter().filter(|k| !keys.contains(*k)) {
@@ -116,9 +120,29 @@ impl StoreView {
                     _ => ask.push(*k),
                 }
             }
-            for v in r.block_on(r.get_actions(&ask)) {
-                let _ = store.put_mirrored(&v.result, &v.signer);
-                remote_keys.insert(v.result.key);
+            if !ask.is_empty() {
+                let graph_digest = pack::graph_digest(&wanted);
+                let (entries, exact) = r.block_on(r.get_pack(&graph_digest)).unwrap_or_default();
+                let listed: HashMap<Digest, Option<BTreeMap<String, String>>> =
+                    entries.into_iter().map(|e| (e.key, e.facts)).collect();
+                ask.retain(|k| match listed.get(k) {
+                    Some(facts) => {
+                        remote_keys.insert(*k);
+                        if let Some(f) = facts {
+                            pack_facts.insert(*k, f.clone());
+                        }
+                        false
+                    }
+                    None => true,
+                });
+                // The pack of this very graph lists every result its signer had: what it does
+                // not list is taken as missing rather than asked for one by one.
+                if !exact {
+                    for v in r.block_on(r.get_actions(&ask)) {
+                        let _ = store.put_mirrored(&v.result, &v.signer);
+                        remote_keys.insert(v.result.key);
+                    }
+                }
             }
             keys.extend(remote_keys.iter().copied());
             super::remote::print_warnings(&remote);
@@ -128,6 +152,7 @@ impl StoreView {
             keys,
             remote_keys,
             remote,
+            pack_facts,
             records: std::sync::OnceLock::new(),
             drift: BTreeMap::new(),
         })
@@ -242,20 +267,30 @@ impl StoreView {
         let (Some(store), Some(remote)) = (&self.store, &self.remote) else {
             return false;
         };
-        let wanted: Vec<(String, ActionResult)> = graph
+        let wanted: Vec<(String, Digest)> = graph
             .order()
             .into_iter()
             .filter(|ix| needed[ix.index()] && !plan.action(*ix).will_run())
             .filter(|ix| self.remote_keys.contains(&graph.node(*ix).key))
-            .filter_map(|ix| {
-                let (r, _) = store.get_mirrored(&graph.node(ix).key)?;
-                Some((graph.node(ix).id.clone(), r))
-            })
+            .map(|ix| (graph.node(ix).id.clone(), graph.node(ix).key))
             .collect();
         let failed: Vec<Digest> = remote.block_on(async {
             use futures_util::StreamExt;
             futures_util::stream::iter(wanted)
-                .map(|(id, r)| async move {
+                .map(|(id, key)| async move {
+                    // A result known from a pack has its record fetched (and checked) now.
+                    let r = match store.get_mirrored(&key) {
+                        Some((r, _)) => r,
+                        None => match remote.get_action(&key).await {
+                            Some(v) => v.result,
+                            None => {
+                                eprintln!(
+                                    "warning: the remote result of {id} is not used: its record cannot be read; it runs here"
+                                );
+                                return Some(key);
+                            }
+                        },
+                    };
                     for d in r.referenced_blobs() {
                         if let Err(e) = remote.fetch_blob(&d, store).await {
                             eprintln!(
@@ -294,6 +329,11 @@ impl StoreView {
             self.remote_keys.remove(&k);
         }
         !failed.is_empty()
+    }
+
+    /// The facts of a remote publish result that only a pack lists.
+    pub fn pack_facts(&self, key: &Digest) -> Option<BTreeMap<String, String>> {
+        self.pack_facts.get(key).cloned()
     }
 
     /// What an orphaned id published, from its last result: the facts of a publish step (a
@@ -397,7 +437,7 @@ fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let (graph, graph_key) = context::lower_keyed(&loaded, Some(&dir))?;
     let remote = super::remote::open(cli, &loaded.config)?;
-    let mut view = StoreView::open(dir, &graph, remote)?;
+    let mut view = StoreView::open(dir, &graph, remote.clone())?;
     let forced = forced_ids(&graph, &args.force)?;
     let mut plan = plan::plan(&graph, &view, &forced);
     if args.refresh {
@@ -420,6 +460,15 @@ fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
         let mut v = render::json(&graph, &plan, &orphans, loaded.config.digest(), &cells);
         v["forced"] = serde_json::json!(forced);
         v["refreshed"] = serde_json::json!(args.refresh);
+        if let Some(r) = &remote {
+            use std::sync::atomic::Ordering::Relaxed;
+            v["remote"] = serde_json::json!({
+                "url": r.url(),
+                "requests": r.stats.requests.load(Relaxed),
+                "bytes_fetched": r.stats.bytes_in.load(Relaxed),
+                "failed": r.is_down(),
+            });
+        }
         v
     };
     if let Some(path) = &args.out {

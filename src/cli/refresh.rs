@@ -48,6 +48,7 @@ pub fn refresh_plan(
     let found = runtime.block_on(refresh::refresh(
         graph,
         &nodes,
+        &|key| view.pack_facts(key),
         &store,
         &Builtin,
         &loaded.config.root,

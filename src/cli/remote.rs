@@ -91,3 +91,43 @@ pub fn print_warnings(remote: &Option<Arc<Remote>>) {
         }
     }
 }
+
+/// After a signing runner's build or push: the pack of `graph`, listing every node whose result
+/// this run saw in the remote (with the facts of publish results), so a fresh runner plans the
+/// graph with one request.
+pub fn write_pack(
+    remote: &Remote,
+    graph: &crate::graph::Graph,
+    store: &crate::store::LocalStore,
+    known_facts: &dyn Fn(
+        &crate::hash::Digest,
+    ) -> Option<std::collections::BTreeMap<String, String>>,
+) {
+    use crate::store::remote::pack::{PackEntry, graph_digest};
+    if !remote.writes() || remote.is_down() {
+        return;
+    }
+    let keys: Vec<crate::hash::Digest> = graph
+        .order()
+        .into_iter()
+        .map(|ix| graph.node(ix).key)
+        .collect();
+    let entries: Vec<PackEntry> = graph
+        .order()
+        .into_iter()
+        .map(|ix| graph.node(ix))
+        .filter(|n| remote.has_seen(&n.key))
+        .map(|n| PackEntry {
+            key: n.key,
+            facts: (n.step == crate::config::StepKind::Publish)
+                .then(|| {
+                    store
+                        .get_any_action(&n.key)
+                        .map(|r| r.facts)
+                        .or_else(|| known_facts(&n.key))
+                })
+                .flatten(),
+        })
+        .collect();
+    remote.block_on(remote.put_pack(&graph_digest(&keys), &entries));
+}

@@ -15,6 +15,7 @@ use crate::store::{LocalStore, Record, now_unix_ms};
 /// What push, pull and verify work on: the selected graph's node keys, the local store and the
 /// remote.
 struct Scope {
+    graph: crate::graph::Graph,
     nodes: Vec<(String, Digest)>,
     store: Arc<LocalStore>,
     remote: Arc<Remote>,
@@ -36,6 +37,7 @@ fn scope(cli: &Cli, select: &Select) -> Result<Scope, CliError> {
         .map(|ix| (graph.node(ix).id.clone(), graph.node(ix).key))
         .collect();
     Ok(Scope {
+        graph,
         nodes,
         store,
         remote,
@@ -82,6 +84,7 @@ pub fn push(cli: &Cli, select: &Select) -> Result<(), CliError> {
             .buffer_unordered(8)
             .fold(0, |a, b| async move { a + b }),
     );
+    super::remote::write_pack(remote, &s.graph, store, &|_| None);
     finish(remote, "the push")?;
     println!(
         "pushed {wrote} results ({} already there, {} not built here), {} bytes",

@@ -42,11 +42,12 @@ const CHUNK: usize = 512;
 /// Checks the results of `nodes` against their targets and records the verdicts: each node with
 /// the key of the result to check (its own key when cached; the key of its last result when
 /// early cutoff may reuse that). The facts come from the latest verdict for that key, else from
-/// the action cache; a node whose result cannot be read is left out: the planner already treats
-/// it as missing.
+/// the action cache, else from `known` (the facts a remote cache's pack lists); a node whose
+/// result cannot be read is left out: the planner already treats it as missing.
 pub async fn refresh(
     graph: &Graph,
     nodes: &[(NodeIndex, Digest)],
+    known_facts: &dyn Fn(&Digest) -> Option<BTreeMap<String, String>>,
     store: &Arc<LocalStore>,
     runner: &dyn Runner,
     root: &std::path::Path,
@@ -97,9 +98,12 @@ pub async fn refresh(
             let last = known.get(&node.id).filter(|k| k.key == key);
             let facts = match last {
                 Some(k) => k.facts.clone(),
-                None => match store.get_any_action(&key) {
-                    Some(r) => r.facts,
-                    None => continue,
+                None => match store.get_any_action(&key).map(|r| r.facts) {
+                    Some(f) => f,
+                    None => match known_facts(&key) {
+                        Some(f) => f,
+                        None => continue,
+                    },
                 },
             };
             let witness = known

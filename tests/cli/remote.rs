@@ -116,6 +116,8 @@ fn runners_share_results_through_one_bucket() {
     for n in json["nodes"].as_array().unwrap() {
         assert_eq!(n["source"], "remote", "{n}");
     }
+    // One request: A's signed pack of this graph lists every result.
+    assert_eq!(json["remote"]["requests"], 1, "{}", json["remote"]);
     let out = b.kiln(&["-f", F, "build", "--quiet"]);
     out.expect_code(0);
     assert_eq!(out.stdout.trim(), "0 built, 12 cached", "{}", out.stderr);
@@ -167,6 +169,14 @@ fn untrustworthy_records_are_rebuilt() {
     .expect_code(0);
     assert!(m.get(&untrusted).is_some());
 
+    // The packs that list every result are changed too, so B asks for each record.
+    for pack in m.list(&format!("{PREFIX}/packs")) {
+        let mut bytes = m.get(&pack).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 1;
+        m.put(&pack, bytes);
+    }
+
     // Missing blob: the image of the ubuntu 1.32 build is gone, and B must validate it again.
     let b = runner(&m, shared.path()).env("KILN_TRUSTED_KEYS", &public);
     let ubuntu = "local/ubuntu-2404/1.32/build";
@@ -178,6 +188,13 @@ fn untrustworthy_records_are_rebuilt() {
 
     let plan = b.kiln(&["-f", F, "plan"]);
     plan.expect_code(0);
+    assert!(
+        plan.stderr.contains(&format!(
+            "ignoring the pack {PREFIX}/packs/latest: its body does not match its digest"
+        )),
+        "{}",
+        plan.stderr
+    );
     assert!(
         plan.stderr.contains(&format!(
             "ignoring the record {tampered}: its body does not match its digest"

@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod keys;
+pub mod pack;
 pub mod signed;
 
 use std::io::Write;
@@ -62,6 +63,9 @@ pub struct Remote {
     trusted: Vec<PublicKey>,
     down: AtomicBool,
     warnings: Mutex<Vec<String>>,
+    /// Keys this run saw a result for in the remote (fetched, listed in a trusted pack, or
+    /// pushed): what a pack written by this run may list.
+    known: Mutex<crate::hash::DigestSet>,
     pub stats: Stats,
     /// For the callers that are not async themselves (the planner).
     runtime: Option<tokio::runtime::Runtime>,
@@ -170,6 +174,7 @@ impl Remote {
             trusted,
             down: AtomicBool::new(false),
             warnings: Mutex::new(Vec::new()),
+            known: Mutex::new(Default::default()),
             stats: Stats::default(),
             runtime: Some(runtime),
         })
@@ -207,6 +212,21 @@ impl Remote {
     /// The warnings since the last call, oldest first.
     pub fn take_warnings(&self) -> Vec<String> {
         std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn know(&self, keys: impl IntoIterator<Item = Digest>) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(keys);
+    }
+
+    /// Whether this run saw a result for `key` in the remote.
+    pub fn has_seen(&self, key: &Digest) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
     }
 
     fn warn(&self, w: String) {
@@ -298,7 +318,10 @@ impl Remote {
         let path = self.path("ac", &key.to_hex());
         let bytes = self.get_bytes(&path).await?;
         match signed::decode(&bytes, key, &self.trusted) {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                self.know([*key]);
+                Some(v)
+            }
             Err(why) => {
                 self.warn(format!(
                     "remote cache {}: ignoring the record {path}: {why}",
@@ -447,9 +470,13 @@ impl Remote {
         {
             Ok(_) => {
                 self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+                self.know([result.key]);
                 Ok(true)
             }
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                self.know([result.key]);
+                Ok(false)
+            }
             Err(e) => {
                 self.fail(&format!("write {path}"), &e);
                 Err(format!("writing {path}: {e}"))
@@ -619,5 +646,54 @@ impl Remote {
         }
         self.count();
         let _ = self.store.delete(&self.claim_path(key, generation)).await;
+    }
+}
+
+impl Remote {
+    /// The trusted pack for `graph` (with `true`), else the latest pack any signer wrote (for a
+    /// graph that changed since, most of its keys are still there). `None` when neither is
+    /// there or trusted.
+    pub async fn get_pack(&self, graph: &Digest) -> Option<(Vec<pack::PackEntry>, bool)> {
+        if !self.reads() {
+            return None;
+        }
+        for (name, want) in [(graph.to_hex(), Some(graph)), ("latest".to_string(), None)] {
+            let path = self.path("packs", &name);
+            let Some(bytes) = self.get_bytes(&path).await else {
+                continue;
+            };
+            match pack::decode(&bytes, want, &self.trusted) {
+                Ok(entries) => {
+                    self.know(entries.iter().map(|e| e.key));
+                    return Some((entries, want.is_some()));
+                }
+                Err(why) => self.warn(format!(
+                    "remote cache {}: ignoring the pack {path}: {why}",
+                    self.url
+                )),
+            }
+        }
+        None
+    }
+
+    /// Writes the pack of `graph` (and makes it the latest). Only after every result it lists
+    /// is in the remote.
+    pub async fn put_pack(&self, graph: &Digest, entries: &[pack::PackEntry]) {
+        let Some(key) = &self.signing else { return };
+        if self.is_down() || entries.is_empty() {
+            return;
+        }
+        let bytes = bytes::Bytes::from(pack::encode(graph, entries, key));
+        for name in [graph.to_hex(), "latest".to_string()] {
+            let path = self.path("packs", &name);
+            self.count();
+            self.stats
+                .bytes_out
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if let Err(e) = self.store.put(&path, PutPayload::from(bytes.clone())).await {
+                self.fail(&format!("write {path}"), &e);
+                return;
+            }
+        }
     }
 }
