@@ -56,7 +56,7 @@ rm plan.json
 summary="$(tail -n 1 plan.txt)"
 echo "$summary"
 case "$summary" in
-    "Plan: 0 to build, 0 to rebuild, "*" cached") ;;
+    "No changes. "*" nodes cached.") ;;
     *) echo "kiln plan is not a no-op after priming" >&2; exit 1 ;;
 esac
 

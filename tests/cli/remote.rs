@@ -22,6 +22,11 @@ fn runner(m: &Moto, bucket: &Path) -> Project {
             &format!("bucket \"file://{}\"", bucket.display()),
         )
     });
+    with_remote(p, m)
+}
+
+/// `p` with the remote cache in moto's bucket, and moto's credentials in the environment.
+fn with_remote(p: Project, m: &Moto) -> Project {
     p.env("KILN_REMOTE_CACHE", &format!("s3://{BUCKET}/{PREFIX}"))
         .env("AWS_ENDPOINT_URL", &m.endpoint())
         .env("AWS_REGION", "us-east-1")
@@ -318,14 +323,10 @@ matrix "m" {
 }
 provider "p" module="race" {}
 "#;
-    Project::new()
+    let p = Project::new()
         .with_file("modules/race.kdl", &module)
-        .with_file("images.kdl", config)
-        .env("KILN_REMOTE_CACHE", &format!("s3://{BUCKET}/{PREFIX}"))
-        .env("AWS_ENDPOINT_URL", &m.endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", &m.key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &m.secret)
+        .with_file("images.kdl", config);
+    with_remote(p, m)
 }
 
 /// Two runners reach the same publish node at once: one claims it and publishes, the other
@@ -429,23 +430,24 @@ fn push_pull_and_verify_a_file_remote() {
     // Everything is local now: no remote needed, and the local cache is whole.
     let plan = b.kiln(&["-f", F, "plan"]);
     assert_eq!(
-        plan.stdout,
-        "No changes. 12 nodes cached.
-",
+        plan.stdout, "No changes. 12 nodes cached.\n",
         "{}",
         plan.stderr
     );
     b.kiln(&["-f", F, "cache", "verify"]).expect_code(0);
 
-    let verify = b.kiln(&[
-        "-f",
-        F,
-        "--remote-cache",
-        &url,
-        "cache",
-        "verify",
-        "--remote",
-    ]);
+    let verify_remote = || {
+        b.kiln(&[
+            "-f",
+            F,
+            "--remote-cache",
+            &url,
+            "cache",
+            "verify",
+            "--remote",
+        ])
+    };
+    let verify = verify_remote();
     verify.expect_code(0);
     assert!(
         verify.stdout.contains("checked 12 records of 12 nodes"),
@@ -462,15 +464,7 @@ fn push_pull_and_verify_a_file_remote() {
         .path();
     let text = std::fs::read_to_string(&first).unwrap();
     std::fs::write(&first, text.replacen("\"attempts\":1", "\"attempts\":2", 1)).unwrap();
-    let verify = b.kiln(&[
-        "-f",
-        F,
-        "--remote-cache",
-        &url,
-        "cache",
-        "verify",
-        "--remote",
-    ]);
+    let verify = verify_remote();
     verify.expect_code(1);
     assert!(
         verify.stdout.contains("its body does not match its digest"),

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use super::keys::{PublicKey, SecretKey};
-use super::signed::Rejected;
+use super::signed::{Envelope, Rejected};
 use crate::hash::{Digest, KeyHasher};
 
 const HEADER: &str = "kiln-pack-v1";
@@ -68,27 +68,11 @@ pub fn decode(
     graph: Option<&Digest>,
     trusted: &[PublicKey],
 ) -> Result<Vec<PackEntry>, Rejected> {
-    let garbled = |what: &str| Rejected::Garbled(what.to_string());
-    let split = bytes
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .ok_or_else(|| garbled("no blank line after the header"))?;
-    let head = std::str::from_utf8(&bytes[..split]).map_err(|_| garbled("header not UTF-8"))?;
-    let body = &bytes[split + 2..];
-    let mut lines = head.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(garbled("wrong first line"));
-    }
-    let (mut named, mut body_digest, mut sigs) = (None, None, Vec::new());
-    for line in lines {
-        match line.split_once(' ') {
-            Some(("graph", v)) => named = v.parse::<Digest>().ok(),
-            Some(("body", v)) => body_digest = Some(v),
-            Some(("sig", v)) => sigs.push(v),
-            _ => return Err(garbled("unknown header line")),
-        }
-    }
-    let named = named.ok_or_else(|| garbled("no graph line"))?;
+    let env = Envelope::open(bytes, HEADER)?;
+    let named: Digest = env
+        .field("graph")?
+        .parse()
+        .map_err(|_| Rejected::Garbled("the graph line is not a digest".into()))?;
     if let Some(g) = graph
         && *g != named
     {
@@ -97,28 +81,9 @@ pub fn decode(
             inside: named.to_hex(),
         });
     }
-    let actual = Digest::of_bytes(body);
-    if body_digest != Some(actual.to_hex().as_str()) {
-        return Err(Rejected::Tampered);
-    }
-    let message = fingerprint(&named, &actual);
-    let mut untrusted = Vec::new();
-    for sig in &sigs {
-        let name = sig.split_once(':').map_or(*sig, |(n, _)| n);
-        match trusted.iter().find(|k| k.name == name) {
-            Some(k) if k.verifies(message.as_bytes(), sig) => {
-                return serde_json::from_slice(body)
-                    .map_err(|e| Rejected::Garbled(format!("body: {e}")));
-            }
-            Some(_) => return Err(Rejected::BadSignature(name.chars().take(64).collect())),
-            None => untrusted.push(name.chars().take(64).collect::<String>()),
-        }
-    }
-    if untrusted.is_empty() {
-        Err(Rejected::Unsigned)
-    } else {
-        Err(Rejected::Untrusted(untrusted.join(", ")))
-    }
+    let body = env.body_digest()?;
+    env.signer(&fingerprint(&named, &body), trusted)?;
+    serde_json::from_slice(env.body).map_err(|e| Rejected::Garbled(format!("body: {e}")))
 }
 
 #[cfg(test)]

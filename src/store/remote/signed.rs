@@ -62,69 +62,101 @@ pub struct Verified {
     pub signer: String,
 }
 
-/// Checks a record fetched as `ac/<key>` and decodes it.
-pub fn decode(bytes: &[u8], key: &Digest, trusted: &[PublicKey]) -> Result<Verified, Rejected> {
-    let garbled = |what: &str| Rejected::Garbled(what.to_string());
-    let split = bytes
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .ok_or_else(|| garbled("no blank line after the header"))?;
-    let head = std::str::from_utf8(&bytes[..split]).map_err(|_| garbled("header not UTF-8"))?;
-    let body = &bytes[split + 2..];
-    let mut lines = head.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(garbled("wrong first line"));
+/// A signed object's parts: its header fields (`name value` lines after the first line), its
+/// signatures and its body.
+pub(super) struct Envelope<'a> {
+    fields: Vec<(&'a str, &'a str)>,
+    sigs: Vec<&'a str>,
+    pub body: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    /// Splits `bytes` whose first line must be `header`.
+    pub(super) fn open(bytes: &'a [u8], header: &str) -> Result<Envelope<'a>, Rejected> {
+        let garbled = |what: &str| Rejected::Garbled(what.to_string());
+        let split = bytes
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .ok_or_else(|| garbled("no blank line after the header"))?;
+        let head = std::str::from_utf8(&bytes[..split]).map_err(|_| garbled("header not UTF-8"))?;
+        let mut lines = head.lines();
+        if lines.next() != Some(header) {
+            return Err(garbled("wrong first line"));
+        }
+        let mut env = Envelope {
+            fields: Vec::new(),
+            sigs: Vec::new(),
+            body: &bytes[split + 2..],
+        };
+        for line in lines {
+            match line.split_once(' ') {
+                Some(("sig", v)) => env.sigs.push(v),
+                Some((k, v)) => env.fields.push((k, v)),
+                None => return Err(garbled("a header line without a value")),
+            }
+        }
+        Ok(env)
     }
-    let mut stored_key = None;
-    let mut body_digest = None;
-    let mut sigs = Vec::new();
-    for line in lines {
-        match line.split_once(' ') {
-            Some(("key", v)) => stored_key = Some(v),
-            Some(("body", v)) => body_digest = Some(v),
-            Some(("sig", v)) => sigs.push(v),
-            _ => return Err(garbled("unknown header line")),
+
+    /// The value of header field `name`.
+    pub(super) fn field(&self, name: &str) -> Result<&'a str, Rejected> {
+        self.fields
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| Rejected::Garbled(format!("no {name} line")))
+    }
+
+    /// The digest of the body, checked against the `body` field.
+    pub(super) fn body_digest(&self) -> Result<Digest, Rejected> {
+        let actual = Digest::of_bytes(self.body);
+        if self.field("body")? != actual.to_hex() {
+            return Err(Rejected::Tampered);
+        }
+        Ok(actual)
+    }
+
+    /// The name of the trusted key whose signature over `message` verifies.
+    pub(super) fn signer(&self, message: &str, trusted: &[PublicKey]) -> Result<String, Rejected> {
+        let mut untrusted = Vec::new();
+        for sig in &self.sigs {
+            let name = sig.split_once(':').map_or(*sig, |(n, _)| n);
+            let shown: String = name.chars().take(64).collect();
+            match trusted.iter().find(|k| k.name == name) {
+                Some(k) if k.verifies(message.as_bytes(), sig) => return Ok(k.name.clone()),
+                Some(_) => return Err(Rejected::BadSignature(shown)),
+                None => untrusted.push(shown),
+            }
+        }
+        if untrusted.is_empty() {
+            Err(Rejected::Unsigned)
+        } else {
+            Err(Rejected::Untrusted(untrusted.join(", ")))
         }
     }
-    let stored_key = stored_key.ok_or_else(|| garbled("no key line"))?;
+}
+
+/// Checks a record fetched as `ac/<key>` and decodes it.
+pub fn decode(bytes: &[u8], key: &Digest, trusted: &[PublicKey]) -> Result<Verified, Rejected> {
+    let env = Envelope::open(bytes, HEADER)?;
+    let stored_key = env.field("key")?;
     if stored_key != key.to_hex() {
         return Err(Rejected::WrongKey {
             stored: key.to_hex(),
             inside: stored_key.chars().take(64).collect(),
         });
     }
-    let actual = Digest::of_bytes(body);
-    if body_digest != Some(actual.to_hex().as_str()) {
-        return Err(Rejected::Tampered);
+    let body = env.body_digest()?;
+    let signer = env.signer(&fingerprint(key, &body), trusted)?;
+    let result: ActionResult =
+        serde_json::from_slice(env.body).map_err(|e| Rejected::Garbled(format!("body: {e}")))?;
+    if result.key != *key {
+        return Err(Rejected::WrongKey {
+            stored: key.to_hex(),
+            inside: result.key.to_hex(),
+        });
     }
-    let message = fingerprint(key, &actual);
-    let mut untrusted = Vec::new();
-    for sig in &sigs {
-        let name = sig.split_once(':').map_or(*sig, |(n, _)| n);
-        match trusted.iter().find(|k| k.name == name) {
-            Some(k) if k.verifies(message.as_bytes(), sig) => {
-                let result: ActionResult = serde_json::from_slice(body)
-                    .map_err(|e| Rejected::Garbled(format!("body: {e}")))?;
-                if result.key != *key {
-                    return Err(Rejected::WrongKey {
-                        stored: key.to_hex(),
-                        inside: result.key.to_hex(),
-                    });
-                }
-                return Ok(Verified {
-                    result,
-                    signer: k.name.clone(),
-                });
-            }
-            Some(_) => return Err(Rejected::BadSignature(name.chars().take(64).collect())),
-            None => untrusted.push(name.chars().take(64).collect::<String>()),
-        }
-    }
-    if untrusted.is_empty() {
-        Err(Rejected::Unsigned)
-    } else {
-        Err(Rejected::Untrusted(untrusted.join(", ")))
-    }
+    Ok(Verified { result, signer })
 }
 
 #[cfg(test)]
