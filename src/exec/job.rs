@@ -235,7 +235,7 @@ pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOut
             + Duration::from_secs(60);
         match remote.claim(&node.key, &runner_name(), ttl).await {
             Claimed::Mine { generation } => claim = Some((remote.clone(), generation)),
-            Claimed::Done(theirs) => return adopt(&sh, theirs.result).await,
+            Claimed::Done(theirs) => return adopt(&sh, remote, theirs.result).await,
             Claimed::Alone => {}
         }
     }
@@ -256,8 +256,7 @@ async fn share(sh: &Shared, r: &ActionResult) {
 
 /// Takes the result another runner published for this node: its blobs are fetched, and it is
 /// recorded here as cached.
-async fn adopt(sh: &Shared, r: ActionResult) -> JobOutcome {
-    let remote = sh.remote.as_ref().expect("adopting needs a remote");
+async fn adopt(sh: &Shared, remote: &Remote, r: ActionResult) -> JobOutcome {
     for d in r.referenced_blobs() {
         if let Err(e) = remote.fetch_blob(&d, &sh.store).await {
             return ended(
