@@ -20,7 +20,7 @@ use crate::builders::{Runner, StepCtx};
 use crate::config::{SecretSource, StepKind};
 use crate::graph::Node;
 use crate::plan::Action;
-use crate::store::remote::{Claimed, Remote, runner_name};
+use crate::store::remote::{CLAIM_LEASE, Claimed, Remote, runner_name};
 use crate::store::{ActionResult, LocalStore, Output, Record, now_unix_ms};
 
 /// A node's live log, written while it runs: `logs/<id>.log` with the id encoded by
@@ -231,16 +231,28 @@ pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOut
     if node.step == StepKind::Publish
         && let Some(remote) = &sh.remote
     {
-        let ttl = node.policy.timeout.unwrap_or(CLAIM_TTL) * (node.policy.retries.unwrap_or(0) + 1)
-            + Duration::from_secs(60);
-        match remote.claim(&node.key, &runner_name(), ttl).await {
-            Claimed::Mine { generation } => claim = Some((remote.clone(), generation)),
+        let owner = runner_name();
+        match remote.claim(&node.key, &owner).await {
+            Claimed::Mine { generation } => {
+                // Renewed while the step runs, so a runner that dies lets go within a lease.
+                let renew = tokio::spawn({
+                    let (remote, key, owner) = (remote.clone(), node.key, owner.clone());
+                    async move {
+                        loop {
+                            tokio::time::sleep(CLAIM_LEASE / 3).await;
+                            remote.renew(&key, generation, &owner).await;
+                        }
+                    }
+                });
+                claim = Some((remote.clone(), generation, renew));
+            }
             Claimed::Done(theirs) => return adopt(&sh, remote, theirs.result).await,
             Claimed::Alone => {}
         }
     }
     let out = run_steps(&sh, &job, slot).await;
-    if let Some((remote, generation)) = claim {
+    if let Some((remote, generation, renew)) = claim {
+        renew.abort();
         remote.release(&node.key, generation).await;
     }
     out
@@ -275,9 +287,6 @@ async fn adopt(sh: &Shared, remote: &Remote, r: ActionResult) -> JobOutcome {
         Err(e) => ended(Outcome::Failed(e), 0, None, None),
     }
 }
-
-/// How long a publish claim lasts when its step sets no timeout (per attempt).
-const CLAIM_TTL: Duration = Duration::from_secs(2 * 3600);
 
 /// Runs the step with its retries, and stores and commits what it made.
 async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutcome {

@@ -540,3 +540,44 @@ fn a_runner_killed_while_pushing_leaves_no_record_without_its_blobs() {
     p.kiln(&["-f", F, "cache", "verify", "--remote"])
         .expect_code(0);
 }
+
+/// A claim left by a runner that died (here: a process of this host that is gone, with an
+/// expiry hours away) holds up no one: the next runner publishes at once.
+#[test]
+fn a_dead_runners_claim_is_taken_over() {
+    let m = moto().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let calls = shared.path().join("calls.log");
+    let p = race_project(&m, &calls);
+    let (key, public) = keygen(&p, "ci-1");
+    let p = p
+        .env("KILN_SIGNING_KEY", &key)
+        .env("KILN_TRUSTED_KEYS", &public);
+    let plan = p.kiln(&["plan", "--json"]).json();
+    let publish = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["step"] == "publish")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let claim = serde_json::json!({
+        "owner": "killed",
+        "host": host.trim(),
+        "pid": pid,
+        "expires_unix_ms": u64::MAX / 2,
+    });
+    m.put(
+        &format!("{PREFIX}/claims/{publish}/0"),
+        claim.to_string().into_bytes(),
+    );
+    let out = p.kiln(&["build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "published\n");
+}

@@ -515,7 +515,43 @@ fn brief(e: &object_store::Error) -> String {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PublishClaim {
     pub owner: String,
+    /// The host and process holding the claim: a claim of a process that is gone from this
+    /// very host is over at once.
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub pid: u32,
     pub expires_unix_ms: u64,
+}
+
+/// How long a claim lasts unless its holder renews it (every third of this, while it publishes):
+/// a runner that dies holding a claim holds up the others this long at most.
+pub const CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+impl PublishClaim {
+    fn new(owner: &str) -> PublishClaim {
+        PublishClaim {
+            owner: owner.to_string(),
+            host: host_name(),
+            pid: std::process::id(),
+            expires_unix_ms: super::now_unix_ms() + CLAIM_LEASE.as_millis() as u64,
+        }
+    }
+
+    /// Whether the claim still holds: not expired, and not held by a process that this host
+    /// no longer runs.
+    fn live(&self) -> bool {
+        let gone = self.host == host_name()
+            && self.pid != 0
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists();
+        !gone && super::now_unix_ms() < self.expires_unix_ms
+    }
 }
 
 /// What [`Remote::claim`] found.
@@ -534,12 +570,7 @@ pub fn runner_name() -> String {
     std::env::var("KILN_RUNNER_NAME")
         .ok()
         .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into());
-            format!("{host}:{}", std::process::id())
-        })
+        .unwrap_or_else(|| format!("{}:{}", host_name(), std::process::id()))
 }
 
 /// How often a runner waiting on another's publish looks for its record.
@@ -565,11 +596,11 @@ impl Remote {
         held
     }
 
-    /// Claims publishing `key` for `owner` for `ttl`, so that of two runners reaching the same
+    /// Claims publishing `key` for `owner` for a [`CLAIM_LEASE`], so that of two runners reaching the same
     /// publish node only one publishes: a conditional put of `claims/<key>/<n>`. A runner that
     /// finds a live claim of another waits for that runner's record and returns it; an expired
     /// claim is taken over by claiming the next generation.
-    pub async fn claim(&self, key: &Digest, owner: &str, ttl: std::time::Duration) -> Claimed {
+    pub async fn claim(&self, key: &Digest, owner: &str) -> Claimed {
         if !self.writes() || self.is_down() {
             return Claimed::Alone;
         }
@@ -581,11 +612,7 @@ impl Remote {
             if self.is_down() {
                 return Claimed::Alone;
             }
-            let now = super::now_unix_ms();
-            let claim = PublishClaim {
-                owner: owner.to_string(),
-                expires_unix_ms: now + ttl.as_millis() as u64,
-            };
+            let claim = PublishClaim::new(owner);
             let path = self.claim_path(key, generation);
             self.count();
             let opts = PutOptions {
@@ -614,9 +641,10 @@ impl Remote {
                 generation += 1;
                 continue;
             };
-            // Wait for their record while their claim lasts.
+            // Wait for their record while their claim lasts (its holder renews it).
             let record = self.path("ac", &key.to_hex());
-            while super::now_unix_ms() < theirs.expires_unix_ms {
+            let mut theirs = theirs;
+            while theirs.live() {
                 match self.exists(&record).await {
                     // A record this runner does not trust is no result for it: it publishes.
                     Some(true) => {
@@ -628,13 +656,31 @@ impl Remote {
                     Some(false) => {}
                     None => return Claimed::Alone,
                 }
-                if self.get_bytes(&path).await.is_none() {
-                    // Released: they are done (or failed).
-                    break;
-                }
                 tokio::time::sleep(POLL).await;
+                match self
+                    .get_bytes(&path)
+                    .await
+                    .and_then(|b| serde_json::from_slice::<PublishClaim>(&b).ok())
+                {
+                    Some(renewed) => theirs = renewed,
+                    // Released: they are done (or failed).
+                    None => break,
+                }
             }
             generation += 1;
+        }
+    }
+
+    /// Extends this runner's claim by another lease.
+    pub async fn renew(&self, key: &Digest, generation: u32, owner: &str) {
+        if self.is_down() {
+            return;
+        }
+        let body = serde_json::to_vec(&PublishClaim::new(owner)).expect("a claim serializes");
+        self.count();
+        let path = self.claim_path(key, generation);
+        if let Err(e) = self.store.put(&path, PutPayload::from(body)).await {
+            self.fail(&format!("renew {path}"), &e);
         }
     }
 
