@@ -603,11 +603,11 @@ fn a_big_blob_goes_up_in_parts_and_comes_down_in_ranges() {
         "push",
     ]);
     pushed.expect_code(0);
-    // A HEAD and a PUT for the log, a HEAD and a multipart upload of 3 parts for the blob, and
-    // the record.
+    // A HEAD and a PUT for the log, a HEAD and a multipart upload of 3 parts for the blob, the
+    // record, and the pack (for the graph and as the latest).
     assert!(
         pushed.stdout.starts_with("pushed 1 results")
-            && pushed.stdout.ends_with(" in 9 requests\n"),
+            && pushed.stdout.ends_with(" in 11 requests\n"),
         "{}{}",
         pushed.stdout,
         pushed.stderr
