@@ -58,9 +58,15 @@ fn finish(remote: &Remote, what: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn bytes(remote: &Remote, out: bool) -> u64 {
+/// The bytes sent (`out`) or received, and the requests made: `N bytes in M requests`.
+fn traffic(remote: &Remote, out: bool) -> String {
     let s = &remote.stats;
-    if out { &s.bytes_out } else { &s.bytes_in }.load(Ordering::Relaxed)
+    let bytes = if out { &s.bytes_out } else { &s.bytes_in }.load(Ordering::Relaxed);
+    let requests = s.requests.load(Ordering::Relaxed);
+    format!(
+        "{bytes} bytes in {requests} request{}",
+        if requests == 1 { "" } else { "s" }
+    )
 }
 
 /// `kiln cache push`: every local result of the selected nodes, with its blobs.
@@ -87,10 +93,10 @@ pub fn push(cli: &Cli, select: &Select) -> Result<(), CliError> {
     super::remote::write_pack(remote, &s.graph, store, &|_| None);
     finish(remote, "the push")?;
     println!(
-        "pushed {wrote} results ({} already there, {} not built here), {} bytes",
+        "pushed {wrote} results ({} already there, {} not built here), {}",
         local - wrote,
         s.nodes.len() - local,
-        bytes(remote, true)
+        traffic(remote, true)
     );
     Ok(())
 }
@@ -138,11 +144,11 @@ pub fn pull(cli: &Cli, select: &Select) -> Result<(), CliError> {
         .map_err(|e| CliError::Failed(e.to_string()))?;
     finish(remote, "the pull")?;
     println!(
-        "pulled {} results ({} already here, {} not in the remote), {} bytes",
+        "pulled {} results ({} already here, {} not in the remote), {}",
         pulled.len(),
         s.nodes.len() - wanted.len(),
         wanted.len() - pulled.len(),
-        bytes(remote, false)
+        traffic(remote, false)
     );
     Ok(())
 }

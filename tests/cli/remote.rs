@@ -581,3 +581,122 @@ fn a_dead_runners_claim_is_taken_over() {
     out.expect_code(0);
     assert_eq!(std::fs::read_to_string(&calls).unwrap(), "published\n");
 }
+
+const BIG_MODULE: &str = r#"module "big" {
+    step "build" builder="command" {
+        argv "sh" "-c" "head -c 20971520 /dev/urandom > big.img"
+        outputs "big.img"
+    }
+}
+"#;
+
+const BIG_CONFIG: &str = r#"import "modules/big.kdl"
+kubernetes "1.31" { version "1.31.4"; }
+matrix "m" { kubernetes "1.31"; provider "p"; os "x"; }
+provider "p" module="big"
+"#;
+
+/// The 20 MiB blob in a project's cache: its file and name.
+fn big_blob(p: &Project) -> (std::path::PathBuf, String) {
+    fn find(dir: &Path) -> Option<std::path::PathBuf> {
+        for e in std::fs::read_dir(dir).ok()? {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                if let Some(f) = find(&path) {
+                    return Some(f);
+                }
+            } else if path.metadata().unwrap().len() == 20 << 20 {
+                return Some(path);
+            }
+        }
+        None
+    }
+    let file = find(&p.path().join("cache/cas")).expect("no 20 MiB blob in the cache");
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    (file, name)
+}
+
+/// A blob bigger than a part and a range goes up to S3 in parts and comes down in parallel
+/// ranged GETs, whole; once replaced in the bucket by other bytes of its size, it is refused
+/// and nothing of it is pulled.
+#[test]
+fn a_big_blob_goes_up_in_parts_and_comes_down_in_ranges() {
+    let m = moto().unwrap();
+    let url = format!("s3://{BUCKET}/{PREFIX}");
+    let make = || {
+        Project::new()
+            .with_file("modules/big.kdl", BIG_MODULE)
+            .with_file("images.kdl", BIG_CONFIG)
+            .env("AWS_ENDPOINT_URL", &m.endpoint())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", &m.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &m.secret)
+    };
+    let a = make();
+    a.kiln(&["build", "--quiet"]).expect_code(0);
+    let (key, public) = keygen(&a, "ci-1");
+    let pushed = a.kiln(&[
+        "--remote-cache",
+        &url,
+        "--signing-key",
+        &key,
+        "cache",
+        "push",
+    ]);
+    pushed.expect_code(0);
+    // A HEAD and a PUT for the log, a HEAD and a multipart upload of 3 parts for the blob, the
+    // record, and the pack (for the graph and as the latest).
+    assert!(
+        pushed.stdout.starts_with("pushed 1 results")
+            && pushed.stdout.ends_with(" in 11 requests\n"),
+        "{}{}",
+        pushed.stdout,
+        pushed.stderr
+    );
+    let (file, name) = big_blob(&a);
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        m.get(&format!("{PREFIX}/cas/{name}")).unwrap() == bytes,
+        "the bucket holds other bytes"
+    );
+
+    let b = make().env("KILN_TRUSTED_KEYS", &public);
+    let pulled = b.kiln(&["--remote-cache", &url, "cache", "pull"]);
+    pulled.expect_code(0);
+    // The record, the log, and the blob in 3 ranges: a plain GET and 2 ranged ones.
+    assert!(
+        pulled.stdout.starts_with("pulled 1 results")
+            && pulled.stdout.ends_with(" in 5 requests\n"),
+        "{}{}",
+        pulled.stdout,
+        pulled.stderr
+    );
+    assert!(!pulled.stderr.contains("warning"), "{}", pulled.stderr);
+    assert!(
+        std::fs::read(big_blob(&b).0).unwrap() == bytes,
+        "the pulled blob differs"
+    );
+    b.kiln(&["cache", "verify"]).expect_code(0);
+    assert_eq!(b.kiln(&["plan"]).stdout, "No changes. 1 node cached.\n");
+
+    // One byte changed in the last range.
+    let mut other = bytes.clone();
+    other[(20 << 20) - 100] ^= 1;
+    m.put(&format!("{PREFIX}/cas/{name}"), other);
+    let c = make().env("KILN_TRUSTED_KEYS", &public);
+    let pulled = c.kiln(&["--remote-cache", &url, "cache", "pull"]);
+    pulled.expect_code(0);
+    assert!(
+        pulled.stdout.starts_with("pulled 0 results"),
+        "{}",
+        pulled.stdout
+    );
+    assert!(
+        pulled
+            .stderr
+            .contains("holds other bytes than its name says"),
+        "{}",
+        pulled.stderr
+    );
+    assert_eq!(files_under(&c.path().join("cache/cas")), 0);
+}

@@ -1,13 +1,22 @@
 //! Object-store client setup and file transfers shared by the remote cache and the `upload`
-//! builder: timeouts, retries, and big files in parallel parts.
+//! builder: timeouts, retries, big files up in parallel parts and down in parallel ranges.
 
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult,
-    RetryConfig, WriteMultipart,
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, PutResult, RetryConfig, WriteMultipart,
 };
 use tokio::io::AsyncReadExt;
 
@@ -39,6 +48,16 @@ pub fn options(patient: bool) -> ClientOptions {
     ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(if patient { 10 } else { 5 }))
         .with_timeout(Duration::from_secs(if patient { 300 } else { 120 }))
+}
+
+/// The requests [`send_file`] makes for a file of `size` bytes when all goes well: one, or a
+/// multipart upload's start, its parts and its completion.
+pub fn send_requests(size: u64) -> u64 {
+    if size as usize <= PART_SIZE {
+        1
+    } else {
+        2 + size.div_ceil(PART_SIZE as u64)
+    }
 }
 
 /// Why a file could not be sent.
@@ -95,5 +114,347 @@ async fn send_parts(path: &Path, w: &mut WriteMultipart) -> Result<(), SendError
             .await
             .map_err(SendError::Store)?;
         w.write(&buf[..n]);
+    }
+}
+
+/// How a big object comes down: in ranges of `min` to `max` bytes (about one range per request
+/// in flight, so a medium object is as parallel as a big one), `in_flight` ranges at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ranges {
+    pub min: u64,
+    pub max: u64,
+    pub in_flight: usize,
+}
+
+/// Ranges of 8 to 64 MiB, 8 at once: a 1 GiB blob comes in 16 requests, one of 100 MiB in 8,
+/// one of 8 MiB or less in one. Hashing follows the first unfinished range, so what is written
+/// but not hashed yet (and read back from the page cache) stays below `in_flight × max`.
+pub const RANGES: Ranges = Ranges {
+    min: 8 << 20,
+    max: 64 << 20,
+    in_flight: 8,
+};
+
+impl Ranges {
+    /// The size of each range of an object of `size` bytes (the last may be shorter): `size`
+    /// itself when the object comes in one request.
+    pub fn range_size(&self, size: u64) -> u64 {
+        if self.in_flight <= 1 || size <= self.min {
+            return size;
+        }
+        size.div_ceil(self.in_flight as u64)
+            .clamp(self.min, self.max.max(self.min))
+    }
+}
+
+/// Why an object could not be fetched.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The store failed (a missing object is [`object_store::Error::NotFound`]).
+    Store(object_store::Error),
+    /// The object changed while it was read: another size, or a response cut short.
+    Changed(String),
+    /// Writing the local file, or reading it back to hash it, failed.
+    Local(std::io::Error),
+}
+
+/// What [`fetch_file`] wrote.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The blake3 of the object's bytes.
+    pub hash: blake3::Hash,
+    pub size: u64,
+}
+
+/// Downloads the object at `key` into `file` (empty, readable and writable) and hashes it.
+///
+/// The first request is a plain GET: an object no larger than one range (see
+/// [`Ranges::range_size`]) comes in that one response. For a bigger object that response gives
+/// the size and the first range, and the other ranges are ranged GETs, `ranges.in_flight` in
+/// flight at once (the first among them), each written at its offset as it arrives. blake3 runs
+/// on a blocking thread over the bytes in order, reading each range back as far as it has been
+/// written, so hashing overlaps the download. `requests` counts the requests made.
+pub async fn fetch_file(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    file: &std::fs::File,
+    ranges: Ranges,
+    requests: &AtomicU64,
+) -> Result<Fetched, FetchError> {
+    requests.fetch_add(1, Ordering::Relaxed);
+    let first = store
+        .get_opts(key, GetOptions::default())
+        .await
+        .map_err(FetchError::Store)?;
+    let size = first.meta.size;
+    let step = ranges.range_size(size);
+    let stream = first.into_stream();
+    if step >= size {
+        let mut hasher = blake3::Hasher::new();
+        write_range(stream, file, 0..size, |chunk, _| {
+            hasher.update(chunk);
+        })
+        .await?;
+        return Ok(Fetched {
+            hash: hasher.finalize(),
+            size,
+        });
+    }
+
+    let count = size.div_ceil(step) as usize;
+    let bounds = move |i: usize| i as u64 * step..((i as u64 + 1) * step).min(size);
+    let (progress, written) = mpsc::channel::<(usize, u64)>();
+    let reader = file.try_clone().map_err(FetchError::Local)?;
+    let hashing =
+        tokio::task::spawn_blocking(move || hash_in_order(&reader, count, bounds, written));
+
+    // Made up front (a few per GiB) rather than by a closure over borrowed captures, which
+    // keeps the compiler from proving the future `Send` for the callers' spawned tasks.
+    let mut parts: Vec<BoxFuture<'_, Result<(), FetchError>>> = Vec::with_capacity(count);
+    parts.push(fetch_range(stream, file, bounds(0), 0, progress.clone()).boxed());
+    for i in 1..count {
+        parts.push(
+            fetch_ranged(
+                store,
+                key,
+                file,
+                bounds(i),
+                size,
+                i,
+                progress.clone(),
+                requests,
+            )
+            .boxed(),
+        );
+    }
+    drop(progress);
+    // On an error the senders go with this future, and the hashing thread ends by itself.
+    futures_util::stream::iter(parts)
+        .buffered(ranges.in_flight.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    let hash = hashing
+        .await
+        .map_err(|e| FetchError::Local(std::io::Error::other(e)))?
+        .map_err(FetchError::Local)?;
+    Ok(Fetched { hash, size })
+}
+
+/// Writes the bytes `want` of the object, arriving on `stream` from `want.start`, at their
+/// offset in `file`, calling `seen` with each piece and the offset it ends at. Stops once
+/// `want.end` is reached (the first range comes from a plain GET of the whole object); a stream
+/// that ends before is an error.
+async fn write_range(
+    mut stream: BoxStream<'static, object_store::Result<Bytes>>,
+    file: &std::fs::File,
+    want: Range<u64>,
+    mut seen: impl FnMut(&[u8], u64),
+) -> Result<(), FetchError> {
+    let mut at = want.start;
+    while at < want.end {
+        let Some(chunk) = stream.next().await else {
+            return Err(FetchError::Changed(format!(
+                "the response for the bytes {want:?} ended at {at}"
+            )));
+        };
+        let chunk = chunk.map_err(FetchError::Store)?;
+        let piece = &chunk[..chunk.len().min((want.end - at) as usize)];
+        file.write_all_at(piece, at).map_err(FetchError::Local)?;
+        at += piece.len() as u64;
+        seen(piece, at);
+    }
+    Ok(())
+}
+
+/// Range `index` of a parallel fetch, `want` of the `size` bytes of the object at `key`, by a
+/// ranged GET.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_ranged(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    file: &std::fs::File,
+    want: Range<u64>,
+    size: u64,
+    index: usize,
+    progress: mpsc::Sender<(usize, u64)>,
+    requests: &AtomicU64,
+) -> Result<(), FetchError> {
+    requests.fetch_add(1, Ordering::Relaxed);
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(want.clone())),
+        ..GetOptions::default()
+    };
+    let got = store.get_opts(key, opts).await.map_err(FetchError::Store)?;
+    if got.meta.size != size || got.range != want {
+        return Err(FetchError::Changed(format!(
+            "asked for the bytes {want:?} of {size}, got {:?} of {}",
+            got.range, got.meta.size
+        )));
+    }
+    fetch_range(got.into_stream(), file, want, index, progress).await
+}
+
+/// [`write_range`] for range `index` of a parallel fetch, telling the hashing thread how far it
+/// is written, about every MiB and at its end.
+async fn fetch_range(
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    file: &std::fs::File,
+    want: Range<u64>,
+    index: usize,
+    progress: mpsc::Sender<(usize, u64)>,
+) -> Result<(), FetchError> {
+    let mut told = want.start;
+    write_range(stream, file, want.clone(), |_, at| {
+        if at - told >= 1 << 20 {
+            told = at;
+            let _ = progress.send((index, at));
+        }
+    })
+    .await?;
+    let _ = progress.send((index, want.end));
+    Ok(())
+}
+
+/// The blake3 of the `count` ranges of `file` given by `bounds`, hashed in order as `written`
+/// says how far each range is written (a range index and the offset written up to).
+fn hash_in_order(
+    file: &std::fs::File,
+    count: usize,
+    bounds: impl Fn(usize) -> Range<u64>,
+    written: mpsc::Receiver<(usize, u64)>,
+) -> std::io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut upto: Vec<u64> = (0..count).map(|i| bounds(i).start).collect();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut current, mut hashed) = (0, 0u64);
+    while current < count {
+        let Ok((i, at)) = written.recv() else {
+            // The download failed: nobody waits for this hash.
+            return Err(std::io::Error::other("the download stopped"));
+        };
+        upto[i] = upto[i].max(at);
+        while current < count && hashed < upto[current] {
+            let n = ((upto[current] - hashed) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], hashed)?;
+            hasher.update(&buf[..n]);
+            hashed += n as u64;
+            if hashed == bounds(current).end {
+                current += 1;
+            }
+        }
+    }
+    Ok(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    /// Incompressible test bytes.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    async fn fetch(bytes: &[u8], ranges: Ranges) -> (Vec<u8>, Fetched, u64) {
+        let store = InMemory::new();
+        let key = ObjectPath::from("cas/blob");
+        store
+            .put(&key, PutPayload::from(bytes.to_vec()))
+            .await
+            .unwrap();
+        let tmp = tempfile::tempfile().unwrap();
+        let requests = AtomicU64::new(0);
+        let got = fetch_file(&store, &key, &tmp, ranges, &requests)
+            .await
+            .unwrap();
+        let mut written = vec![0u8; tmp.metadata().unwrap().len() as usize];
+        tmp.read_exact_at(&mut written, 0).unwrap();
+        (written, got, requests.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn range_sizes() {
+        assert_eq!(RANGES.range_size(0), 0);
+        assert_eq!(RANGES.range_size(8 << 20), 8 << 20);
+        // Just over one range: two of 8 MiB at least.
+        assert_eq!(RANGES.range_size((8 << 20) + 1), 8 << 20);
+        assert_eq!(RANGES.range_size(100 << 20), (100 << 20) / 8);
+        assert_eq!(RANGES.range_size(1 << 30), 64 << 20);
+        let one = Ranges {
+            in_flight: 1,
+            ..RANGES
+        };
+        assert_eq!(one.range_size(1 << 30), 1 << 30);
+    }
+
+    /// A blob of many ranges (and a short last one), fetched 3 at once, arrives whole and is
+    /// hashed in order.
+    #[tokio::test]
+    async fn a_big_object_comes_in_parallel_ranges() {
+        let bytes = noise(100_000 + 7);
+        let ranges = Ranges {
+            min: 4096,
+            max: 4096,
+            in_flight: 3,
+        };
+        let (written, got, requests) = fetch(&bytes, ranges).await;
+        assert!(written == bytes, "the file differs from the object");
+        assert_eq!(got.size, bytes.len() as u64);
+        assert_eq!(got.hash, blake3::hash(&bytes));
+        assert_eq!(requests, 25);
+    }
+
+    /// Ranges of a few bytes each: the hasher is told about many small steps.
+    #[tokio::test]
+    async fn tiny_ranges_hash_in_order() {
+        let bytes = noise(3 * 1000 + 1);
+        let ranges = Ranges {
+            min: 1000,
+            max: 1000,
+            in_flight: 8,
+        };
+        let (written, got, requests) = fetch(&bytes, ranges).await;
+        assert!(written == bytes);
+        assert_eq!(got.hash, blake3::hash(&bytes));
+        assert_eq!(requests, 4);
+    }
+
+    #[tokio::test]
+    async fn a_small_object_is_one_request() {
+        for len in [0, 1, 4096] {
+            let bytes = noise(len);
+            let ranges = Ranges {
+                min: 4096,
+                max: 4096,
+                in_flight: 8,
+            };
+            let (written, got, requests) = fetch(&bytes, ranges).await;
+            assert!(written == bytes);
+            assert_eq!(got.hash, blake3::hash(&bytes));
+            assert_eq!(requests, 1, "{len} bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_object_is_not_found() {
+        let store = InMemory::new();
+        let tmp = tempfile::tempfile().unwrap();
+        let requests = AtomicU64::new(0);
+        let err = fetch_file(&store, &ObjectPath::from("nope"), &tmp, RANGES, &requests)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::Store(object_store::Error::NotFound { .. })),
+            "{err:?}"
+        );
     }
 }

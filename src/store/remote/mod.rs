@@ -20,7 +20,6 @@ pub mod keys;
 pub mod pack;
 pub mod signed;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -67,6 +66,8 @@ pub struct Remote {
     /// pushed): what a pack written by this run may list.
     known: Mutex<crate::hash::DigestSet>,
     pub stats: Stats,
+    /// How big blobs come down.
+    ranges: client::Ranges,
     /// For the callers that are not async themselves (the planner).
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -176,8 +177,15 @@ impl Remote {
             warnings: Mutex::new(Vec::new()),
             known: Mutex::new(Default::default()),
             stats: Stats::default(),
+            ranges: client::RANGES,
             runtime: Some(runtime),
         })
+    }
+
+    /// This client, fetching big blobs in `ranges` instead of [`client::RANGES`].
+    pub fn with_ranges(mut self, ranges: client::Ranges) -> Remote {
+        self.ranges = ranges;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -352,7 +360,9 @@ impl Remote {
         true
     }
 
-    /// Downloads the blob `d` into the local store, checking its digest on the way.
+    /// Downloads the blob `d` into the local store, checking its digest on the way: a big blob
+    /// in parallel ranges (see [`client::fetch_file`]). A blob whose bytes are not what its name
+    /// says is an error, and nothing is stored.
     pub async fn fetch_blob(&self, d: &Digest, local: &LocalStore) -> Result<(), String> {
         if local.has_blob(d) {
             return Ok(());
@@ -361,32 +371,33 @@ impl Remote {
             return Err(format!("the remote cache {} is not answering", self.url));
         }
         let path = self.path("cas", &d.to_hex());
-        self.count();
-        let got = match self.store.get(&path).await {
-            Ok(r) => r,
-            Err(e) if is_miss(&e) => {
+        let tmp = local.blob_temp().map_err(|e| e.to_string())?;
+        let fetched = client::fetch_file(
+            &*self.store,
+            &path,
+            tmp.as_file(),
+            self.ranges,
+            &self.stats.requests,
+        )
+        .await;
+        let got = match fetched {
+            Ok(got) => got,
+            Err(client::FetchError::Store(e)) if is_miss(&e) => {
                 return Err(format!("{path} is missing from the remote cache"));
             }
-            Err(e) => {
+            Err(client::FetchError::Store(e)) => {
                 self.fail(&format!("read {path}"), &e);
                 return Err(format!("the remote cache {} is not answering", self.url));
             }
+            Err(client::FetchError::Changed(why)) => {
+                return Err(format!("{path} changed while it was read: {why}"));
+            }
+            Err(client::FetchError::Local(e)) => {
+                return Err(format!("writing {}: {e}", tmp.path().display()));
+            }
         };
-        let mut tmp = local.blob_temp().map_err(|e| e.to_string())?;
-        let mut hasher = blake3::Hasher::new();
-        let mut stream = got.into_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                self.fail(&format!("read {path}"), &e);
-                format!("reading {path}: {e}")
-            })?;
-            self.stats
-                .bytes_in
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            hasher.update(&chunk);
-            tmp.write_all(&chunk).map_err(|e| e.to_string())?;
-        }
-        let actual = Digest::from_bytes(*hasher.finalize().as_bytes());
+        self.stats.bytes_in.fetch_add(got.size, Ordering::Relaxed);
+        let actual = Digest::from_bytes(*got.hash.as_bytes());
         if actual != *d {
             return Err(format!(
                 "{path} holds other bytes than its name says (blake3 {})",
@@ -409,7 +420,9 @@ impl Remote {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("the blob {} is not in the local cache", d.short()))?;
         let size = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
-        self.count();
+        self.stats
+            .requests
+            .fetch_add(client::send_requests(size), Ordering::Relaxed);
         match client::send_file(&*self.store, &path, &file, size, true).await {
             Ok(_) => {
                 self.stats.bytes_out.fetch_add(size, Ordering::Relaxed);
@@ -741,5 +754,81 @@ impl Remote {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `file://` remote in `dir` fetching in ranges of 1000 bytes, 4 at once.
+    fn remote(dir: &std::path::Path) -> Remote {
+        Remote::open(Settings {
+            url: format!("file://{}", dir.display()),
+            signing: None,
+            trusted: Vec::new(),
+        })
+        .unwrap()
+        .with_ranges(client::Ranges {
+            min: 1000,
+            max: 1000,
+            in_flight: 4,
+        })
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A blob of many ranges arrives whole; one whose bytes are not what its name says is
+    /// refused, nothing of it is stored, and the remote is not taken for down.
+    #[test]
+    fn blobs_come_in_ranges_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote_dir = dir.path().join("remote");
+        let r = remote(&remote_dir);
+        let local = LocalStore::open(&dir.path().join("cache")).unwrap();
+        std::fs::create_dir_all(remote_dir.join("cas")).unwrap();
+
+        let good = noise(10_500, 1);
+        let d = Digest::of_bytes(&good);
+        std::fs::write(remote_dir.join("cas").join(d.to_hex()), &good).unwrap();
+        r.block_on(r.fetch_blob(&d, &local)).unwrap();
+        assert_eq!(local.get_blob(&d).unwrap().as_deref(), Some(&good[..]));
+        assert_eq!(r.stats.requests.load(Ordering::Relaxed), 11);
+        assert_eq!(r.stats.bytes_in.load(Ordering::Relaxed), 10_500);
+
+        // The same size, one byte changed in the last range.
+        let mut bad = noise(10_500, 2);
+        let named = Digest::of_bytes(&bad);
+        bad[10_400] ^= 1;
+        std::fs::write(remote_dir.join("cas").join(named.to_hex()), &bad).unwrap();
+        let err = r.block_on(r.fetch_blob(&named, &local)).unwrap_err();
+        assert!(
+            err.contains("holds other bytes than its name says"),
+            "{err}"
+        );
+        assert!(!local.has_blob(&named));
+        assert!(!r.is_down());
+        assert!(r.take_warnings().is_empty());
+        let left: Vec<_> = std::fs::read_dir(local.tmp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("fetch-"))
+            .collect();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+
+        let missing = Digest::of_bytes(b"not there");
+        let err = r.block_on(r.fetch_blob(&missing, &local)).unwrap_err();
+        assert!(err.contains("is missing from the remote cache"), "{err}");
+        assert!(!r.is_down());
     }
 }
