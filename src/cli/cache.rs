@@ -158,7 +158,6 @@ pub fn logs(cli: &Cli, node: &str, json: bool) -> Result<(), CliError> {
         .get_blob(&digest)
         .map_err(fail)?
         .ok_or_else(|| damaged("log"))?;
-    use std::io::Write;
     if json {
         let v = serde_json::json!({
             "node": node,
@@ -169,9 +168,8 @@ pub fn logs(cli: &Cli, node: &str, json: bool) -> Result<(), CliError> {
         println!("{v}");
         return Ok(());
     }
-    std::io::stdout()
-        .write_all(&bytes)
-        .map_err(|e| CliError::Failed(format!("writing the log: {e}")))
+    crate::output::write_bytes(crate::output::Stream::Stdout, &bytes);
+    Ok(())
 }
 
 pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {

@@ -2,7 +2,9 @@
 
 pub mod cells;
 pub mod diag;
+pub mod excerpt;
 mod kdl;
+pub mod limits;
 mod load;
 pub mod model;
 mod parse;
