@@ -37,6 +37,7 @@ pub mod hash;
 pub mod imagebuilder;
 pub mod matrix;
 pub mod plan;
+pub mod redact;
 pub mod statcache;
 pub mod store;
 pub mod template;

@@ -239,13 +239,7 @@ fn to_dir(dir: &Path, art: &Artifact) -> Result<bool, StepError> {
 
 /// Replaces every secret value in `msg` with `***`.
 fn redact(ctx: &StepCtx, msg: &str) -> String {
-    let mut out = msg.to_string();
-    for (_, v) in &ctx.secrets {
-        if !v.is_empty() {
-            out = out.replace(v.as_str(), "***");
-        }
-    }
-    out
+    crate::redact::Redactor::new(ctx.secrets.iter().map(|(_, v)| v.as_str())).redact(msg)
 }
 
 fn secret<'a>(secrets: &'a BTreeMap<&str, &str>, name: &str) -> Result<&'a str, String> {

@@ -9,10 +9,10 @@ use miette::LabeledSpan;
 
 use super::diag::{Diag, Diags, did_you_mean};
 use super::kdl::{Reader, name};
-use super::limits;
 use super::model::*;
 use super::parse;
 use super::source::{FileId, Loc, SourceMap, Spanned};
+use super::{files, limits};
 
 /// The lock file beside the root config.
 pub const LOCK_FILE: &str = "images.lock";
@@ -46,10 +46,19 @@ struct Loader {
     incomplete: bool,
 }
 
-/// Whether a path names a `.kdl` file, both as written and once its symlinks are resolved.
-fn is_kdl_file(path: &Path) -> bool {
+/// Why a path does not name a `.kdl` file, as written or once its symlinks are resolved.
+fn not_kdl_file(path: &Path) -> Option<String> {
     let kdl = |p: &Path| p.extension().is_some_and(|e| e == "kdl");
-    kdl(path) && std::fs::canonicalize(path).map_or(true, |p| kdl(&p))
+    if !kdl(path) {
+        return Some("not a `.kdl` file".into());
+    }
+    match std::fs::canonicalize(path) {
+        Ok(resolved) if !kdl(&resolved) => Some(format!(
+            "it resolves to {}, not a `.kdl` file",
+            resolved.display()
+        )),
+        _ => None,
+    }
 }
 
 /// Why a config file could not be read.
@@ -104,47 +113,13 @@ impl ReadError {
     }
 }
 
-/// What a path is when it is not a regular file, or `None` for a regular file.
-pub(crate) fn not_regular(path: &Path, meta: &std::fs::Metadata) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    let kind = if t.is_file() {
-        let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let kernel = resolved.starts_with("/proc") || resolved.starts_with("/sys");
-        return kernel.then_some("a kernel file");
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
-    };
-    Some(kind)
-}
-
 /// Reads a config file: only a regular file, at most [`limits::MAX_CONFIG_BYTES`], as UTF-8.
 fn read_config(path: &Path) -> Result<String, ReadError> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(ReadError::Io)?;
-    if let Some(what) = not_regular(path, &meta) {
-        return Err(ReadError::NotRegular(what));
-    }
-    if meta.len() > limits::MAX_CONFIG_BYTES {
-        return Err(ReadError::TooLarge(meta.len()));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
-        .map_err(ReadError::Io)?
-        .take(limits::MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ReadError::Io)?;
-    if bytes.len() as u64 > limits::MAX_CONFIG_BYTES {
-        return Err(ReadError::TooLarge(bytes.len() as u64));
-    }
+    let bytes = files::read_regular(path, limits::MAX_CONFIG_BYTES).map_err(|e| match e {
+        files::ReadError::Io(e) => ReadError::Io(e),
+        files::ReadError::NotRegular(what) => ReadError::NotRegular(what),
+        files::ReadError::TooLarge { size, .. } => ReadError::TooLarge(size),
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         let before = &e.as_bytes()[..offset];
@@ -241,11 +216,18 @@ fn syntax_error(sources: &SourceMap, file: FileId, err: &kdl::KdlError) -> Diag 
         Some(d) => {
             let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
             let label = d.label.clone().unwrap_or_else(|| "here".into());
-            let help = match unquoted_version(&sources.get(file).text, d.span.offset()) {
-                Some(v) => format!(
+            let text = &sources.get(file).text;
+            let help = match (
+                unquoted_version(text, d.span.offset()),
+                kdl_v1_keyword(text, d.span.offset()),
+            ) {
+                (Some(v), _) => format!(
                     "quote it: \"{v}\" (versions are strings; unquoted, KDL reads them as numbers)"
                 ),
-                None => d
+                (None, Some(k)) => format!(
+                    "KDL 2 writes `{k}` as `#{k}` (a bare `{k}` is KDL 1); to mean the string, quote it: \"{k}\""
+                ),
+                (None, None) => d
                     .help
                     .clone()
                     .unwrap_or_else(|| "see https://kdl.dev for the KDL 2.0 syntax".into()),
@@ -285,6 +267,31 @@ fn unquoted_version(text: &str, offset: usize) -> Option<String> {
             .split('.')
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
     .then(|| word.to_string())
+}
+
+/// A KDL 1 keyword (`true`, `false`, `null`, `inf`, `nan`) written bare where the error is:
+/// KDL 2 reserves those words and writes the values as `#true` and so on.
+fn kdl_v1_keyword(text: &str, offset: usize) -> Option<&'static str> {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let start = text[..offset]
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !is_word(c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let end = text[start..]
+        .find(|c: char| !is_word(c))
+        .map_or(text.len(), |i| start + i);
+    if text[..start].ends_with('#') {
+        return None;
+    }
+    let word = &text[start..end];
+    ["true", "false", "null", "inf", "-inf", "nan"]
+        .into_iter()
+        .find(|k| *k == word)
 }
 
 impl Loader {
@@ -339,11 +346,11 @@ impl Loader {
             return;
         }
         if let Some(loc) = from
-            && !is_kdl_file(&path)
+            && let Some(why) = not_kdl_file(&path)
         {
             let d = Diag::error(
                 "kiln::config::import-not-kdl",
-                format!("cannot import `{display}`: not a `.kdl` file"),
+                format!("cannot import `{display}`: {why}"),
             )
             .label(&self.sources, loc, "imported here")
             .help("`import` takes KDL config files, named `*.kdl`");

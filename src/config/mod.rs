@@ -3,6 +3,7 @@
 pub mod cells;
 pub mod diag;
 pub mod excerpt;
+pub mod files;
 mod kdl;
 pub mod limits;
 mod load;

@@ -41,6 +41,12 @@ const ERROR_CASES: &[&str] = &[
     "error-unquoted-version",
     "error-zero-limit",
     "error-trusted-key",
+    "error-kdl1-boolean",
+    "error-failed-import",
+    "error-zero-timeout",
+    "error-negative-limit",
+    "error-unquoted-timeout",
+    "error-duplicate-cell-across-matrices",
 ];
 
 #[test]

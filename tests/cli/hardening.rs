@@ -251,3 +251,270 @@ fn far_apart_labels_show_only_their_lines() {
     assert!(!out.stderr.contains("filler 2500"), "{}", out.stderr);
     assert!(out.stderr.len() < 3_000, "{} bytes", out.stderr.len());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files that are not configs
+// ---------------------------------------------------------------------------------------------
+
+/// A config whose provider has `provider` lines and whose one step has `step` lines.
+fn config_with(provider: &str, step: &str) -> String {
+    format!(
+        r#"module "m" {{
+    step "build" builder="command" {{
+        argv "true"
+        {step}
+    }}
+}}
+provider "p" module="m" {{
+    {provider}
+}}
+kubernetes "1.31" {{
+    version "1.31.4"
+}}
+matrix "release" {{
+    kubernetes "1.31"
+    provider "p"
+    os "ubuntu-2404"
+}}
+"#
+    )
+}
+
+/// `import` takes only `.kdl` files, so a kernel file or a system file is never read, let alone
+/// quoted in a syntax error.
+#[test]
+fn import_reads_only_kdl_files() {
+    let p = Project::new()
+        .env("HARDENING_CANARY", "canary-value-93f1")
+        .with_file(
+            "images.kdl",
+            &format!("{VALID}import \"/proc/self/environ\"\nimport \"/etc/shadow\"\nimport \"shadow.kdl\"\n"),
+        );
+    std::os::unix::fs::symlink("/etc/shadow", p.path().join("shadow.kdl")).unwrap();
+    let out = p.kiln(&["check"]);
+    out.expect_code(1);
+    assert!(!out.stderr.contains("canary-value-93f1"), "{}", out.stderr);
+    assert!(!out.stderr.contains("root:"), "{}", out.stderr);
+    golden("hardening", "import-not-kdl.stderr", &out.stderr);
+}
+
+/// Only regular files are read as configs: a FIFO or a device is a diagnostic, not a hang or an
+/// endless read; a config has a size limit.
+#[test]
+fn configs_must_be_regular_files_of_bounded_size() {
+    let p = Project::new().with_file("images.kdl", &format!("{VALID}import \"fifo.kdl\"\n"));
+    let status = Command::new("mkfifo")
+        .arg(p.path().join("fifo.kdl"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let fifo = p.kiln(&["check"]);
+    fifo.expect_code(1);
+    let zero = p.kiln(&["-f", "/dev/zero", "check"]);
+    zero.expect_code(1);
+    p.write(
+        "big.kdl",
+        &"// a comment line of forty characters..\n".repeat(30_000),
+    );
+    let big = p.kiln(&["-f", "big.kdl", "check"]);
+    big.expect_code(1);
+    let text = [fifo.stderr, zero.stderr, big.stderr].join("\n");
+    golden("hardening", "not-regular.stderr", &text);
+}
+
+#[test]
+fn invalid_utf8_is_located() {
+    let p = Project::new();
+    let mut bytes = VALID.as_bytes().to_vec();
+    bytes.extend_from_slice(b"// caf\xe9\n");
+    std::fs::write(p.path().join("images.kdl"), bytes).unwrap();
+    let out = p.kiln(&["check"]);
+    out.expect_code(1);
+    golden("hardening", "invalid-utf8.stderr", &out.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths confined to their roots
+// ---------------------------------------------------------------------------------------------
+
+/// Every way a path could leave its root is a diagnostic of `kiln check` at the property that
+/// names it.
+#[test]
+fn paths_that_escape_their_roots_are_reported_where_they_are_written() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "outside").unwrap();
+    let cases: Vec<(&str, String)> = vec![
+        ("ship-absolute", config_with("ship \"/etc/hostname\" to=\"x\"", "")),
+        ("ship-parent", config_with("ship \"../outside\" to=\"x\"", "")),
+        ("ship-stdin", config_with("ship \"/dev/stdin\" to=\"x\"", "")),
+        ("ship-symlink-out", config_with("ship \"files\" to=\"x\"", "")),
+        ("to-parent", config_with("ship \"files/a.txt\" to=\"../../x\"", "")),
+        ("to-absolute", config_with("ship \"files/a.txt\" to=\"/abs\"", "")),
+        ("outputs-parent", config_with("", "outputs \"../../outside\"")),
+        ("outputs-absolute", config_with("", "outputs \"/etc/passwd\"")),
+        (
+            "object-parent",
+            config_with("", "").replace(
+                "step \"build\" builder=\"command\" {\n        argv \"true\"",
+                "step \"build\" builder=\"command\" {\n        argv \"true\"\n    }\n    step \"publish\" builder=\"upload\" {\n        bucket \"file://bucket\"\n        object \"../../x.qcow2\"",
+            ),
+        ),
+        (
+            "cell-name",
+            config_with("", "").replace("matrix \"release\" {", "matrix \"release\" name=\"../{os}\" {"),
+        ),
+        ("secret-device", config_with("secret \"KEY\" file=\"/dev/zero\"", "")),
+    ];
+    let mut text = String::new();
+    for (name, config) in cases {
+        // The project is `proj/`; `outside` is beside it.
+        let p = Project::new()
+            .with_file("proj/images.kdl", &config)
+            .with_file("proj/files/a.txt", "a\n")
+            .with_file("outside", "outside\n");
+        if name == "ship-symlink-out" {
+            std::os::unix::fs::symlink(
+                outside.path().join("secret.txt"),
+                p.path().join("proj/files/link"),
+            )
+            .unwrap();
+        }
+        let out = p.kiln(&["-f", "proj/images.kdl", "check"]);
+        assert_eq!(out.code, 1, "{name}: {}{}", out.stdout, out.stderr);
+        let stderr = out
+            .stderr
+            .replace(&*outside.path().to_string_lossy(), "[OUTSIDE]")
+            .replace(
+                &*std::fs::canonicalize(outside.path())
+                    .unwrap()
+                    .to_string_lossy(),
+                "[OUTSIDE]",
+            );
+        text.push_str(&format!("== {name}\n{stderr}"));
+    }
+    golden("hardening", "confinement.stderr", &text);
+}
+
+#[test]
+fn a_broken_symlink_or_a_loop_in_a_shipped_directory_is_named() {
+    let mut text = String::new();
+    for (name, target) in [("dangling", "nowhere"), ("loop", "..")] {
+        let p = Project::new()
+            .with_file("images.kdl", &config_with("ship \"files\" to=\"x\"", ""))
+            .with_file("files/sub/a.txt", "a\n");
+        std::os::unix::fs::symlink(target, p.path().join("files/sub/bad")).unwrap();
+        let out = p.kiln(&["check"]);
+        out.expect_code(1);
+        text.push_str(&format!("== {name}\n{}", out.stderr));
+    }
+    golden("hardening", "ship-symlinks.stderr", &text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------------------------
+
+/// A service-account key: a multi-line secret.
+const KEY_JSON: &str = r#"{
+  "type": "service_account",
+  "project_id": "hardening-test-4471",
+  "private_key_id": "0c1e9d2f7a3b5e8d",
+  "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7Zp1x\n-----END PRIVATE KEY-----\n",
+  "client_email": "builder@hardening-test-4471.iam.gserviceaccount.com"
+}"#;
+
+/// Every form of the key that must never be written: the whole of it, each of its lines, and
+/// its JSON-escaped form.
+fn key_forms() -> Vec<String> {
+    let mut forms = vec![
+        KEY_JSON.to_string(),
+        serde_json::to_string(KEY_JSON)
+            .unwrap()
+            .trim_matches('"')
+            .to_string(),
+    ];
+    forms.extend(
+        KEY_JSON
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.len() >= 6)
+            .map(String::from),
+    );
+    forms
+}
+
+fn scan_tree(dir: &std::path::Path, forms: &[String], files: &mut usize) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            scan_tree(&path, forms, files);
+        } else if meta.is_file() {
+            *files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            for f in forms {
+                let hit = bytes.windows(f.len()).any(|w| w == f.as_bytes());
+                assert!(!hit, "{} holds {f:?}", path.display());
+            }
+        }
+    }
+}
+
+/// A build whose step prints a multi-line secret — whole, line by line, JSON-escaped, and in an
+/// error — leaves none of it in any output of kiln or any file of the cache.
+#[test]
+fn a_multi_line_secret_is_in_no_output_and_no_cache_file() {
+    let script = r#"printf '%s\n' "$KEY"
+printf 'as json: {"key": "%s"}\n' "$(printf '%s' "$KEY" | sed 's/\\/\\\\/g; s/"/\\"/g' | awk 'BEGIN{ORS="\\n"} {print}' | sed 's/\\n$//')"
+printf '%s\n' "$KEY" | sed -n 3p >&2
+echo built {os} > out.txt
+"#;
+    let p = Project::new()
+        .with_file(
+            "images.kdl",
+            &config_with(
+                "secret \"KEY\" file=\"key.json\"\n    ship \"scripts\" to=\"scripts\"",
+                "outputs \"out.txt\"",
+            )
+            .replace("argv \"true\"", "argv \"sh\" \"scripts/leak.sh\""),
+        )
+        .with_file("key.json", KEY_JSON)
+        .with_file("scripts/leak.sh", script);
+    let build = p.kiln(&["build"]);
+    build.expect_code(0);
+    let id = "p/ubuntu-2404/1.31/build";
+    let logs = p.kiln(&["logs", id]);
+    logs.expect_code(0);
+    assert!(
+        logs.stdout.contains("as json: {\"key\": \"***\"}"),
+        "{}",
+        logs.stdout
+    );
+    assert!(
+        !logs.stdout.contains("\"type\": \"service_account\""),
+        "{}",
+        logs.stdout
+    );
+    let outputs = [
+        build,
+        logs,
+        p.kiln(&["plan", "--json"]),
+        p.kiln(&["explain", id]),
+        p.kiln(&["images", "--json"]),
+        p.kiln(&["build", "--force", id]),
+    ];
+    let forms = key_forms();
+    for out in &outputs {
+        for f in &forms {
+            assert!(
+                !out.stdout.contains(f.as_str()) && !out.stderr.contains(f.as_str()),
+                "{f:?} in\n{}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+    let mut files = 0;
+    scan_tree(&p.path().join("cache"), &forms, &mut files);
+    assert!(files > 10, "scanned only {files} files");
+}

@@ -6,6 +6,7 @@
 
 mod build;
 mod config;
+mod diagnostics;
 mod hardening;
 mod image_builder;
 mod immutable;
