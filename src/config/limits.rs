@@ -54,20 +54,21 @@ pub fn scan(text: &str) -> Option<TooComplex> {
                 i += 1;
             }
             b'/' if b.get(i + 1) == Some(&b'/') => {
-                i = b[i..]
-                    .iter()
-                    .position(|&c| c == b'\n')
-                    .map_or(b.len(), |p| i + p + 1);
+                i = (i + 2..b.len())
+                    .find(|&j| newline_at(b, j))
+                    .unwrap_or(b.len());
             }
             b'/' if b.get(i + 1) == Some(&b'*') => match block_comment(b, i) {
                 Ok(end) => i = end,
                 Err(e) => return Some(e),
             },
-            b'"' => i = quoted(b, i),
+            // A string that is not terminated is scanned as code: the parser's recovery may
+            // read its contents as nodes.
+            b'"' => i = quoted(b, i).unwrap_or(i + 1),
             b'#' => {
                 let hashes = b[i..].iter().take_while(|&&c| c == b'#').count();
                 if b.get(i + hashes) == Some(&b'"') {
-                    i = raw(b, i + hashes, hashes);
+                    i = raw(b, i + hashes, hashes).unwrap_or(i + hashes + 1);
                 } else {
                     i += hashes;
                 }
@@ -76,6 +77,14 @@ pub fn scan(text: &str) -> Option<TooComplex> {
         }
     }
     None
+}
+
+/// Whether a KDL 2 newline starts at `i`: CR, LF, VT, FF, NEL, LS or PS.
+fn newline_at(b: &[u8], i: usize) -> bool {
+    matches!(b[i], b'\n' | b'\r' | 0x0b | 0x0c)
+        || b[i..].starts_with("\u{85}".as_bytes())
+        || b[i..].starts_with("\u{2028}".as_bytes())
+        || b[i..].starts_with("\u{2029}".as_bytes())
 }
 
 /// Skips a block comment starting at `start` (`/*`); its end, or the problem.
@@ -113,23 +122,26 @@ fn block_comment(b: &[u8], start: usize) -> Result<usize, TooComplex> {
     }
 }
 
-/// Skips a quoted string (`"…"` or `"""…"""`) starting at `start`; its end.
-fn quoted(b: &[u8], start: usize) -> usize {
+/// Skips a quoted string (`"…"` or `"""…"""`) starting at `start`; its end, or `None` when it
+/// is not terminated (a single-line string ends at a newline for the parser too).
+fn quoted(b: &[u8], start: usize) -> Option<usize> {
     let multi = b[start..].starts_with(b"\"\"\"");
     let mut i = start + if multi { 3 } else { 1 };
     while i < b.len() {
         match b[i] {
             b'\\' => i += 2,
-            b'"' if !multi => return i + 1,
-            b'"' if b[i..].starts_with(b"\"\"\"") => return i + 3,
+            b'"' if !multi => return Some(i + 1),
+            b'"' if b[i..].starts_with(b"\"\"\"") => return Some(i + 3),
+            _ if !multi && newline_at(b, i) => return None,
             _ => i += 1,
         }
     }
-    b.len()
+    None
 }
 
-/// Skips a raw string whose opening quote is at `quote`, after `hashes` `#`s; its end.
-fn raw(b: &[u8], quote: usize, hashes: usize) -> usize {
+/// Skips a raw string whose opening quote is at `quote`, after `hashes` `#`s; its end, or `None`
+/// when it is not terminated.
+fn raw(b: &[u8], quote: usize, hashes: usize) -> Option<usize> {
     let multi = b[quote..].starts_with(b"\"\"\"");
     let close_quotes = if multi { 3 } else { 1 };
     let mut i = quote + close_quotes;
@@ -142,11 +154,14 @@ fn raw(b: &[u8], quote: usize, hashes: usize) -> usize {
                 .count()
                 == hashes
         {
-            return i + close_quotes + hashes;
+            return Some(i + close_quotes + hashes);
+        }
+        if !multi && newline_at(b, i) {
+            return None;
         }
         i += 1;
     }
-    b.len()
+    None
 }
 
 #[cfg(test)]
@@ -171,6 +186,19 @@ mod tests {
         assert_eq!(scan(&in_raw), None);
         let in_multi = format!("x \"\"\"\n{}\n\"\"\"", "{".repeat(1000));
         assert_eq!(scan(&in_multi), None);
+    }
+
+    #[test]
+    fn an_unterminated_string_is_scanned_as_code() {
+        for newline in ["\n", "\r", "\u{85}", "\u{2028}", "\u{2029}", "\u{c}"] {
+            let text = format!("step \"b{newline}{}\"", "{".repeat(MAX_NESTING + 1));
+            assert!(
+                matches!(scan(&text), Some(TooComplex::Nesting { .. })),
+                "{newline:?}"
+            );
+            let comment = format!("// x{newline}{}", "{".repeat(MAX_NESTING + 1));
+            assert!(scan(&comment).is_some(), "{newline:?}");
+        }
     }
 
     #[test]
