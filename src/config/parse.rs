@@ -55,6 +55,20 @@ pub fn config_path(
         );
         return None;
     }
+    let special = std::fs::metadata(&path)
+        .ok()
+        .filter(|m| !m.is_dir())
+        .and_then(|m| super::files::not_regular(&path, &m));
+    if let Some(kind) = special {
+        r.error_at(
+            s.loc,
+            "kiln::config::not-a-file",
+            format!("{what} `{}` is {kind}, not a regular file", s.value),
+            "not a regular file",
+            "name a regular file (or, for `ship`, a directory)".into(),
+        );
+        return None;
+    }
     Some(ConfigPath {
         rel,
         path,

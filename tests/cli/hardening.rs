@@ -364,6 +364,7 @@ fn paths_that_escape_their_roots_are_reported_where_they_are_written() {
             config_with("", "").replace("matrix \"release\" {", "matrix \"release\" name=\"../{os}\" {"),
         ),
         ("secret-device", config_with("secret \"KEY\" file=\"/dev/zero\"", "")),
+        ("patch-device", config_with("patch \"/dev/zero\"", "")),
     ];
     let mut text = String::new();
     for (name, config) in cases {
