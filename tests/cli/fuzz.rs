@@ -276,7 +276,7 @@ fn every_past_crash_is_a_regression_case() {
         "x=\n".repeat(20_000).into_bytes(),
         format!("{valid}x {}\"unterminated\n", "a ".repeat(40_000)).into_bytes(),
         "a;".repeat(24_000).into_bytes(),
-        "a\n".repeat(32_000).into_bytes(),
+        "a\n".repeat(8_000).into_bytes(),
     ];
     for sep in ["\u{feff}", "\u{2028}", "\u{2029}", "\u{85}"] {
         cases.push(format!("{sep}module \"m\" {{\n  x 1.2.3 {{\n").into_bytes());
