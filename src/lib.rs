@@ -19,7 +19,6 @@ macro_rules! eprintln {
         $crate::output::write_line($crate::output::Stream::Stderr, format_args!($($arg)*))
     };
 }
-#[allow(unused_macros)]
 macro_rules! eprint {
     ($($arg:tt)*) => {
         $crate::output::write($crate::output::Stream::Stderr, format_args!($($arg)*))
