@@ -291,8 +291,9 @@ fn import_reads_only_kdl_files() {
         .with_file(
             "images.kdl",
             &format!("{VALID}import \"/proc/self/environ\"\nimport \"/etc/shadow\"\nimport \"shadow.kdl\"\n"),
-        );
-    std::os::unix::fs::symlink("/etc/shadow", p.path().join("shadow.kdl")).unwrap();
+        )
+        .with_file("shadow", "root:$6$not-a-config\n");
+    std::os::unix::fs::symlink(p.path().join("shadow"), p.path().join("shadow.kdl")).unwrap();
     let out = p.kiln(&["check"]);
     out.expect_code(1);
     assert!(!out.stderr.contains("canary-value-93f1"), "{}", out.stderr);
@@ -343,10 +344,16 @@ fn invalid_utf8_is_located() {
 /// names it.
 #[test]
 fn paths_that_escape_their_roots_are_reported_where_they_are_written() {
-    let outside = tempfile::tempdir().unwrap();
+    let outside = Project::new(); // under /tmp, so its path has the same length everywhere
     std::fs::write(outside.path().join("secret.txt"), "outside").unwrap();
     let cases: Vec<(&str, String)> = vec![
-        ("ship-absolute", config_with("ship \"/etc/hostname\" to=\"x\"", "")),
+        (
+            "ship-absolute",
+            config_with(
+                &format!("ship \"{}\" to=\"x\"", outside.path().join("secret.txt").display()),
+                "",
+            ),
+        ),
         ("ship-parent", config_with("ship \"../outside\" to=\"x\"", "")),
         ("ship-stdin", config_with("ship \"/dev/stdin\" to=\"x\"", "")),
         ("ship-symlink-out", config_with("ship \"files\" to=\"x\"", "")),
