@@ -328,7 +328,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init { provider } => init::run(&cli.file, provider),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
+            // Generated in memory: clap_complete panics when it cannot write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut script);
+            crate::output::write_bytes(crate::output::Stream::Stdout, &script);
             Ok(())
         }
         Command::Supervise { ref argv } => crate::exec::supervise::run(argv),

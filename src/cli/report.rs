@@ -55,12 +55,9 @@ impl CliError {
     /// Prints [`CliError::to_json`] to stdout, one object a line: with `--json`, stdout is for
     /// machines whether the command succeeded or not.
     pub fn report_json(&self) {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
         for v in self.to_json() {
-            let _ = writeln!(out, "{v}");
+            println!("{v}");
         }
-        let _ = out.flush();
     }
 
     pub fn report(&self) {

@@ -420,7 +420,12 @@ async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutco
                     Err(e) => JobOutcome {
                         retries,
                         tail: log.tail(),
-                        ..ended(Outcome::Failed(log.redact(&e)), attempt, Some(log_file), None)
+                        ..ended(
+                            Outcome::Failed(log.redact(&e)),
+                            attempt,
+                            Some(log_file),
+                            None,
+                        )
                     },
                 };
             }

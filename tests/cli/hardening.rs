@@ -196,6 +196,8 @@ fn a_full_stdout_is_an_io_error_exit_and_the_build_still_records() {
     assert_eq!(code, 74);
     let (code, _) = run_into(&p, &["--help"], false, Sink::Full);
     assert_eq!(code, 74, "kiln --help >/dev/full must fail");
+    let (code, stderr) = run_into(&p, &["completions", "bash"], false, Sink::Full);
+    assert_eq!(code, 74, "{stderr}");
 }
 
 #[test]
