@@ -4,5 +4,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     kiln::exec::supervise::run_if_asked();
-    std::process::exit(kiln::cli::main(std::env::args_os()));
+    std::process::exit(kiln::output::finish(kiln::cli::main(std::env::args_os())));
 }

@@ -11,6 +11,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let argv = p.get("argv").map(Value::as_list).unwrap_or_default();
     for f in ctx.node.recipe.files.iter() {
         if let FileRole::Ship { to } = &f.role {
+            confined(to, "a shipped file's to=")?;
             copy_into(&f.path, &ctx.work.join(to)).map_err(io_err("copying shipped files"))?;
         }
     }
@@ -42,13 +43,26 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     ctx.spawner.run(&argv, &env, &ctx.work).await?;
     let mut out = StepOutput::default();
     for name in p.get("outputs").map(Value::as_list).unwrap_or_default() {
+        confined(&name, "an output")?;
         let path = ctx.work.join(&name);
         if !path.is_file() {
             return Err(StepError::Failed(format!(
                 "the command did not write its declared output `{name}`"
             )));
         }
+
         out.outputs.push((name, path));
     }
     Ok(out)
+}
+
+/// A path from the recipe that must stay inside the directory it is joined to (`kiln check`
+/// refuses others; this guards a step run from a plan made elsewhere).
+pub(super) fn confined(path: &str, what: &str) -> Result<(), StepError> {
+    match crate::config::files::unsafe_relative(path) {
+        Some(why) => Err(StepError::Failed(format!(
+            "{what} `{path}` is not a path inside its directory: {why}"
+        ))),
+        None => Ok(()),
+    }
 }

@@ -376,6 +376,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         }
         for f in ctx.node.recipe.files.iter() {
             if let FileRole::Ship { to } = &f.role {
+                super::command::confined(to, "a shipped file's to=")?;
                 copy_into(&f.path, &capi.join(to)).map_err(io_err("copying shipped files"))?;
             }
         }

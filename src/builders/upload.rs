@@ -153,6 +153,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let bucket = param(ctx, "bucket").unwrap_or_default();
     let checksum = !matches!(p.get("checksum"), Some(Value::Bool(false)));
     let name = param(ctx, "object").unwrap_or_else(|| format!("{}.qcow2", ctx.node.cells[0]));
+    super::command::confined(&name, "the object")?;
     let image = ctx.upstream_file(IMAGE)?;
     let where_to = parse_bucket(&ctx.root, &bucket)?;
     let sum = sha256_file(&image).map_err(io_err("hashing the image"))?;
@@ -239,13 +240,7 @@ fn to_dir(dir: &Path, art: &Artifact) -> Result<bool, StepError> {
 
 /// Replaces every secret value in `msg` with `***`.
 fn redact(ctx: &StepCtx, msg: &str) -> String {
-    let mut out = msg.to_string();
-    for (_, v) in &ctx.secrets {
-        if !v.is_empty() {
-            out = out.replace(v.as_str(), "***");
-        }
-    }
-    out
+    crate::redact::Redactor::new(ctx.secrets.iter().map(|(_, v)| v.as_str())).redact(msg)
 }
 
 fn secret<'a>(secrets: &'a BTreeMap<&str, &str>, name: &str) -> Result<&'a str, String> {

@@ -153,7 +153,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         println!("{}", report.summary());
     }
     if report.cancelled {
-        return Err(CliError::Exit(130));
+        return Err(CliError::Exit(report.cancelled_exit_code()));
     }
     if !report.ok() {
         return Err(CliError::Exit(1));

@@ -136,9 +136,7 @@ pub fn logs(cli: &Cli, node: &str, json: bool) -> Result<(), CliError> {
         } else {
             String::new()
         };
-        return Err(CliError::Usage(format!(
-            "no recorded result for `{node}`, so no log: node ids are listed by `kiln plan`{live}"
-        )));
+        return Err(no_log(cli, node, &live));
     };
     let damaged = |what: &str| {
         CliError::Failed(format!(
@@ -158,7 +156,6 @@ pub fn logs(cli: &Cli, node: &str, json: bool) -> Result<(), CliError> {
         .get_blob(&digest)
         .map_err(fail)?
         .ok_or_else(|| damaged("log"))?;
-    use std::io::Write;
     if json {
         let v = serde_json::json!({
             "node": node,
@@ -169,9 +166,33 @@ pub fn logs(cli: &Cli, node: &str, json: bool) -> Result<(), CliError> {
         println!("{v}");
         return Ok(());
     }
-    std::io::stdout()
-        .write_all(&bytes)
-        .map_err(|e| CliError::Failed(format!("writing the log: {e}")))
+    crate::output::write_bytes(crate::output::Stream::Stdout, &bytes);
+    Ok(())
+}
+
+/// Why a node has no log to print: a node of the config that has no recorded result (exit 1),
+/// or an id that names no node (a usage error, exit 2).
+fn no_log(cli: &Cli, node: &str, live: &str) -> CliError {
+    let graph = context::load(&cli.file, &super::Select::default(), true)
+        .and_then(|loaded| context::lower(&loaded, None));
+    let Ok(graph) = graph else {
+        return CliError::Failed(format!("no recorded result for `{node}`, so no log{live}"));
+    };
+    let ids: Vec<&str> = graph
+        .order()
+        .into_iter()
+        .map(|ix| graph.node(ix).id.as_str())
+        .collect();
+    if ids.contains(&node) {
+        CliError::Failed(format!(
+            "`{node}` has no recorded result, so no log: it has not run yet, or its last run failed; `kiln build` runs it{live}"
+        ))
+    } else {
+        CliError::Usage(format!(
+            "no node `{node}`; {} (node ids are listed by `kiln plan`)",
+            crate::config::diag::did_you_mean(node, &ids, "node")
+        ))
+    }
 }
 
 pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {

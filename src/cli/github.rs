@@ -28,20 +28,19 @@ impl GitHub {
     /// workflow commands, or to stderr (which it reads too) when stdout holds JSON.
     pub fn error(&self, title: &str, message: &str, to_stderr: bool) {
         let line = error_command(title, message);
-        if to_stderr {
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let stream = if to_stderr {
+            crate::output::Stream::Stderr
         } else {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.flush();
-        }
+            crate::output::Stream::Stdout
+        };
+        crate::output::write_bytes(stream, line.as_bytes());
     }
 
     /// An error of kiln itself (not of a node) as an annotation, on stderr: see
     /// [`cli_error_command`].
     pub fn cli_error(&self, error: &serde_json::Value) {
         let line = cli_error_command(error);
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        crate::output::write_bytes(crate::output::Stream::Stderr, line.as_bytes());
     }
 
     /// Appends markdown to the job summary; a failure is a warning (the build's outcome does not

@@ -239,7 +239,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             if !e.use_stderr() {
-                let _ = e.print();
+                print_clap(&e);
                 return 0;
             }
             if args.iter().any(|a| a == "--json") {
@@ -248,7 +248,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
                 let message = message.strip_prefix("error: ").unwrap_or(message);
                 CliError::Usage(message.to_string()).report_json();
             } else {
-                let _ = e.print();
+                print_clap(&e);
             }
             let detailed = args.iter().any(|a| a == "--detailed-exitcode");
             return if detailed { 1 } else { 2 };
@@ -283,6 +283,26 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     }
 }
 
+/// Prints clap's help, `--version` or usage error: by clap itself on a terminal (in colour),
+/// else through [`crate::output`], so that a failed write (`kiln --help >/dev/full`) gives an
+/// exit code too.
+fn print_clap(e: &clap::Error) {
+    use std::io::IsTerminal;
+    let to_stderr = e.use_stderr();
+    let tty = if to_stderr {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    if tty {
+        let _ = e.print();
+    } else if to_stderr {
+        eprint!("{}", e.render());
+    } else {
+        print!("{}", e.render());
+    }
+}
+
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Check { json } => check::run(&cli.file, json),
@@ -308,7 +328,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init { provider } => init::run(&cli.file, provider),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
+            // Generated in memory: clap_complete panics when it cannot write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut script);
+            crate::output::write_bytes(crate::output::Stream::Stdout, &script);
             Ok(())
         }
         Command::Supervise { ref argv } => crate::exec::supervise::run(argv),

@@ -2,7 +2,6 @@
 //! `kiln build --plan`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -494,9 +493,7 @@ fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
             text
         }
     };
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    let _ = stdout.flush();
+    crate::output::write_bytes(crate::output::Stream::Stdout, text.as_bytes());
     if let Some(gh) = super::github::GitHub::from_env() {
         let md = match format {
             PlanFormat::Markdown => text,

@@ -3,6 +3,7 @@
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
 
 use crate::config::Diags;
+use crate::config::excerpt::View;
 
 #[derive(Debug)]
 pub enum CliError {
@@ -54,12 +55,9 @@ impl CliError {
     /// Prints [`CliError::to_json`] to stdout, one object a line: with `--json`, stdout is for
     /// machines whether the command succeeded or not.
     pub fn report_json(&self) {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
         for v in self.to_json() {
-            let _ = writeln!(out, "{v}");
+            println!("{v}");
         }
-        let _ = out.flush();
     }
 
     pub fn report(&self) {
@@ -119,14 +117,24 @@ fn handler() -> GraphicalReportHandler {
         .with_links(false)
 }
 
-/// Renders diagnostics (errors and warnings) to stderr.
+/// At most this many diagnostics are rendered; the rest are counted.
+pub const MAX_DIAGS: usize = 50;
+
+/// Renders diagnostics (errors and warnings) to stderr: at most [`MAX_DIAGS`], errors first,
+/// each showing only the lines it points at.
 pub fn print_diags(diags: &Diags) {
     let h = handler();
-    for d in &diags.0 {
+    let mut shown: Vec<&crate::config::Diag> = diags.0.iter().filter(|d| d.is_error()).collect();
+    shown.extend(diags.0.iter().filter(|d| !d.is_error()));
+    let total = shown.len();
+    for d in shown.into_iter().take(MAX_DIAGS) {
         let mut out = String::new();
-        if h.render_report(&mut out, d).is_ok() {
+        if h.render_report(&mut out, &View::of(d)).is_ok() {
             eprintln!("{out}");
         }
+    }
+    if total > MAX_DIAGS {
+        eprintln!("… and {} more", total - MAX_DIAGS);
     }
     let n = diags.errors();
     if n > 0 {

@@ -148,9 +148,59 @@ pub fn expand_all(config: &Config) -> Result<(Vec<Cell>, Diags), Diags> {
                 for w in &exp.warnings {
                     diags.push(warning(config, decl, w));
                 }
+                let template_loc = decl.name_template_loc.unwrap_or(decl.loc);
+                if let Some((cell, why)) = exp
+                    .cells
+                    .iter()
+                    .find_map(|c| super::files::unsafe_name(&c.name).map(|w| (c, w)))
+                {
+                    diags.push(
+                        Diag::error(
+                            "kiln::matrix::unsafe-name",
+                            format!("cell name `{}` cannot name a file: {why}", cell.name.escape_debug()),
+                        )
+                        .label(&config.sources, template_loc, "this template gives it")
+                        .help("cell names become file and object names: build them from values without `..`, a leading `/` or control characters"),
+                    );
+                }
                 cells.extend(exp.cells);
             }
             Err(e) => diags.push(matrix_error(config, decl, &e)),
+        }
+    }
+    let mut seen: std::collections::HashMap<&str, &Cell> = Default::default();
+    let mut reported = BTreeSet::new();
+    for c in &cells {
+        match seen.get(c.name.as_str()) {
+            Some(first) if first.values != c.values && reported.insert(c.name.as_str()) => {
+                let loc_of = |m: &str| {
+                    config
+                        .matrices
+                        .iter()
+                        .find(|d| d.spec.name == m)
+                        .map(|d| d.name_template_loc.unwrap_or(d.loc))
+                };
+                let mut d = Diag::error(
+                    "kiln::matrix::duplicate-cell-name",
+                    format!(
+                        "matrices `{}` and `{}` both have a cell named `{}`, with different values",
+                        first.matrix, c.matrix, c.name
+                    ),
+                );
+                if let Some(l) = loc_of(&first.matrix) {
+                    d = d.label(&config.sources, l, "names a cell here");
+                }
+                if let Some(l) = loc_of(&c.matrix) {
+                    d = d.label(&config.sources, l, "gives a different cell the same name");
+                }
+                diags.push(d.help(
+                    "give the matrices name templates that differ, e.g. name=\"nightly-{provider}-{os}-k8s-{kubernetes}\"",
+                ));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(&c.name, c);
+            }
         }
     }
     if diags.has_errors() {

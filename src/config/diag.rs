@@ -74,6 +74,23 @@ impl Diag {
         self
     }
 
+    /// The file the labels point into: its name and text.
+    pub fn source(&self) -> Option<(&str, &str)> {
+        self.src.as_ref().map(|s| (s.name(), s.inner().as_str()))
+    }
+
+    pub fn spans(&self) -> &[LabeledSpan] {
+        &self.labels
+    }
+
+    pub fn help_text(&self) -> Option<&str> {
+        self.help.as_deref()
+    }
+
+    pub fn related_diags(&self) -> &[Diag] {
+        &self.related
+    }
+
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }

@@ -187,6 +187,27 @@ impl Reader<'_> {
     pub fn u32(&mut self, entry: &KdlEntry, what: &str) -> Option<u32> {
         match entry.value() {
             KdlValue::Integer(i) if (0..=u32::MAX as i128).contains(i) => Some(*i as u32),
+            KdlValue::Integer(i) => {
+                let (found, help) = if *i < 0 {
+                    (
+                        "a negative number",
+                        format!("write {what} as a whole number, e.g. 2"),
+                    )
+                } else {
+                    (
+                        "a number too large",
+                        format!("write {what} as at most {}", u32::MAX),
+                    )
+                };
+                self.error_at(
+                    self.entry_loc(entry),
+                    "kiln::config::type",
+                    format!("{what} must be a non-negative integer, found {i}"),
+                    found,
+                    help,
+                );
+                None
+            }
             v => {
                 self.error_at(
                     self.entry_loc(entry),
@@ -205,6 +226,19 @@ impl Reader<'_> {
 
     /// A concurrency limit: at least 1.
     pub fn limit(&mut self, entry: &KdlEntry) -> Option<u32> {
+        if let KdlValue::Integer(i) = entry.value()
+            && *i < 0
+        {
+            self.error_at(
+                self.entry_loc(entry),
+                "kiln::config::type",
+                format!("limit must be at least 1, found {i}"),
+                "a negative limit",
+                "write the number of nodes that may run at once, or remove the line for no limit"
+                    .into(),
+            );
+            return None;
+        }
         let n = self.u32(entry, "limit")?;
         if n == 0 {
             self.error_at(
@@ -221,8 +255,29 @@ impl Reader<'_> {
     }
 
     pub fn duration(&mut self, entry: &KdlEntry, what: &str) -> Option<std::time::Duration> {
+        if let v @ (KdlValue::Integer(_) | KdlValue::Float(_)) = entry.value() {
+            let w = written(entry);
+            self.error_at(
+                self.entry_loc(entry),
+                "kiln::config::type",
+                format!("{what} must be a duration string, found {}", kind_of(v)),
+                "a number without a unit",
+                format!("write the duration as a string with its unit, e.g. {what} \"{w}s\" or {what} \"{w}m\""),
+            );
+            return None;
+        }
         let s = self.string(entry, what)?;
         match humantime::parse_duration(&s.value) {
+            Ok(d) if d.is_zero() => {
+                self.error_at(
+                    s.loc,
+                    "kiln::config::type",
+                    format!("{what} must be longer than 0s"),
+                    "every step would time out at once",
+                    format!("write a duration such as \"90m\", or remove `{what}` for no limit"),
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.error_at(

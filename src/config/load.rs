@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kdl::{KdlDocument, KdlNode};
 use miette::LabeledSpan;
@@ -11,6 +12,7 @@ use super::kdl::{Reader, name};
 use super::model::*;
 use super::parse;
 use super::source::{FileId, Loc, SourceMap, Spanned};
+use super::{files, limits};
 
 /// The lock file beside the root config.
 pub const LOCK_FILE: &str = "images.lock";
@@ -39,16 +41,171 @@ struct Loader {
     modules: BTreeMap<String, Module>,
     remote_cache: Option<Spanned<String>>,
     trusted_keys: Vec<String>,
+    /// A file could not be read or parsed: what it would have declared is missing, so "not
+    /// declared" is not said of it.
+    incomplete: bool,
+}
+
+/// Why a path does not name a `.kdl` file, as written or once its symlinks are resolved.
+fn not_kdl_file(path: &Path) -> Option<String> {
+    let kdl = |p: &Path| p.extension().is_some_and(|e| e == "kdl");
+    if !kdl(path) {
+        return Some("not a `.kdl` file".into());
+    }
+    match std::fs::canonicalize(path) {
+        Ok(resolved) if !kdl(&resolved) => Some(format!(
+            "it resolves to {}, not a `.kdl` file",
+            resolved.display()
+        )),
+        _ => None,
+    }
+}
+
+/// Why a config file could not be read.
+#[derive(Debug)]
+enum ReadError {
+    Io(std::io::Error),
+    /// Not a regular file (a directory, FIFO, device or socket), or a kernel file under
+    /// `/proc` or `/sys`.
+    NotRegular(&'static str),
+    TooLarge(u64),
+    /// Not UTF-8: the byte offset, line and column of the first bad byte.
+    NotUtf8 {
+        offset: usize,
+        line: usize,
+        column: usize,
+    },
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::NotRegular(what) => write!(f, "it is {what}, not a regular file"),
+            ReadError::TooLarge(n) => write!(
+                f,
+                "it is {n} bytes, more than the {} bytes a config may be",
+                limits::MAX_CONFIG_BYTES
+            ),
+            ReadError::NotUtf8 {
+                offset,
+                line,
+                column,
+            } => write!(
+                f,
+                "it is not UTF-8: invalid byte at offset {offset} (line {line}, column {column})"
+            ),
+        }
+    }
+}
+
+impl ReadError {
+    fn help(&self, import: bool) -> &'static str {
+        match self {
+            ReadError::Io(_) if import => {
+                "imports are relative to the importing file; check the path"
+            }
+            ReadError::Io(_) => "run kiln in the directory of images.kdl, or pass -f PATH",
+            ReadError::NotRegular(_) => "a config must be a regular KDL file",
+            ReadError::TooLarge(_) => "split the config into files that import each other",
+            ReadError::NotUtf8 { .. } => "save the file as UTF-8",
+        }
+    }
+}
+
+/// Reads a config file: only a regular file, at most [`limits::MAX_CONFIG_BYTES`], as UTF-8.
+fn read_config(path: &Path) -> Result<String, ReadError> {
+    let bytes = files::read_regular(path, limits::MAX_CONFIG_BYTES).map_err(|e| match e {
+        files::ReadError::Io(e) => ReadError::Io(e),
+        files::ReadError::NotRegular(what) => ReadError::NotRegular(what),
+        files::ReadError::TooLarge { size, .. } => ReadError::TooLarge(size),
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..offset];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
+        ReadError::NotUtf8 {
+            offset,
+            line,
+            column,
+        }
+    })
 }
 
 /// Reads a file into the source map, or reports why it cannot.
-fn read_source(
-    sources: &mut SourceMap,
-    name: String,
-    path: &Path,
-) -> Result<FileId, std::io::Error> {
-    let text = std::fs::read_to_string(path)?;
+fn read_source(sources: &mut SourceMap, name: String, path: &Path) -> Result<FileId, ReadError> {
+    let text = read_config(path)?;
     Ok(sources.add(name, path.to_path_buf(), text))
+}
+
+/// Why a text could not be parsed as KDL.
+enum ParseError {
+    TooComplex(limits::TooComplex),
+    Kdl(kdl::KdlError),
+    /// The parser's thread could not be started or did not finish.
+    Thread(String),
+}
+
+/// Parses KDL 2 text, after checking that its nesting is within bounds, on a thread with a stack
+/// sized for the text (see [`limits::parser_stack_bytes`]).
+fn parse_kdl(text: &Arc<String>) -> Result<KdlDocument, ParseError> {
+    if let Some(problem) = limits::scan(text) {
+        return Err(ParseError::TooComplex(problem));
+    }
+    let input = text.clone();
+    let worker = std::thread::Builder::new()
+        .name("kdl-parse".into())
+        .stack_size(limits::parser_stack_bytes(text.len()))
+        .spawn(move || KdlDocument::parse_v2(&input))
+        .map_err(|e| ParseError::Thread(format!("cannot start the parser: {e}")))?;
+    match worker.join() {
+        Ok(result) => result.map_err(ParseError::Kdl),
+        Err(_) => Err(ParseError::Thread("the KDL parser failed".into())),
+    }
+}
+
+/// The diagnostic for text that could not be parsed.
+fn parse_error(sources: &SourceMap, file: FileId, err: &ParseError) -> Diag {
+    let src = sources.named(file);
+    match err {
+        ParseError::Kdl(e) => syntax_error(sources, file, e),
+        ParseError::TooComplex(limits::TooComplex::Nesting { offset }) => Diag::error(
+            "kiln::config::too-deep",
+            format!(
+                "blocks nested more than {} levels deep",
+                limits::MAX_NESTING
+            ),
+        )
+        .with_source(src)
+        .raw_label(LabeledSpan::new_with_span(
+            Some("this block is too deep".into()),
+            (*offset, 1),
+        ))
+        .help("kiln's config language nests a few levels; check for an unclosed `}`"),
+        ParseError::TooComplex(limits::TooComplex::Comment { offset }) => Diag::error(
+            "kiln::config::comment-too-complex",
+            format!(
+                "block comment nested more than {} levels or holding more than {} `*` and `/`",
+                limits::MAX_COMMENT_NESTING,
+                limits::MAX_COMMENT_MARKS
+            ),
+        )
+        .with_source(src)
+        .raw_label(LabeledSpan::new_with_span(
+            Some("this comment".into()),
+            (*offset, 2),
+        ))
+        .help("write the comment as `//` lines"),
+        ParseError::Thread(m) => Diag::error("kiln::config::syntax", m.clone()).with_source(src),
+    }
 }
 
 /// The first diagnostic of a KDL syntax error, re-wrapped with the file name; the parser's
@@ -59,11 +216,18 @@ fn syntax_error(sources: &SourceMap, file: FileId, err: &kdl::KdlError) -> Diag 
         Some(d) => {
             let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
             let label = d.label.clone().unwrap_or_else(|| "here".into());
-            let help = match unquoted_version(&sources.get(file).text, d.span.offset()) {
-                Some(v) => format!(
+            let text = &sources.get(file).text;
+            let help = match (
+                unquoted_version(text, d.span.offset()),
+                kdl_v1_keyword(text, d.span.offset()),
+            ) {
+                (Some(v), _) => format!(
                     "quote it: \"{v}\" (versions are strings; unquoted, KDL reads them as numbers)"
                 ),
-                None => d
+                (None, Some(k)) => format!(
+                    "KDL 2 writes `{k}` as `#{k}` (a bare `{k}` is KDL 1); to mean the string, quote it: \"{k}\""
+                ),
+                (None, None) => d
                     .help
                     .clone()
                     .unwrap_or_else(|| "see https://kdl.dev for the KDL 2.0 syntax".into()),
@@ -84,10 +248,15 @@ fn syntax_error(sources: &SourceMap, file: FileId, err: &kdl::KdlError) -> Diag 
 /// parse as a number.
 fn unquoted_version(text: &str, offset: usize) -> Option<String> {
     let is_part = |c: char| c.is_ascii_digit() || c == '.';
-    let offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let start = text[..offset]
-        .rfind(|c: char| !is_part(c))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !is_part(c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let end = text[offset..]
         .find(|c: char| !is_part(c))
         .map_or(text.len(), |i| offset + i);
@@ -98,6 +267,31 @@ fn unquoted_version(text: &str, offset: usize) -> Option<String> {
             .split('.')
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
     .then(|| word.to_string())
+}
+
+/// A KDL 1 keyword (`true`, `false`, `null`, `inf`, `nan`) written bare where the error is:
+/// KDL 2 reserves those words and writes the values as `#true` and so on.
+fn kdl_v1_keyword(text: &str, offset: usize) -> Option<&'static str> {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let start = text[..offset]
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !is_word(c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let end = text[start..]
+        .find(|c: char| !is_word(c))
+        .map_or(text.len(), |i| start + i);
+    if text[..start].ends_with('#') {
+        return None;
+    }
+    let word = &text[start..end];
+    ["true", "false", "null", "inf", "-inf", "nan"]
+        .into_iter()
+        .find(|k| *k == word)
 }
 
 impl Loader {
@@ -134,31 +328,62 @@ impl Loader {
         if self.sources.find(&path).is_some() {
             return; // already loaded through another import: a diamond, not a cycle
         }
+        if from.is_some() && self.stack.len() >= limits::MAX_IMPORT_DEPTH {
+            let mut d = Diag::error(
+                "kiln::config::import-too-deep",
+                format!(
+                    "cannot import `{display}`: imports nest more than {} files deep",
+                    limits::MAX_IMPORT_DEPTH
+                ),
+            );
+            if let Some(loc) = from {
+                d = d.label(&self.sources, loc, "one import too many");
+            }
+            self.incomplete = true;
+            self.diags.push(
+                d.help("import the files from fewer levels (a file may import several files)"),
+            );
+            return;
+        }
+        if let Some(loc) = from
+            && let Some(why) = not_kdl_file(&path)
+        {
+            let d = Diag::error(
+                "kiln::config::import-not-kdl",
+                format!("cannot import `{display}`: {why}"),
+            )
+            .label(&self.sources, loc, "imported here")
+            .help("`import` takes KDL config files, named `*.kdl`");
+            self.incomplete = true;
+            self.diags.push(d);
+            return;
+        }
         let file = match read_source(&mut self.sources, display.clone(), &path) {
             Ok(f) => f,
             Err(e) => {
-                let d = match from {
-                    Some(loc) => Diag::error(
-                        "kiln::config::import-not-found",
-                        format!("cannot import `{display}`: {e}"),
-                    )
-                    .label(&self.sources, loc, "imported here")
-                    .help("imports are relative to the importing file; check the path"),
-                    None => Diag::error(
-                        "kiln::config::not-found",
-                        format!("cannot read config `{display}`: {e}"),
-                    )
-                    .help("run kiln in the directory of images.kdl, or pass -f PATH"),
+                let code = match (&e, from.is_some()) {
+                    (ReadError::Io(_), true) => "kiln::config::import-not-found",
+                    (ReadError::Io(_), false) => "kiln::config::not-found",
+                    _ => "kiln::config::unreadable",
                 };
-                self.diags.push(d);
+                let mut d = match from {
+                    Some(_) => Diag::error(code, format!("cannot import `{display}`: {e}")),
+                    None => Diag::error(code, format!("cannot read config `{display}`: {e}")),
+                };
+                if let Some(loc) = from {
+                    d = d.label(&self.sources, loc, "imported here");
+                }
+                self.incomplete = true;
+                self.diags.push(d.help(e.help(from.is_some())));
                 return;
             }
         };
         let text = self.sources.get(file).text.clone();
-        let doc = match KdlDocument::parse_v2(&text) {
+        let doc = match parse_kdl(&text) {
             Ok(doc) => doc,
             Err(e) => {
-                let d = syntax_error(&self.sources, file, &e);
+                let d = parse_error(&self.sources, file, &e);
+                self.incomplete = true;
                 self.diags.push(d);
                 return;
             }
@@ -307,9 +532,9 @@ impl Loader {
                 }
             };
             let text = self.sources.get(file).text.clone();
-            match KdlDocument::parse_v2(&text) {
+            match parse_kdl(&text) {
                 Err(e) => {
-                    let d = syntax_error(&self.sources, file, &e);
+                    let d = parse_error(&self.sources, file, &e);
                     self.diags.push(d);
                     return;
                 }
@@ -376,6 +601,9 @@ impl Loader {
         let mut found = Vec::new();
         for p in self.providers.values() {
             let Some(module) = self.modules.get(&p.module.value) else {
+                if self.incomplete {
+                    continue;
+                }
                 let names: Vec<&str> = module_names.iter().map(String::as_str).collect();
                 found.push(
                     Diag::error("kiln::config::unknown-module", format!("provider `{}` uses module `{}`, which is not declared", p.name, p.module.value))
@@ -468,6 +696,7 @@ pub fn load(path: &Path) -> Result<(Config, Diags), Diags> {
         modules: BTreeMap::new(),
         remote_cache: None,
         trusted_keys: Vec::new(),
+        incomplete: false,
     };
     l.load_file(abs, display.clone(), None);
     if l.sources.files().next().is_none() {

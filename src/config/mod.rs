@@ -2,7 +2,10 @@
 
 pub mod cells;
 pub mod diag;
+pub mod excerpt;
+pub mod files;
 mod kdl;
+pub mod limits;
 mod load;
 pub mod model;
 mod parse;

@@ -55,6 +55,20 @@ pub fn config_path(
         );
         return None;
     }
+    let special = std::fs::metadata(&path)
+        .ok()
+        .filter(|m| !m.is_dir())
+        .and_then(|m| super::files::not_regular(&path, &m));
+    if let Some(kind) = special {
+        r.error_at(
+            s.loc,
+            "kiln::config::not-a-file",
+            format!("{what} `{}` is {kind}, not a regular file", s.value),
+            "not a regular file",
+            "name a regular file (or, for `ship`, a directory)".into(),
+        );
+        return None;
+    }
     Some(ConfigPath {
         rel,
         path,
@@ -440,7 +454,44 @@ pub fn overlay<'n>(
                 let Some(to) = r.string(to, "to") else {
                     continue;
                 };
+                if let Some(why) = super::files::unsafe_relative(&to.value) {
+                    r.error_at(
+                        to.loc,
+                        "kiln::config::path-escapes",
+                        format!(
+                            "`to=\"{}\"` is not a path inside the staged tree: {why}",
+                            to.value
+                        ),
+                        "outside the staged tree",
+                        "write a relative path without `..`, e.g. to=\"packer/hcloud/scripts\""
+                            .into(),
+                    );
+                    continue;
+                }
                 if let Some(from) = config_path(r, root, dir, from, "shipped path") {
+                    let project =
+                        std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+                    if let Err(problem) =
+                        super::files::check_tree(&project, &from.path, Path::new(&from.rel))
+                    {
+                        let help = match problem {
+                            super::files::TreeProblem::Escapes { .. } => {
+                                "ship files from inside the project (the directory of images.kdl); copy what you need there"
+                            }
+                            super::files::TreeProblem::Special { .. } => {
+                                "ship regular files and directories only"
+                            }
+                            _ => "fix or remove the symlink",
+                        };
+                        r.error_at(
+                            from.loc,
+                            "kiln::config::ship-unsafe",
+                            format!("cannot ship `{}`: {problem}", from.rel),
+                            "shipped here",
+                            help.into(),
+                        );
+                        continue;
+                    }
                     let is_dir = from.path.is_dir();
                     out.files.push(Ship {
                         from,
@@ -470,7 +521,26 @@ pub fn overlay<'n>(
                         None => continue,
                     },
                     (None, Some(f)) => match r.string(f, "file") {
-                        Some(s) => SecretSource::File(join_normalized(dir, &s.value)),
+                        Some(s) => {
+                            let path = join_normalized(dir, &s.value);
+                            let special = std::fs::metadata(&path)
+                                .ok()
+                                .and_then(|m| super::files::not_regular(&path, &m));
+                            if let Some(what) = special {
+                                r.error_at(
+                                    s.loc,
+                                    "kiln::config::secret-file",
+                                    format!(
+                                        "secret file `{}` is {what}, not a regular file",
+                                        s.value
+                                    ),
+                                    "read as the secret",
+                                    "point file= at a regular file holding the secret".into(),
+                                );
+                                continue;
+                            }
+                            SecretSource::File(path)
+                        }
                         None => continue,
                     },
                     (None, None) => SecretSource::Env(sname.value.clone()),

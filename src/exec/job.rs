@@ -30,7 +30,11 @@ pub fn log_path(store: &LocalStore, id: &str) -> PathBuf {
     store.logs_dir().join(format!("{}.log", log::file_name(id)))
 }
 
-/// The value of one of a node's secrets, from its environment variable or file.
+/// The largest secret file kiln reads (a service-account key is a few KiB).
+const MAX_SECRET_BYTES: u64 = 1024 * 1024;
+
+/// The value of one of a node's secrets, from its environment variable or file: only a regular
+/// file, of at most [`MAX_SECRET_BYTES`].
 fn secret_value(s: &crate::config::Secret) -> Result<(String, String), String> {
     match &s.source {
         SecretSource::Env(var) => std::env::var(var)
@@ -43,7 +47,9 @@ fn secret_value(s: &crate::config::Secret) -> Result<(String, String), String> {
                     s.name
                 )
             }),
-        SecretSource::File(p) => std::fs::read_to_string(p)
+        SecretSource::File(p) => crate::config::files::read_regular(p, MAX_SECRET_BYTES)
+            .map_err(|e| e.to_string())
+            .and_then(|b| String::from_utf8(b).map_err(|_| "it is not UTF-8".to_string()))
             .map(|v| (s.name.clone(), v.trim_end_matches('\n').to_string()))
             .map_err(|e| format!("secret `{}`: cannot read {}: {e}", s.name, p.display())),
     }
@@ -422,7 +428,12 @@ async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutco
                     Err(e) => JobOutcome {
                         retries,
                         tail: log.tail(),
-                        ..ended(Outcome::Failed(e), attempt, Some(log_file), None)
+                        ..ended(
+                            Outcome::Failed(log.redact(&e)),
+                            attempt,
+                            Some(log_file),
+                            None,
+                        )
                     },
                 };
             }
@@ -446,7 +457,7 @@ async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutco
             retries,
             tail: log.tail(),
             ..ended(
-                Outcome::Failed(e.to_string()),
+                Outcome::Failed(log.redact(&e.to_string())),
                 attempts,
                 Some(log_file),
                 None,

@@ -17,7 +17,7 @@ use crate::hash::Digest;
 pub struct NodeLog {
     path: PathBuf,
     file: Mutex<Written>,
-    secrets: Vec<String>,
+    secrets: crate::redact::Redactor,
     start: Instant,
     last: Mutex<String>,
     /// The last [`TAIL_LINES`] lines, redacted, without their times: what the build output
@@ -77,7 +77,7 @@ impl NodeLog {
                 failed: false,
                 sealed: false,
             }),
-            secrets: secrets.into_iter().filter(|s| !s.is_empty()).collect(),
+            secrets: crate::redact::Redactor::new(secrets.iter().map(String::as_str)),
             start: Instant::now(),
             last: Mutex::new(String::new()),
             tail: Mutex::new(std::collections::VecDeque::with_capacity(TAIL_LINES)),
@@ -88,12 +88,9 @@ impl NodeLog {
         &self.path
     }
 
-    pub fn redact(&self, line: &str) -> String {
-        let mut out = line.to_string();
-        for s in &self.secrets {
-            out = out.replace(s.as_str(), "***");
-        }
-        out
+    /// `text` with the node's secrets masked (see [`crate::redact`]).
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets.redact(text)
     }
 
     pub fn line(&self, line: &str) {

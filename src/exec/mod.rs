@@ -60,8 +60,10 @@ pub async fn execute(
     store.defer_sync(true);
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let procs = Arc::new(ProcTable::default());
+    let caught = Arc::new(std::sync::atomic::AtomicI32::new(0));
     let signals = tokio::spawn({
         let procs = procs.clone();
+        let caught = caught.clone();
         async move {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut int), Ok(mut term)) = (
@@ -70,7 +72,11 @@ pub async fn execute(
             ) else {
                 return;
             };
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            let sig = tokio::select! {
+                _ = int.recv() => libc::SIGINT,
+                _ = term.recv() => libc::SIGTERM,
+            };
+            caught.store(sig, std::sync::atomic::Ordering::SeqCst);
             let _ = cancel_tx.send(true);
             procs.signal_all(libc::SIGTERM);
         }
@@ -290,6 +296,10 @@ pub async fn execute(
     let mut report = BuildReport {
         nodes: Vec::new(),
         cancelled,
+        signal: match caught.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            sig => Some(sig),
+        },
         warnings,
     };
     for &ix in &order {

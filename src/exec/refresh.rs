@@ -148,6 +148,7 @@ pub async fn refresh(
                     (ClaimStatus::Drift { reasons: described }, c.witness)
                 }
                 Checked::Unknown(why) => {
+                    let why = spawner.log.redact(&why);
                     out.unchecked.insert(id.clone(), why.clone());
                     (ClaimStatus::Unchecked { why }, c.witness)
                 }

@@ -96,6 +96,8 @@ impl NodeReport {
 pub struct BuildReport {
     pub nodes: Vec<NodeReport>,
     pub cancelled: bool,
+    /// The signal that cancelled the build (`SIGINT` or `SIGTERM`), when one did.
+    pub signal: Option<i32>,
     /// Problems that failed no node, for the caller to show.
     pub warnings: Vec<String>,
 }
@@ -103,6 +105,12 @@ pub struct BuildReport {
 impl BuildReport {
     pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.nodes.iter().filter(|n| f(&n.outcome)).count()
+    }
+
+    /// The exit code of a cancelled build: 128 + the signal, as a shell reports a program the
+    /// signal ended (130 for Ctrl-C, 143 for `SIGTERM`).
+    pub fn cancelled_exit_code(&self) -> i32 {
+        128 + self.signal.unwrap_or(libc::SIGINT)
     }
 
     pub fn ok(&self) -> bool {

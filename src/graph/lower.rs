@@ -316,6 +316,7 @@ impl Ctx<'_> {
                     )
                 })
                 .collect();
+            check_confined(step, &params, &mut problems);
             if let Some(data) = self.image_builder {
                 match step.builder {
                     BuilderKind::ImageBuilder => {
@@ -357,6 +358,37 @@ impl Ctx<'_> {
             });
         }
         CellPlan { steps, problems }
+    }
+}
+
+/// Paths a step writes or reads relative to a directory stay inside it: a `command` step's
+/// `outputs` inside its work directory, an `upload` step's `object` inside its bucket.
+fn check_confined(
+    step: &crate::config::StepDecl,
+    params: &Table,
+    problems: &mut Vec<TemplateProblem>,
+) {
+    let (name, inside) = match step.builder {
+        BuilderKind::Command => ("outputs", "the work directory"),
+        BuilderKind::Upload => ("object", "the bucket"),
+        _ => return,
+    };
+    let (Some(value), Some(written)) = (params.get(name), step.params.get(name)) else {
+        return;
+    };
+    for path in value.as_list() {
+        if let Some(why) = crate::config::files::unsafe_relative(&path) {
+            problems.push(TemplateProblem {
+                code: "kiln::config::path-escapes",
+                label: "not inside its directory",
+                loc: written.loc,
+                message: format!("{name} `{path}` is not a path inside {inside}: {why}"),
+                what: path,
+                help: format!(
+                    "write {name} as a relative path without `..`; every value that fills its placeholders must keep it so"
+                ),
+            });
+        }
     }
 }
 

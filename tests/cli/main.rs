@@ -6,6 +6,9 @@
 
 mod build;
 mod config;
+mod diagnostics;
+mod fuzz;
+mod hardening;
 mod image_builder;
 mod immutable;
 mod live;
