@@ -7,6 +7,7 @@
 //! cas/<blake3 hex>          blobs, named by the blake3 of their bytes
 //! ac/<node key hex>         signed result records (see [`signed`])
 //! claims/<node key hex>/<n> who publishes that node now (see [`Remote::claim`])
+//! packs/<graph digest hex>  a signed index of one graph's results (see [`pack`]); packs/latest
 //! ```
 //!
 //! Blobs go first and the record last, each with a conditional write (`PutMode::Create`): a
