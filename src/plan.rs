@@ -210,6 +210,9 @@ pub struct Plan {
     /// Logical ids with a record that the config no longer declares (only when the whole
     /// config was planned).
     pub orphans: Vec<String>,
+    /// Publish nodes another runner is publishing now (id -> that runner), from the claims
+    /// of a shared cache.
+    pub claimed: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -518,6 +521,7 @@ pub fn plan(graph: &Graph, view: &dyn CacheView, forced: &BTreeSet<String>) -> P
     Plan {
         actions,
         orphans: Vec::new(),
+        claimed: BTreeMap::new(),
     }
 }
 

@@ -421,6 +421,27 @@ pub fn forced_ids(graph: &Graph, force: &[String]) -> Result<BTreeSet<String>, C
     Ok(out)
 }
 
+/// The publish nodes due to run that another runner holds a live claim on, and who.
+fn claimed_publishes(remote: &Remote, graph: &Graph, plan: &Plan) -> BTreeMap<String, String> {
+    let due: Vec<(String, Digest)> = graph
+        .order()
+        .into_iter()
+        .filter(|ix| plan.action(*ix).will_run())
+        .map(|ix| graph.node(ix))
+        .filter(|n| n.step == crate::config::StepKind::Publish)
+        .map(|n| (n.id.clone(), n.key))
+        .collect();
+    remote.block_on(async {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(due)
+            .map(|(id, key)| async move { Some((id, remote.current_claim(&key).await?.owner)) })
+            .buffer_unordered(16)
+            .filter_map(|c| async move { c })
+            .collect()
+            .await
+    })
+}
+
 /// Plans; under `--detailed-exitcode` exits 0 with nothing to do, 2 with changes, 1 on any
 /// error (a usage error included, as in Terraform).
 pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
@@ -444,6 +465,9 @@ fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     }
     if loaded.whole {
         plan.orphans = view.orphans(&graph, graph_key);
+    }
+    if let Some(r) = &remote {
+        plan.claimed = claimed_publishes(r, &graph, &plan);
     }
     let orphans: Vec<(String, BTreeMap<String, String>)> = plan
         .orphans

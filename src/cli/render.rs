@@ -107,6 +107,9 @@ fn node_line(
         n.key.short_display(),
         a.label()
     );
+    if let Some(owner) = plan.claimed.get(&n.id) {
+        let _ = writeln!(out, "       · publishing (by {owner})");
+    }
     reason_lines(a, "       ", out);
 }
 
@@ -235,6 +238,9 @@ pub fn json(
             if let Some(obj) = v.as_object_mut() {
                 obj.entry("reasons")
                     .or_insert_with(|| serde_json::json!([]));
+                if let Some(owner) = plan.claimed.get(&graph.node(ix).id) {
+                    obj.insert("claimed_by".into(), serde_json::json!(owner));
+                }
             }
             v
         })

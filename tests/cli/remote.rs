@@ -541,8 +541,9 @@ fn a_runner_killed_while_pushing_leaves_no_record_without_its_blobs() {
         .expect_code(0);
 }
 
-/// A claim left by a runner that died (here: a process of this host that is gone, with an
-/// expiry hours away) holds up no one: the next runner publishes at once.
+/// The plan shows a publish node another runner is publishing; a claim left by a runner that died
+/// (here: a process of this host that is gone, with an expiry hours away) holds up no one: the
+/// next runner publishes at once.
 #[test]
 fn a_dead_runners_claim_is_taken_over() {
     let m = moto().unwrap();
@@ -563,6 +564,32 @@ fn a_dead_runners_claim_is_taken_over() {
         .as_str()
         .unwrap()
         .to_string();
+    // Another runner's live claim shows in the plan.
+    let live = serde_json::json!({
+        "owner": "runner-7",
+        "host": "elsewhere",
+        "pid": 1,
+        "expires_unix_ms": u64::MAX / 2,
+    });
+    let claim_key = format!("{PREFIX}/claims/{publish}/0");
+    m.put(&claim_key, live.to_string().into_bytes());
+    let plan = p.kiln(&["plan"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout.contains("· publishing (by runner-7)"),
+        "{}",
+        plan.stdout
+    );
+    let plan = p.kiln(&["plan", "--json"]).json();
+    assert!(
+        plan["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["claimed_by"] == "runner-7"),
+        "{plan}"
+    );
+
     let mut gone = Command::new("true").spawn().unwrap();
     let pid = gone.id();
     gone.wait().unwrap();
@@ -573,10 +600,7 @@ fn a_dead_runners_claim_is_taken_over() {
         "pid": pid,
         "expires_unix_ms": u64::MAX / 2,
     });
-    m.put(
-        &format!("{PREFIX}/claims/{publish}/0"),
-        claim.to_string().into_bytes(),
-    );
+    m.put(&claim_key, claim.to_string().into_bytes());
     let out = p.kiln(&["build", "--quiet"]);
     out.expect_code(0);
     assert_eq!(std::fs::read_to_string(&calls).unwrap(), "published\n");

@@ -596,12 +596,12 @@ impl Remote {
     }
 
     /// The claim another runner holds on publishing `key`, if any holds now.
-    pub async fn current_claim(&self, key: &Digest, now_ms: u64) -> Option<PublishClaim> {
+    pub async fn current_claim(&self, key: &Digest) -> Option<PublishClaim> {
         let mut held = None;
         let mut generation = 0;
         while let Some(bytes) = self.get_bytes(&self.claim_path(key, generation)).await {
             if let Ok(claim) = serde_json::from_slice::<PublishClaim>(&bytes)
-                && claim.expires_unix_ms > now_ms
+                && claim.live()
             {
                 held = Some(claim);
             }
