@@ -244,10 +244,9 @@ fn syntax_error(sources: &SourceMap, file: FileId, err: &kdl::KdlError) -> Diag 
     }
 }
 
-/// A dotted version such as `1.31.4` written without quotes around `offset`, which KDL cannot
-/// parse as a number.
-fn unquoted_version(text: &str, offset: usize) -> Option<String> {
-    let is_part = |c: char| c.is_ascii_digit() || c == '.';
+/// The byte range of the run of `is_part` characters around `offset` (clamped to a char
+/// boundary), possibly empty.
+fn word_at(text: &str, offset: usize, is_part: impl Fn(char) -> bool) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
@@ -260,6 +259,13 @@ fn unquoted_version(text: &str, offset: usize) -> Option<String> {
     let end = text[offset..]
         .find(|c: char| !is_part(c))
         .map_or(text.len(), |i| offset + i);
+    (start, end)
+}
+
+/// A dotted version such as `1.31.4` written without quotes around `offset`, which KDL cannot
+/// parse as a number.
+fn unquoted_version(text: &str, offset: usize) -> Option<String> {
+    let (start, end) = word_at(text, offset, |c| c.is_ascii_digit() || c == '.');
     let word = &text[start..end];
     let dots = word.matches('.').count();
     (dots >= 2
@@ -272,19 +278,7 @@ fn unquoted_version(text: &str, offset: usize) -> Option<String> {
 /// A KDL 1 keyword (`true`, `false`, `null`, `inf`, `nan`) written bare where the error is:
 /// KDL 2 reserves those words and writes the values as `#true` and so on.
 fn kdl_v1_keyword(text: &str, offset: usize) -> Option<&'static str> {
-    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '-';
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let start = text[..offset]
-        .char_indices()
-        .rev()
-        .find(|&(_, c)| !is_word(c))
-        .map_or(0, |(i, c)| i + c.len_utf8());
-    let end = text[start..]
-        .find(|c: char| !is_word(c))
-        .map_or(text.len(), |i| start + i);
+    let (start, end) = word_at(text, offset, |c| c.is_ascii_alphanumeric() || c == '-');
     if text[..start].ends_with('#') {
         return None;
     }
