@@ -19,9 +19,10 @@ use super::workdir::WorkDirs;
 use crate::builders::{Runner, StepCtx};
 use crate::config::{SecretSource, StepKind};
 use crate::graph::Node;
+use crate::hash::Digest;
 use crate::plan::Action;
 use crate::store::remote::{CLAIM_LEASE, Claimed, Remote, runner_name};
-use crate::store::{ActionResult, LocalStore, Output, Record, now_unix_ms};
+use crate::store::{ActionResult, ClaimRecord, LocalStore, Output, Record, now_unix_ms};
 
 /// A node's live log, written while it runs: `logs/<id>.log` with the id encoded by
 /// [`log::file_name`], so that distinct ids never share a file. Only a view: `kiln logs` prints
@@ -91,6 +92,10 @@ pub(super) struct JobOutcome {
     pub(super) result: Option<ActionResult>,
     /// What a publish step left as evidence of its claim (see [`refresh`]).
     pub(super) witness: Option<String>,
+    /// The verdict on the claim of a publish result that early cutoff reused, checked just now.
+    pub(super) claim: Option<ClaimRecord>,
+    /// Something the user must hear about this node although it did not fail.
+    pub(super) warning: Option<String>,
     /// The last lines of the log of a node that failed.
     pub(super) tail: Vec<String>,
     /// `retry 2/3 with PACKER_LOG=1`, one per retry.
@@ -109,6 +114,8 @@ pub(super) fn ended(
         log,
         result,
         witness: None,
+        claim: None,
+        warning: None,
         tail: Vec::new(),
         retries: Vec::new(),
     }
@@ -119,7 +126,7 @@ pub(super) struct Job {
     pub(super) node: Node,
     pub(super) action: Action,
     pub(super) upstream: Vec<(crate::config::StepKind, ActionResult)>,
-    pub(super) dep_outputs: BTreeMap<String, crate::hash::Digest>,
+    pub(super) dep_outputs: BTreeMap<String, Digest>,
 }
 
 pub(super) fn result_for(
@@ -129,7 +136,7 @@ pub(super) fn result_for(
     attempts: u32,
     started: u64,
     took: Duration,
-    log: Option<crate::hash::Digest>,
+    log: Option<Digest>,
 ) -> ActionResult {
     ActionResult {
         key: job.node.key,
@@ -190,8 +197,8 @@ pub(super) fn record(store: &LocalStore, r: &ActionResult) -> Result<(), String>
 }
 
 /// Early cutoff: the last result for this id had the same own inputs and saw the same upstream
-/// outputs, so it is this node's result too.
-pub(super) fn try_cutoff(sh: &Shared, job: &Job) -> Option<ActionResult> {
+/// outputs, so it is this node's result too. Returns it with the key it was stored under.
+pub(super) fn try_cutoff(sh: &Shared, job: &Job) -> Option<(ActionResult, Digest)> {
     let records = sh.store.load_records().ok()?;
     let last = records.get(&job.node.id)?;
     let prev = sh.store.get_action(&last.key).ok()??;
@@ -201,7 +208,51 @@ pub(super) fn try_cutoff(sh: &Shared, job: &Job) -> Option<ActionResult> {
     let mut r = prev;
     r.key = job.node.key;
     r.manifest = job.node.manifest_labels();
-    Some(r)
+    Some((r, last.key))
+}
+
+/// What checking a reused publish result against its target found.
+enum Recheck {
+    /// The claim holds, or could not be checked (then `warning` says so): reuse the result.
+    Reuse {
+        claim: Option<ClaimRecord>,
+        warning: Option<String>,
+    },
+    /// The target no longer holds what was published: publish again.
+    Drift(String),
+}
+
+/// A publish result is a claim about the world: before early cutoff reuses one, it is checked
+/// against its target now, whatever the plan's refresh found earlier (the node may have become
+/// a candidate for cutoff only during this build, and the world may have moved since).
+async fn recheck(sh: &Shared, node: &Node, last_key: Digest, key: Digest) -> Recheck {
+    let known = sh.store.load_claims();
+    let (found, mut records) = super::refresh::check(
+        &[(node, last_key)],
+        &known,
+        &|_| None,
+        &sh.store,
+        sh.runner.as_ref(),
+        &sh.root,
+        &sh.image_builder,
+    )
+    .await;
+    if let Some(reasons) = found.drift.get(&node.id) {
+        let why: Vec<String> = reasons.iter().map(|r| r.describe()).collect();
+        return Recheck::Drift(why.join("; "));
+    }
+    // The verdict now belongs to the result under its new key (same facts, same evidence).
+    let claim = records.remove(&node.id).map(|mut c| {
+        c.key = key;
+        c
+    });
+    let warning = found.unchecked.get(&node.id).map(|why| {
+        format!(
+            "the published state of {} was not checked before its result was reused: {why}",
+            node.id
+        )
+    });
+    Recheck::Reuse { claim, warning }
 }
 
 /// Tells the executor that a job's step succeeded, so its job slot (and provider slot) can take
@@ -221,16 +272,37 @@ impl StepSlot {
 pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOutcome {
     let job = Arc::new(job);
     let node = &job.node;
+    let mut drifted = None;
     if matches!(job.action, Action::RebuildIfUpstreamChanges { .. })
-        && let Some(r) = try_cutoff(&sh, &job)
+        && let Some((r, last_key)) = try_cutoff(&sh, &job)
     {
-        return match record(&sh.store, &r) {
-            Ok(()) => {
-                share(&sh, &r).await;
-                ended(Outcome::Cutoff, 0, None, Some(r))
+        let (claim, warning) = if crate::builders::makes_claims(node.builder) {
+            match recheck(&sh, node, last_key, r.key).await {
+                Recheck::Reuse { claim, warning } => (claim, warning),
+                Recheck::Drift(why) => {
+                    drifted = Some(format!(
+                        "{} is published again: its last result no longer holds ({why})",
+                        node.id
+                    ));
+                    (None, None)
+                }
             }
-            Err(e) => ended(Outcome::Failed(e), 0, None, None),
+        } else {
+            (None, None)
         };
+        if drifted.is_none() {
+            return match record(&sh.store, &r) {
+                Ok(()) => {
+                    share(&sh, &r).await;
+                    JobOutcome {
+                        claim,
+                        warning,
+                        ..ended(Outcome::Cutoff, 0, None, Some(r))
+                    }
+                }
+                Err(e) => ended(Outcome::Failed(e), 0, None, None),
+            };
+        }
     }
     // Of two runners reaching the same publish node, one publishes; the other takes its result.
     let mut claim = None;
@@ -256,7 +328,10 @@ pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOut
             Claimed::Alone => {}
         }
     }
-    let out = run_steps(&sh, &job, slot).await;
+    let mut out = run_steps(&sh, &job, slot).await;
+    if out.warning.is_none() {
+        out.warning = drifted;
+    }
     if let Some((remote, generation, renew)) = claim {
         renew.abort();
         remote.release(&node.key, generation).await;

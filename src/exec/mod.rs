@@ -143,6 +143,7 @@ pub async fn execute(
         }
     };
     let mut stop = false;
+    let mut warnings = Vec::new();
     // The claims of the publish steps that ran: they held when they were made.
     let mut published = crate::store::Claims::new();
     loop {
@@ -236,6 +237,8 @@ pub async fn execute(
                     log,
                     result,
                     witness,
+                    claim,
+                    warning,
                     tail,
                     retries,
                 },
@@ -251,6 +254,10 @@ pub async fn execute(
         {
             published.insert(node.id.clone(), refresh::published(r, witness));
         }
+        if let Some(c) = claim {
+            published.insert(node.id.clone(), c);
+        }
+        warnings.extend(warning);
         sh.progress.finished(node, &out, took);
         let failed = matches!(out, Outcome::Failed(_));
         if let Some(r) = result {
@@ -284,7 +291,6 @@ pub async fn execute(
         }
     }
     signals.abort();
-    let mut warnings = Vec::new();
     if let Err(e) = store.update_claims(published) {
         warnings.push(format!(
             "the publish claims of this build were not saved ({e}); the next refresh checks them in full"

@@ -14,7 +14,7 @@ use super::log::NodeLog;
 use super::process::{ProcTable, Spawner};
 
 use crate::builders::{Checked, Claim, Runner, StepCtx};
-use crate::graph::Graph;
+use crate::graph::{Graph, Node};
 use crate::hash::Digest;
 use crate::plan::DirtyReason;
 use crate::store::{ActionResult, ClaimRecord, ClaimStatus, Claims, LocalStore, now_unix_ms};
@@ -47,22 +47,55 @@ const CHUNK: usize = 512;
 pub async fn refresh(
     graph: &Graph,
     nodes: &[(NodeIndex, Digest)],
-    known_facts: &dyn Fn(&Digest) -> Option<BTreeMap<String, String>>,
+    known_facts: &(dyn Fn(&Digest) -> Option<BTreeMap<String, String>> + Sync),
     store: &Arc<LocalStore>,
     runner: &dyn Runner,
     root: &std::path::Path,
     image_builder: &Arc<crate::imagebuilder::Install>,
 ) -> Refreshed {
-    let mut out = Refreshed::default();
-    if nodes.is_empty() {
+    let nodes: Vec<(&Node, Digest)> = nodes.iter().map(|&(ix, k)| (graph.node(ix), k)).collect();
+    let mut known = store.load_claims();
+    let (mut out, records) = check(
+        &nodes,
+        &known,
+        known_facts,
+        store,
+        runner,
+        root,
+        image_builder,
+    )
+    .await;
+    if records.is_empty() {
         return out;
     }
-    let known = store.load_claims();
-    let now = now_unix_ms();
+    known.extend(records);
+    if let Err(e) = store.save_claims(&known) {
+        out.not_saved = Some(e.to_string());
+    }
+    out
+}
+
+/// Checks the claims of `nodes` (each with the key of the result to check) and returns what was
+/// found with the verdicts to keep, without saving them: see [`refresh`]. `known` are the
+/// verdicts kept so far.
+pub async fn check(
+    nodes: &[(&Node, Digest)],
+    known: &Claims,
+    known_facts: &(dyn Fn(&Digest) -> Option<BTreeMap<String, String>> + Sync),
+    store: &Arc<LocalStore>,
+    runner: &dyn Runner,
+    root: &std::path::Path,
+    image_builder: &Arc<crate::imagebuilder::Install>,
+) -> (Refreshed, Claims) {
+    let mut out = Refreshed::default();
     let mut records = Claims::new();
+    if nodes.is_empty() {
+        return (out, records);
+    }
+    let now = now_unix_ms();
     let secrets: Vec<Vec<(String, String)>> = nodes
         .iter()
-        .map(|&(ix, _)| super::available_secrets(graph.node(ix)))
+        .map(|&(node, _)| super::available_secrets(node))
         .collect();
     let values: BTreeSet<String> = secrets.iter().flatten().map(|(_, v)| v.clone()).collect();
     // One log and one work directory serve every check: a check writes to neither, save what
@@ -74,10 +107,10 @@ pub async fn refresh(
                 "cannot prepare the check in {}: {e}",
                 store.tmp_dir().display()
             );
-            for &(ix, _) in nodes {
-                out.unchecked.insert(graph.node(ix).id.clone(), why.clone());
+            for &(node, _) in nodes {
+                out.unchecked.insert(node.id.clone(), why.clone());
             }
-            return out;
+            return (out, records);
         }
     };
     let (_cancel_tx, cancel) = watch::channel(false);
@@ -93,8 +126,7 @@ pub async fn refresh(
     for (chunk, secrets) in nodes.chunks(CHUNK).zip(secrets.chunks(CHUNK)) {
         let mut claims = Vec::with_capacity(chunk.len());
         let mut keys = Vec::with_capacity(chunk.len());
-        for (&(ix, key), secrets) in chunk.iter().zip(secrets) {
-            let node = graph.node(ix);
+        for (&(node, key), secrets) in chunk.iter().zip(secrets) {
             let last = known.get(&node.id).filter(|k| k.key == key);
             let facts = match last {
                 Some(k) => k.facts.clone(),
@@ -166,12 +198,7 @@ pub async fn refresh(
         }
     }
     let _ = std::fs::remove_file(log_path);
-    let mut all = known;
-    all.extend(records);
-    if let Err(e) = store.save_claims(&all) {
-        out.not_saved = Some(e.to_string());
-    }
-    out
+    (out, records)
 }
 
 /// The shared work directory and log of a refresh, under the store's `tmp/`.

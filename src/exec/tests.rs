@@ -23,6 +23,8 @@ struct Fake {
     fail: HashSet<String>,
     /// What a build step writes to its `image.qcow2`.
     image: String,
+    /// What a refresh finds of every claim (default: it holds).
+    verdict: Option<Checked>,
 }
 
 impl Runner for Fake {
@@ -53,7 +55,11 @@ impl Runner for Fake {
     }
 
     fn refresh<'a>(&'a self, claims: &'a [Claim]) -> RefreshFuture<'a> {
-        Box::pin(async move { vec![Checked::Held { witness: None }; claims.len()] })
+        let v = self
+            .verdict
+            .clone()
+            .unwrap_or(Checked::Held { witness: None });
+        Box::pin(async move { vec![v; claims.len()] })
     }
 }
 
@@ -80,6 +86,17 @@ impl CacheView for View<'_> {
 /// Two providers × two systems, each cell build → validate → publish; `p` may run one node at a
 /// time; `argv` is the build step's command line (a change changes only the build's own inputs).
 fn config(dir: &Path, argv: &str) -> crate::config::Config {
+    config_with(
+        dir,
+        argv,
+        r#"builder="command" {
+        argv "true" "{provider}" "{os}"
+    }"#,
+    )
+}
+
+/// The same, with the publish step's builder and parameters.
+fn config_with(dir: &Path, argv: &str, publish: &str) -> crate::config::Config {
     let text = format!(
         r#"module "m" {{
     step "build" builder="command" {{
@@ -89,9 +106,7 @@ fn config(dir: &Path, argv: &str) -> crate::config::Config {
     step "validate" builder="command" {{
         argv "true" "{{provider}}" "{{os}}"
     }}
-    step "publish" builder="command" {{
-        argv "true" "{{provider}}" "{{os}}"
-    }}
+    step "publish" {publish}
 }}
 
 kubernetes "1.31" {{
@@ -132,8 +147,17 @@ fn build(
     jobs: usize,
     fail_fast: bool,
 ) -> (Graph, BuildReport) {
-    let config = config(dir, argv);
-    let graph = lower(&config);
+    run(&config(dir, argv), dir, fake, jobs, fail_fast)
+}
+
+fn run(
+    config: &crate::config::Config,
+    dir: &Path,
+    fake: Arc<Fake>,
+    jobs: usize,
+    fail_fast: bool,
+) -> (Graph, BuildReport) {
+    let graph = lower(config);
     let store = Arc::new(LocalStore::open(&dir.join("cache")).unwrap());
     let plan = crate::plan::plan(&graph, &View(&store), &BTreeSet::new());
     let opts = BuildOptions {
@@ -141,7 +165,7 @@ fn build(
         fail_fast,
         root: dir.to_path_buf(),
         progress: Progress::new(super::View::Quiet, graph.len(), false),
-        image_builder: crate::imagebuilder::Install::from_config(&config),
+        image_builder: crate::imagebuilder::Install::from_config(config),
         remote: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -283,4 +307,64 @@ fn identical_upstream_outputs_cut_off_their_dependents() {
     let o = outcomes(&third);
     assert_eq!(o["p/one/1.31/validate"], Outcome::Built);
     assert_eq!(o["p/one/1.31/publish"], Outcome::Built);
+}
+
+/// Early cutoff reuses a publish result only when its claim holds now: the executor checks it
+/// itself, whatever the plan's refresh found (none ran here).
+#[test]
+fn a_publish_result_is_reused_only_while_its_claim_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let upload = r#"builder="upload" {
+        bucket "file://out"
+    }"#;
+    let fake = |verdict: Option<Checked>| {
+        Arc::new(Fake {
+            image: "an image".into(),
+            verdict,
+            ..Fake::default()
+        })
+    };
+    let go = |argv: &str, verdict| {
+        run(
+            &config_with(dir.path(), argv, upload),
+            dir.path(),
+            fake(verdict),
+            2,
+            false,
+        )
+        .1
+    };
+    assert!(go("make", None).ok());
+    // Held: reused.
+    let o = outcomes(&go("make all", None));
+    assert_eq!(o["p/one/1.31/publish"], Outcome::Cutoff);
+    // Unchecked: reused, and the build says it was not checked.
+    let unknown = go("make it", Some(Checked::Unknown("no credentials".into())));
+    assert_eq!(outcomes(&unknown)["p/one/1.31/publish"], Outcome::Cutoff);
+    assert!(
+        unknown
+            .warnings
+            .iter()
+            .any(|w| w.contains("p/one/1.31/publish")
+                && w.contains("was not checked")
+                && w.contains("no credentials")),
+        "{:?}",
+        unknown.warnings
+    );
+    // Drifted: published again, and the build says why.
+    let drift = Checked::Drift(vec![crate::plan::DirtyReason::PublishedMissing {
+        target: "file://out/x.qcow2".into(),
+    }]);
+    let drifted = go("make so", Some(drift));
+    assert_eq!(outcomes(&drifted)["p/one/1.31/publish"], Outcome::Built);
+    assert_eq!(outcomes(&drifted)["p/one/1.31/validate"], Outcome::Cutoff);
+    assert!(
+        drifted
+            .warnings
+            .iter()
+            .any(|w| w.contains("p/one/1.31/publish is published again")
+                && w.contains("file://out/x.qcow2")),
+        "{:?}",
+        drifted.warnings
+    );
 }
