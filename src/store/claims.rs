@@ -4,8 +4,10 @@
 //! and a builder's witness (e.g. the stat of a `file://` object) that lets the next refresh
 //! confirm an unchanged claim without reading the artifact again.
 //!
-//! The file is one JSON document followed by a line with the blake3 of that document: a file
-//! that does not verify is reported and read as empty (every claim is then checked in full).
+//! The file is a header line with the blake3 of the body, then the body: the records in a compact
+//! binary form (postcard), since a refresh of a large matrix reads and rewrites every record. A
+//! file that does not verify, or is of an older format, is read as empty (every claim is then
+//! checked in full); a damaged one is reported.
 
 use std::collections::BTreeMap;
 
@@ -16,11 +18,10 @@ use super::error::{EntryKind, Result, StoreWarning};
 use super::fs;
 use crate::hash::Digest;
 
-const HEADER: &str = "kiln-claims-v1";
+const HEADER: &str = "kiln-claims-v2";
 
 /// The verdict of a refresh.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimStatus {
     /// Every artifact the result claims is there as claimed.
     Held,
@@ -31,7 +32,7 @@ pub enum ClaimStatus {
 }
 
 /// The latest refresh of one node's claim.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRecord {
     /// The key of the result whose claim was checked.
     pub key: Digest,
@@ -40,10 +41,8 @@ pub struct ClaimRecord {
     /// read of the action cache.
     pub facts: BTreeMap<String, String>,
     pub checked_unix_ms: u64,
-    #[serde(flatten)]
     pub status: ClaimStatus,
     /// Builder-specific evidence of the state that was verified; `None` when there is none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<String>,
 }
 
@@ -63,6 +62,10 @@ impl LocalStore {
             Ok(b) => b,
             Err(_) => return Claims::new(),
         };
+        // A file of an older format is no damage: its claims are checked in full once.
+        if bytes.starts_with(b"kiln-claims-") && !bytes.starts_with(HEADER.as_bytes()) {
+            return Claims::new();
+        }
         match decode(&bytes) {
             Some(c) => c,
             None => {
@@ -105,11 +108,63 @@ impl LocalStore {
     }
 }
 
+/// A record as the file holds it (postcard has no internally tagged or flattened forms), borrowed
+/// for writing ...
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    key: &'a Digest,
+    facts: &'a BTreeMap<String, String>,
+    checked_unix_ms: u64,
+    status: StatusOut<'a>,
+    witness: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+enum StatusOut<'a> {
+    Held,
+    Drift(&'a [String]),
+    Unchecked(&'a str),
+}
+
+/// ... and owned for reading: the same shape.
+#[derive(Deserialize)]
+struct RecordIn {
+    key: Digest,
+    facts: BTreeMap<String, String>,
+    checked_unix_ms: u64,
+    status: StatusIn,
+    witness: Option<String>,
+}
+
+#[derive(Deserialize)]
+enum StatusIn {
+    Held,
+    Drift(Vec<String>),
+    Unchecked(String),
+}
+
 fn encode(claims: &Claims) -> Vec<u8> {
-    let body = serde_json::to_vec(claims).expect("claims JSON");
+    let records: Vec<(&str, RecordOut)> = claims
+        .iter()
+        .map(|(id, r)| {
+            let status = match &r.status {
+                ClaimStatus::Held => StatusOut::Held,
+                ClaimStatus::Drift { reasons } => StatusOut::Drift(reasons),
+                ClaimStatus::Unchecked { why } => StatusOut::Unchecked(why),
+            };
+            let out = RecordOut {
+                key: &r.key,
+                facts: &r.facts,
+                checked_unix_ms: r.checked_unix_ms,
+                status,
+                witness: r.witness.as_deref(),
+            };
+            (id.as_str(), out)
+        })
+        .collect();
+    let body = postcard::to_stdvec(&records).expect("claims encode");
     let mut out = format!("{HEADER} {}\n", Digest::of_bytes(&body).to_hex()).into_bytes();
     out.extend_from_slice(&body);
-    out.push(b'\n');
     out
 }
 
@@ -117,11 +172,31 @@ fn decode(bytes: &[u8]) -> Option<Claims> {
     let nl = bytes.iter().position(|b| *b == b'\n')?;
     let header = std::str::from_utf8(&bytes[..nl]).ok()?;
     let digest: Digest = header.strip_prefix(HEADER)?.trim().parse().ok()?;
-    let body = bytes[nl + 1..].strip_suffix(b"\n")?;
+    let body = &bytes[nl + 1..];
     if Digest::of_bytes(body) != digest {
         return None;
     }
-    serde_json::from_slice(body).ok()
+    let records: Vec<(String, RecordIn)> = postcard::from_bytes(body).ok()?;
+    Some(
+        records
+            .into_iter()
+            .map(|(id, r)| {
+                let status = match r.status {
+                    StatusIn::Held => ClaimStatus::Held,
+                    StatusIn::Drift(reasons) => ClaimStatus::Drift { reasons },
+                    StatusIn::Unchecked(why) => ClaimStatus::Unchecked { why },
+                };
+                let record = ClaimRecord {
+                    key: r.key,
+                    facts: r.facts,
+                    checked_unix_ms: r.checked_unix_ms,
+                    status,
+                    witness: r.witness,
+                };
+                (id, record)
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
