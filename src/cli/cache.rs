@@ -326,17 +326,26 @@ pub fn run(cli: &Cli, cmd: &CacheCommand) -> Result<(), CliError> {
                     "blobs_kept": r.blobs_kept,
                     "temp_files_removed": r.temp_files_removed,
                     "records_dropped": r.records_dropped,
+                    "remote_records_removed": r.remote_records_removed,
                     "bytes_freed": r.bytes_freed(),
                     "orphans_forgotten": orphans,
                 });
                 println!("{v}");
                 return Ok(());
             }
+            let what = match r.remote_records_removed {
+                0 => format!(
+                    "{} results and {} blobs",
+                    r.actions_removed, r.blobs_removed
+                ),
+                n => format!(
+                    "{} results, {} blobs and {n} records fetched from the remote cache",
+                    r.actions_removed, r.blobs_removed
+                ),
+            };
             println!(
-                "{}{} results and {} blobs {} ({} bytes), {} results kept",
+                "{}{what} {} ({} bytes), {} results kept",
                 if *dry_run { "dry run: " } else { "" },
-                r.actions_removed,
-                r.blobs_removed,
                 if *dry_run {
                     "would be removed"
                 } else {

@@ -42,6 +42,10 @@ pub struct GcReport {
     /// interrupted builds.
     pub temp_files_removed: usize,
     pub temp_bytes_freed: u64,
+    /// Records fetched from a remote cache (`remote/`): copies of the remote's, which the next
+    /// plan fetches again (one request when the remote holds a pack of the graph).
+    pub remote_records_removed: usize,
+    pub remote_bytes_freed: u64,
     /// Lines of `records.log` dropped because their entries were collected (or were garbled).
     pub records_dropped: usize,
     /// Ids whose every record was dropped because they were to be forgotten.
@@ -50,7 +54,10 @@ pub struct GcReport {
 
 impl GcReport {
     pub fn bytes_freed(&self) -> u64 {
-        self.action_bytes_freed + self.blob_bytes_freed + self.temp_bytes_freed
+        self.action_bytes_freed
+            + self.blob_bytes_freed
+            + self.temp_bytes_freed
+            + self.remote_bytes_freed
     }
 }
 
@@ -138,6 +145,21 @@ impl LocalStore {
             report.blob_bytes_freed += fs::file_len(&path);
             if !policy.dry_run {
                 fs::remove_file(&path)?;
+            }
+        }
+
+        // Records fetched from a remote cache.
+        let mirror = self.mirror_dir();
+        if mirror.is_dir() {
+            for entry in fs::walk_fanout(&mirror)? {
+                let FanoutEntry::Entry { path, .. } = entry else {
+                    continue;
+                };
+                report.remote_records_removed += 1;
+                report.remote_bytes_freed += fs::file_len(&path);
+                if !policy.dry_run {
+                    fs::remove_file(&path)?;
+                }
             }
         }
 
@@ -285,5 +307,28 @@ mod tests {
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, ["a/build"]);
+    }
+
+    #[test]
+    fn gc_drops_the_records_fetched_from_a_remote_cache() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = LocalStore::open(&dir.path().join("cache")).unwrap();
+        let mut fetched = result(&store, "a/build", 1, b"hello\n");
+        fetched.key = Digest::of_bytes(b"fetched");
+        store.put_mirrored(&fetched, "ci-1:AAAA").unwrap();
+        let dry = store
+            .gc(&GcPolicy {
+                dry_run: true,
+                ..policy()
+            })
+            .unwrap();
+        assert_eq!(dry.remote_records_removed, 1);
+        assert!(store.get_mirrored(&fetched.key).is_some());
+        let report = store.gc(&policy()).unwrap();
+        assert_eq!(report.remote_records_removed, 1);
+        assert!(report.remote_bytes_freed > 0);
+        assert!(store.get_mirrored(&fetched.key).is_none());
+        // The local result stays.
+        assert_eq!(report.actions_kept, 1);
     }
 }
