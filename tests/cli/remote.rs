@@ -724,3 +724,59 @@ fn a_big_blob_goes_up_in_parts_and_comes_down_in_ranges() {
     );
     assert_eq!(files_under(&c.path().join("cache/cas")), 0);
 }
+
+/// With no keys in the environment, an `s3://` remote takes them (and the region) from the
+/// profile `AWS_PROFILE` selects in `~/.aws/credentials` and `~/.aws/config`, as the AWS CLI does:
+/// a wrong secret there is the remote's one warning, the right one pushes what a runner with
+/// keys in its environment then finds.
+#[test]
+fn an_s3_remote_takes_credentials_from_the_aws_files() {
+    let m = moto().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut public = String::new();
+    for (secret, pushed) in [("not-the-secret", false), (m.secret.as_str(), true)] {
+        let home = tempfile::tempdir().unwrap();
+        let aws = home.path().join(".aws");
+        std::fs::create_dir_all(&aws).unwrap();
+        std::fs::write(
+            aws.join("credentials"),
+            format!(
+                "[default]\naws_access_key_id = unused\naws_secret_access_key = unused\n\n[ci]\naws_access_key_id = {}\naws_secret_access_key = {secret}\n",
+                m.key_id
+            ),
+        )
+        .unwrap();
+        std::fs::write(aws.join("config"), "[profile ci]\nregion = us-east-1\n").unwrap();
+        let mut p = local_example()
+            .clean_env()
+            .env("KILN_REMOTE_CACHE", &format!("s3://{BUCKET}/{PREFIX}"))
+            .env("AWS_ENDPOINT_URL", &m.endpoint())
+            .env("HOME", &home.path().to_string_lossy())
+            .env("AWS_PROFILE", "ci");
+        let (key, pubkey) = keygen(&p, "ci-1");
+        public = pubkey;
+        p.set_env("KILN_SIGNING_KEY", &key);
+        p.edit(F, |s| {
+            s.replace(
+                "bucket \"file://images\"",
+                &format!("bucket \"file://{}\"", shared.path().display()),
+            )
+        });
+        let out = p.kiln(&["-f", F, "build", "--quiet"]);
+        out.expect_code(0);
+        let warned = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("warning: remote cache"))
+            .count();
+        assert_eq!(warned, usize::from(!pushed), "{}", out.stderr);
+        assert!(!out.stderr.contains(secret), "{}", out.stderr);
+    }
+    let other = runner(&m, shared.path()).env("KILN_TRUSTED_KEYS", &public);
+    let plan = other.kiln(&["-f", F, "plan"]);
+    assert_eq!(
+        plan.stdout, "No changes. 12 nodes cached (12 in the remote cache).\n",
+        "{}",
+        plan.stderr
+    );
+}

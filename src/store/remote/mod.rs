@@ -16,6 +16,7 @@
 //! (down, slow, denied, no such bucket) is one warning, and from then on this run works as if
 //! it were empty.
 
+mod aws_files;
 mod claim;
 pub mod client;
 pub mod keys;
@@ -110,10 +111,11 @@ fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, String), String> {
             return Ok((Arc::new(fs), String::new()));
         }
         "s3" | "s3a" => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
+            let b = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url)
                 .with_retry(client::retry(false))
                 .with_client_options(client::options(false));
+            let mut b = aws_files::apply(b, &|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
             let endpoint = std::env::var("AWS_ENDPOINT_URL")
                 .or_else(|_| std::env::var("AWS_ENDPOINT"))
                 .unwrap_or_default();
