@@ -135,7 +135,9 @@ mod tests {
         assert_eq!(ci.session_token.as_deref(), Some("tok"));
         assert_eq!(ci.region.as_deref(), Some("eu-central-1"));
         assert!(!format!("{ci:?}").contains("s3cr3t"));
-        let default = profile(&env(&[home_var.clone()])).unwrap().unwrap();
+        let default = profile(&env(std::slice::from_ref(&home_var)))
+            .unwrap()
+            .unwrap();
         assert_eq!(default.access_key_id.as_deref(), Some("AKIADEFAULT"));
         assert_eq!(default.region.as_deref(), Some("eu-west-1"));
         assert_eq!(
