@@ -8,3 +8,4 @@ pub mod source;
 pub mod stable;
 pub mod update;
 pub mod version;
+pub mod watch;

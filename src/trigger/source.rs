@@ -311,11 +311,16 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed".to_string()
     };
+    // The innermost cause says what happened (connection refused, a TLS failure, …).
     let mut cause = e.source();
+    let mut last = None;
     while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
+        last = Some(c.to_string());
         cause = c.source();
+    }
+    if let Some(c) = last {
+        out.push_str(": ");
+        out.push_str(&c);
     }
     out
 }
