@@ -147,15 +147,37 @@ fn update(cli: &Cli, args: &UpdateArgs) -> Result<(), CliError> {
     println!();
     // The plan of what the update rebuilds: the cells of the moved series, against the lock as
     // it is now (or would be).
-    let (config, warnings) = config::load_with(
+    let loaded = config::load_with(
         &cli.file,
         &LoadOptions {
             lock: Some(text),
             unlocked_ok: false,
         },
-    )
-    .map_err(CliError::Config)?;
-    let _ = warnings;
+    );
+    let config = match loaded {
+        Ok((config, _)) => config,
+        // Another tracked series has no version yet: there is no graph to plan.
+        Err(d)
+            if d.0
+                .iter()
+                .all(|d| !d.is_error() || d.code == "kiln::lock::missing") =>
+        {
+            let unlocked: Vec<String> = config
+                .releases
+                .values()
+                .filter(|r| r.tracked && r.version.is_empty())
+                .filter(|r| !changes.iter().any(|c| c.series == r.series))
+                .map(|r| r.series.clone())
+                .collect();
+            println!(
+                "No plan: kubernetes {} is tracked and not locked yet; `kiln update {}` locks it.",
+                unlocked.join(", "),
+                unlocked.join(" ")
+            );
+            return finish(args);
+        }
+        Err(d) => return Err(CliError::Config(d)),
+    };
     let select = Select {
         kubernetes: changes.iter().map(|c| c.series.clone()).collect(),
         ..Select::default()
@@ -176,7 +198,7 @@ fn update(cli: &Cli, args: &UpdateArgs) -> Result<(), CliError> {
         out: None,
         force: Vec::new(),
         detailed_exitcode: false,
-        refresh: false,
+        refresh: true,
     };
     super::plan::print_plan(cli, &plan_args, loaded)?;
     finish(args)

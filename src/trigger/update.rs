@@ -54,7 +54,11 @@ impl LockChange {
                 deb(from),
                 deb(&self.to)
             ),
-            None => format!("kubernetes {}: {} (new)", self.series, deb(&self.to)),
+            None => format!(
+                "kubernetes {}: (not locked) → {}",
+                self.series,
+                deb(&self.to)
+            ),
         }
     }
 }
