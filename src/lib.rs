@@ -40,3 +40,4 @@ pub mod redact;
 pub mod statcache;
 pub mod store;
 pub mod template;
+pub mod trigger;

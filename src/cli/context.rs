@@ -38,6 +38,16 @@ pub fn load_with_warnings(
     images: bool,
 ) -> Result<(Loaded, config::Diags), CliError> {
     let (config, warnings) = config::load(file).map_err(CliError::Config)?;
+    from_config(config, warnings, select, images)
+}
+
+/// [`load_with_warnings`] of a config already loaded.
+pub fn from_config(
+    config: Config,
+    warnings: config::Diags,
+    select: &Select,
+    images: bool,
+) -> Result<(Loaded, config::Diags), CliError> {
     let (cells, more) = config::cells::expand_all(&config).map_err(CliError::Config)?;
     if images {
         config::cells::check_images(&config, &cells).map_err(CliError::Config)?;

@@ -17,6 +17,8 @@ mod render;
 mod report;
 mod settings;
 mod share;
+mod update;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -171,6 +173,19 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Move tracked Kubernetes series to their newest stable patch release in images.lock, and
+    /// show the plan of what that rebuilds.
+    #[command(after_help = "Examples:
+  kiln update                            # every tracked series
+  kiln update 1.32 --dry-run             # what would change, and its plan; nothing written
+  kiln update 1.32.5                     # exactly this release (a stable release on GitHub)
+  kiln update --detailed-exitcode        # exit 0: up to date, 2: updated, 1: error")]
+    Update(update::UpdateArgs),
+    /// Update, then build: once (for a CronJob) or on a schedule.
+    #[command(after_help = "Examples:
+  kiln watch --once                      # one round: update, then build what is not cached
+  kiln watch --every 24h                 # a round now, then one a day")]
+    Watch(watch::WatchArgs),
     /// Runs one process of a step and ends every process it leaves behind (kiln starts this
     /// itself for every process of a step).
     #[command(name = "__supervise", hide = true)]
@@ -207,6 +222,7 @@ impl Command {
             Command::Cache(cmd) => cmd.json(),
             Command::Graph { format, .. } => *format == crate::graph::GraphFormat::Json,
             Command::Supervise { .. } | Command::Init { .. } | Command::Completions { .. } => false,
+            Command::Update(_) | Command::Watch(_) => false,
         }
     }
 }
@@ -334,6 +350,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             crate::output::write_bytes(crate::output::Stream::Stdout, &script);
             Ok(())
         }
+        Command::Update(ref args) => update::run(&cli, args),
+        Command::Watch(ref args) => watch::run(&cli, args),
         Command::Supervise { ref argv } => crate::exec::supervise::run(argv),
     }
 }

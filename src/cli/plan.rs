@@ -454,6 +454,12 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
 
 fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &args.select, true)?;
+    print_plan(cli, args, loaded)
+}
+
+/// Plans `loaded` (however it was loaded: `kiln update --dry-run` loads the lock it would
+/// write) and prints the plan as `args` say.
+pub fn print_plan(cli: &Cli, args: &PlanArgs, loaded: context::Loaded) -> Result<(), CliError> {
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let (graph, graph_key) = context::lower_keyed(&loaded, Some(&dir))?;
     let remote = super::remote::open(cli, &loaded.config)?;

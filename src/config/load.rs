@@ -505,8 +505,10 @@ impl Loader {
         }
     }
 
-    /// `images.lock`: `kubernetes "1.32" version="1.32.1" [revision="1.1"]` per tracked series.
-    fn read_lock(&mut self, path: &Path, display: String) {
+    /// `images.lock`: `kubernetes "1.32" version="1.32.1" [revision="1.1"] [source="URL"]
+    /// [revision-source="URL"]` per tracked series (the sources say where `kiln update` found
+    /// the values).
+    fn read_lock(&mut self, path: &Path, display: String, options: &LoadOptions) {
         let tracked: Vec<String> = self
             .releases
             .values()
@@ -514,8 +516,16 @@ impl Loader {
             .map(|r| r.series.clone())
             .collect();
         let mut entries: BTreeMap<String, (Spanned<String>, Option<String>)> = BTreeMap::new();
-        if path.exists() {
-            let file = match read_source(&mut self.sources, display.clone(), path) {
+        if let Some(text) = &options.lock {
+            self.sources
+                .add(display.clone(), path.to_path_buf(), text.clone());
+        }
+        if options.lock.is_some() || path.exists() {
+            let read = match self.sources.find(path) {
+                Some(f) => Ok(f),
+                None => read_source(&mut self.sources, display.clone(), path),
+            };
+            let file = match read {
                 Ok(f) => f,
                 Err(e) => {
                     self.diags.push(Diag::error(
@@ -539,7 +549,11 @@ impl Loader {
                             r.unknown_node(node, "images.lock", &["kubernetes"]);
                             continue;
                         }
-                        r.check_shape(node, &["version", "revision"], false);
+                        r.check_shape(
+                            node,
+                            &["version", "revision", "source", "revision-source"],
+                            false,
+                        );
                         let Some(series) = r.single_string(node, "a release series") else {
                             continue;
                         };
@@ -554,6 +568,11 @@ impl Loader {
                             .entry("revision")
                             .and_then(|e| r.string(e, "revision"))
                             .map(|s| s.value);
+                        for key in ["source", "revision-source"] {
+                            if let Some(e) = node.entry(key) {
+                                r.string(e, key);
+                            }
+                        }
                         if parse::check_patch_version(&mut r, &series.value, &version) {
                             entries.insert(series.value, (version, revision));
                         }
@@ -573,6 +592,7 @@ impl Loader {
                         rel.revision = rev;
                     }
                 }
+                None if options.unlocked_ok => {}
                 None => {
                     let loc = rel.loc;
                     let d = Diag::error(
@@ -581,7 +601,7 @@ impl Loader {
                     )
                     .label(&self.sources, loc, "tracked here")
                     .help(format!(
-                        "add `kubernetes \"{series}\" version=\"{series}.0\"` to {LOCK_FILE} (kiln update will maintain it)"
+                        "run `kiln update {series}`, or add `kubernetes \"{series}\" version=\"{series}.0\"` to {LOCK_FILE}"
                     ));
                     self.diags.push(d);
                 }
@@ -671,9 +691,25 @@ impl Loader {
     }
 }
 
+/// How to read `images.lock`.
+#[derive(Debug, Default, Clone)]
+pub struct LoadOptions {
+    /// Its text, instead of the file's (`kiln update --dry-run` plans against the lock it would
+    /// write).
+    pub lock: Option<String>,
+    /// A tracked series the lock has no line for is no error: its version is left empty (for
+    /// `kiln update`, which resolves it; such a config cannot be lowered).
+    pub unlocked_ok: bool,
+}
+
 /// Loads a config file and everything it imports. Returns the config and its warnings, or every
 /// error found.
 pub fn load(path: &Path) -> Result<(Config, Diags), Diags> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// [`load`], reading `images.lock` as `options` say.
+pub fn load_with(path: &Path, options: &LoadOptions) -> Result<(Config, Diags), Diags> {
     let display = path.to_string_lossy().into_owned();
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let abs = parse::join_normalized(Path::new("/"), &abs.to_string_lossy());
@@ -700,7 +736,7 @@ pub fn load(path: &Path) -> Result<(Config, Diags), Diags> {
         .with_file_name(LOCK_FILE)
         .to_string_lossy()
         .into_owned();
-    l.read_lock(&root.join(LOCK_FILE), lock_display);
+    l.read_lock(&root.join(LOCK_FILE), lock_display, options);
     l.check_providers();
     if l.diags.has_errors() {
         return Err(l.diags);
