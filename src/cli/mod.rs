@@ -15,6 +15,7 @@ mod refresh;
 mod remote;
 mod render;
 mod report;
+mod run;
 mod settings;
 mod share;
 mod update;
@@ -129,6 +130,12 @@ pub enum Command {
   kiln build --force aws/ubuntu-2404/1.31/build
   kiln build --json > build.json         # the summary for a machine; progress on stderr")]
     Build(build::BuildArgs),
+    /// Build exactly one node: its dependencies' results come from the cache (local, then
+    /// remote), its own goes to the remote. For workflow engines (see `kiln export`).
+    #[command(after_help = "Examples:
+  kiln run aws/ubuntu-2404/1.31/build    # refuses if the validate step's result is in no cache
+  kiln run aws/ubuntu-2404/1.31/publish --with-deps")]
+    Run(run::RunArgs),
     /// Show one node's key, inputs, and why it would run.
     Explain {
         /// The node id, as `kiln plan` prints it.
@@ -219,6 +226,7 @@ impl Command {
             Command::Matrix { json, format, .. } => *json || *format != matrix::MatrixFormat::Text,
             Command::Plan(args) => args.json || args.format == plan::PlanFormat::Json,
             Command::Build(args) => args.json,
+            Command::Run(args) => args.json,
             Command::Cache(cmd) => cmd.json(),
             Command::Graph { format, .. } => *format == crate::graph::GraphFormat::Json,
             Command::Supervise { .. } | Command::Init { .. } | Command::Completions { .. } => false,
@@ -337,6 +345,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Graph { ref select, format } => graph::run(&cli.file, select, format),
         Command::Plan(ref args) => plan::run(&cli, args),
         Command::Build(ref args) => build::run(&cli, args),
+        Command::Run(ref args) => run::run(&cli, args),
         Command::Images { ref select, json } => images::run(&cli, select, json),
         Command::Logs { ref node, json } => cache::logs(&cli, node, json),
         Command::Explain { ref node, json } => explain::run(&cli, node, json),

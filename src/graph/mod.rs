@@ -93,6 +93,23 @@ impl Graph {
         Graph::new(g, kept)
     }
 
+    /// The node `ix` and everything it depends on, and the cells of that node; ids and keys
+    /// unchanged.
+    pub fn upstream_of(&self, ix: NodeIndex) -> Graph {
+        let keep = self.with_ancestors([ix]);
+        let g = self
+            .g
+            .filter_map(|i, n| keep[i.index()].then(|| n.clone()), |_, &()| Some(()));
+        let own = &self.g[ix].cells;
+        let kept = self
+            .cells
+            .iter()
+            .filter(|c| own.iter().any(|o| **o == *c.name))
+            .cloned()
+            .collect();
+        Graph::new(g, kept)
+    }
+
     pub fn dependents(&self, ix: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
         self.g.neighbors_directed(ix, Direction::Outgoing)
     }
