@@ -31,6 +31,7 @@ pub mod builders;
 pub mod cli;
 pub mod config;
 pub mod exec;
+pub mod export;
 pub mod graph;
 pub mod hash;
 pub mod imagebuilder;

@@ -5,6 +5,7 @@ mod cache;
 mod check;
 mod context;
 mod explain;
+mod export;
 mod github;
 mod graph;
 mod images;
@@ -136,6 +137,14 @@ pub enum Command {
   kiln run aws/ubuntu-2404/1.31/build    # refuses if the validate step's result is in no cache
   kiln run aws/ubuntu-2404/1.31/publish --with-deps")]
     Run(run::RunArgs),
+    /// Write the graph as an Argo Workflow, a Tekton Pipeline or a GitHub Actions workflow
+    /// whose tasks each `kiln run` one node against the remote cache.
+    #[command(after_help = "Examples:
+  kiln export argo --all -o kiln-workflow.yaml      # then: kubectl create -f kiln-workflow.yaml
+  kiln export argo --template --image registry.example.com/kiln:0.1.0
+  kiln export tekton --provider aws --all
+  kiln export github --all -o .github/workflows/kiln.yml")]
+    Export(export::ExportArgs),
     /// Show one node's key, inputs, and why it would run.
     Explain {
         /// The node id, as `kiln plan` prints it.
@@ -231,6 +240,7 @@ impl Command {
             Command::Graph { format, .. } => *format == crate::graph::GraphFormat::Json,
             Command::Supervise { .. } | Command::Init { .. } | Command::Completions { .. } => false,
             Command::Update(_) | Command::Watch(_) => false,
+            Command::Export(_) => false,
         }
     }
 }
@@ -346,6 +356,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Plan(ref args) => plan::run(&cli, args),
         Command::Build(ref args) => build::run(&cli, args),
         Command::Run(ref args) => run::run(&cli, args),
+        Command::Export(ref args) => export::run(&cli, args),
         Command::Images { ref select, json } => images::run(&cli, select, json),
         Command::Logs { ref node, json } => cache::logs(&cli, node, json),
         Command::Explain { ref node, json } => explain::run(&cli, node, json),

@@ -39,15 +39,18 @@ pub fn read_secret_key(path: &Path, from: &str) -> Result<SecretKey, CliError> {
     SecretKey::parse(&text).map_err(|e| bad(format!("not a secret key: {e}")))
 }
 
-/// The remote cache this command uses, if any. A URL kiln cannot use and a bad key are usage
-/// errors; a remote that does not answer is a warning later, not an error.
-pub fn open(cli: &Cli, config: &Config) -> Result<Option<Arc<Remote>>, CliError> {
-    let Some(url) = cli
-        .remote_cache
+/// The URL of the remote cache this command uses, if any.
+pub fn url(cli: &Cli, config: &Config) -> Option<String> {
+    cli.remote_cache
         .clone()
         .or_else(|| env("KILN_REMOTE_CACHE"))
         .or_else(|| config.remote_cache.clone())
-    else {
+}
+
+/// The remote cache this command uses, if any. A URL kiln cannot use and a bad key are usage
+/// errors; a remote that does not answer is a warning later, not an error.
+pub fn open(cli: &Cli, config: &Config) -> Result<Option<Arc<Remote>>, CliError> {
+    let Some(url) = url(cli, config) else {
         return Ok(None);
     };
     let signing = match (&cli.signing_key, env("KILN_SIGNING_KEY")) {
