@@ -67,7 +67,7 @@ pub fn documents(x: &Export, o: &Options) -> Vec<Value> {
             t["retryStrategy"] = json!({"limit": v.retries.to_string(), "retryPolicy": "Always"});
         }
         if let Some(d) = v.deadline() {
-            t["activeDeadlineSeconds"] = json!(d.as_secs());
+            t["activeDeadlineSeconds"] = json!(d.as_secs().to_string());
         }
         if v.limit.is_some() {
             t["synchronization"] = json!({

@@ -7,6 +7,7 @@
 mod build;
 mod config;
 mod diagnostics;
+mod export;
 mod fuzz;
 mod hardening;
 mod image_builder;
