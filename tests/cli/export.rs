@@ -91,10 +91,8 @@ impl Schemas {
         let errors: Vec<String> = validator
             .iter_errors(doc)
             .map(|e| {
-                let mut m = e.to_string();
-                if m.len() > 300 {
-                    m = format!("{}…", &m[..m.floor_char_boundary(300)]);
-                }
+                let mut m: String = e.to_string().chars().take(300).collect();
+                m.push('…');
                 format!("{m} at {}", e.instance_path())
             })
             .collect();
