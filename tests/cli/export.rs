@@ -514,3 +514,392 @@ fn an_export_goes_to_a_file() {
     let (stdout, _) = export(&p, F, "argo", &["--all"]);
     assert_eq!(p.read("wf.yaml"), stdout);
 }
+
+/// One run of one task of an Argo workflow, as the stand-in controller saw it.
+#[derive(Debug)]
+struct Attempt {
+    task: String,
+    node: String,
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// What a workflow run gets from the cluster: its parameters, the Kubernetes Secrets by name,
+/// a fresh checkout of the repository for every pod, and a fault to inject into a task's first
+/// attempt (made before it, cleared after it).
+struct Cluster<'a> {
+    params: BTreeMap<String, String>,
+    secrets: BTreeMap<String, BTreeMap<String, String>>,
+    checkout: &'a (dyn Fn() -> Project + Sync),
+    fault: Option<(&'a str, &'a (dyn Fn(bool) + Sync))>,
+}
+
+/// Replaces Argo's `{{…}}` expressions the templates use.
+fn substitute(s: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = s.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    assert!(
+        !out.contains("{{"),
+        "an expression the stand-in does not know: {out}"
+    );
+    out
+}
+
+/// Runs one attempt of `task` the way its pod would: a fresh checkout at the template's
+/// `workingDir`, only the container's environment (values, `secretKeyRef`s, `envFrom`), the
+/// Secret volumes mounted (under the pod's own directory), and its command and arguments.
+fn run_pod(wf: &Value, task: &Value, attempt: u32, c: &Cluster) -> Attempt {
+    let spec = &wf["spec"];
+    let template = spec["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == task["template"])
+        .unwrap();
+    let name = task["name"].as_str().unwrap().to_string();
+    let node = node_param(&task["arguments"]["parameters"]);
+    let mut vars: BTreeMap<String, String> = c
+        .params
+        .iter()
+        .map(|(k, v)| (format!("workflow.parameters.{k}"), v.clone()))
+        .collect();
+    vars.insert("inputs.parameters.node".into(), node.clone());
+    vars.insert("pod.name".into(), format!("{name}-{attempt}"));
+    let container = &template["container"];
+    let checkout = (c.checkout)();
+    let pod = tempfile::tempdir().unwrap();
+    let source = template["inputs"]["artifacts"][0]["path"].as_str().unwrap();
+    assert_eq!(container["workingDir"], source);
+    // A path in the container, on this machine: the checkout, or the pod's own directory.
+    let host = |p: &str| -> PathBuf {
+        match p.strip_prefix(source) {
+            Some(rest) => checkout.path().join(rest.trim_start_matches('/')),
+            None => pod.path().join(p.trim_start_matches('/')),
+        }
+    };
+    let secret = |name: &str| c.secrets.get(name);
+    for m in container["volumeMounts"].as_array().unwrap() {
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap();
+        let secret_name = volume["secret"]["secretName"].as_str().unwrap();
+        let keys = secret(secret_name).unwrap_or_else(|| panic!("no Secret {secret_name}"));
+        let at = host(m["mountPath"].as_str().unwrap());
+        match m["subPath"].as_str() {
+            Some(key) => {
+                std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+                std::fs::write(&at, &keys[key]).unwrap();
+            }
+            None => {
+                std::fs::create_dir_all(&at).unwrap();
+                for (k, v) in keys {
+                    std::fs::write(at.join(k), v).unwrap();
+                }
+            }
+        }
+    }
+    let mut env = BTreeMap::new();
+    for from in container["envFrom"].as_array().into_iter().flatten() {
+        let r = &from["secretRef"];
+        match secret(r["name"].as_str().unwrap()) {
+            Some(keys) => env.extend(keys.clone()),
+            None => assert_eq!(r["optional"], true, "{r}"),
+        }
+    }
+    for e in container["env"].as_array().unwrap() {
+        let value = match e.get("value") {
+            Some(v) => substitute(v.as_str().unwrap(), &vars),
+            None => {
+                let r = &e["valueFrom"]["secretKeyRef"];
+                secret(r["name"].as_str().unwrap()).unwrap()[r["key"].as_str().unwrap()].clone()
+            }
+        };
+        // A file a mount provides: where it is on this machine.
+        let value = if value.starts_with('/') {
+            host(&value).to_string_lossy().into_owned()
+        } else {
+            value
+        };
+        env.insert(e["name"].as_str().unwrap().to_string(), value);
+    }
+    assert_eq!(container["command"], serde_json::json!(["kiln"]));
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| substitute(a.as_str().unwrap(), &vars))
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&args)
+        .current_dir(checkout.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .envs(&env)
+        .output()
+        .unwrap();
+    Attempt {
+        task: name,
+        node,
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// A stand-in for Argo's controller: runs the workflow's DAG, each task once its dependencies
+/// succeeded, `parallel` pods at a time, retrying a failed task as its template's
+/// `retryStrategy` allows. Returns every attempt in the order they ended, and the most pods
+/// that ran at once. Panics if a task fails for good.
+fn run_workflow(wf: &Value, c: &Cluster, parallel: usize) -> (Vec<Attempt>, usize) {
+    let dag = &wf["spec"]["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == wf["spec"]["entrypoint"])
+        .unwrap()["dag"]["tasks"];
+    let tasks: BTreeMap<String, &Value> = dag
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().to_string(), t))
+        .collect();
+    let limit = |t: &Value| -> u32 {
+        let template = wf["spec"]["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == t["template"])
+            .unwrap();
+        template["retryStrategy"]["limit"]
+            .as_str()
+            .map_or(0, |l| l.parse().unwrap())
+    };
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut started: BTreeMap<String, u32> = BTreeMap::new();
+    let mut attempts = Vec::new();
+    let mut most = 0;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<(Attempt, u32)>();
+        let mut running = 0;
+        loop {
+            let ready: Vec<&String> = tasks
+                .iter()
+                .filter(|(n, t)| {
+                    !done.contains(*n)
+                        && !started.contains_key(*n)
+                        && strings(&t["dependencies"]).iter().all(|d| done.contains(d))
+                })
+                .map(|(n, _)| n)
+                .collect();
+            for name in ready {
+                if running == parallel {
+                    break;
+                }
+                let attempt = 1;
+                started.insert(name.clone(), attempt);
+                running += 1;
+                let (tx, task) = (tx.clone(), tasks[name]);
+                s.spawn(move || pod(wf, task, attempt, c, &tx));
+            }
+            most = most.max(running);
+            if running == 0 {
+                break;
+            }
+            let (a, attempt) = rx.recv().unwrap();
+            running -= 1;
+            let task = tasks[&a.task];
+            if a.code == 0 {
+                done.insert(a.task.clone());
+            } else if attempt <= limit(task) {
+                // The retry: a new pod.
+                started.insert(a.task.clone(), attempt + 1);
+                running += 1;
+                let tx = tx.clone();
+                s.spawn(move || pod(wf, task, attempt + 1, c, &tx));
+                most = most.max(running);
+            } else {
+                panic!(
+                    "task {} failed after {attempt} attempts:\n{}{}",
+                    a.task, a.stdout, a.stderr
+                );
+            }
+            attempts.push(a);
+        }
+    });
+    assert_eq!(done.len(), tasks.len(), "tasks never started");
+    (attempts, most)
+}
+
+/// One pod: the injected fault around the first attempt of its task, then the run.
+fn pod(
+    wf: &Value,
+    task: &Value,
+    attempt: u32,
+    c: &Cluster,
+    tx: &std::sync::mpsc::Sender<(Attempt, u32)>,
+) {
+    let fault = c
+        .fault
+        .filter(|(t, _)| task["name"] == *t && attempt == 1)
+        .map(|(_, f)| f);
+    if let Some(f) = fault {
+        f(true);
+    }
+    let a = run_pod(wf, task, attempt, c);
+    if let Some(f) = fault {
+        f(false);
+    }
+    tx.send((a, attempt)).unwrap();
+}
+
+/// The `N built, M cached` line of a `kiln run`.
+fn built(a: &Attempt) -> usize {
+    let line = a.stdout.lines().last().unwrap_or_default();
+    line.split(" built")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{} printed no summary:\n{}{}", a.node, a.stdout, a.stderr))
+}
+
+/// The exported Argo workflow of the local example, run by a stand-in for Argo's controller: a
+/// pod per task with its own empty cache, four at a time, sharing only the remote cache in moto
+/// and the publish bucket. The first attempt of one publish fails (the bucket refuses the
+/// image) and the retry from its `retryStrategy` publishes it. Every node is built exactly once,
+/// every image published once, and the whole workflow run again builds and publishes nothing.
+#[test]
+fn the_argo_workflow_runs_task_by_task_against_a_shared_remote() {
+    let m = crate::s3::moto_without_auth().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let bucket = shared.path().join("bucket");
+    let checkout = || {
+        let p = local_example();
+        p.edit(F, |s| {
+            s.replace(
+                "bucket \"file://images\"",
+                &format!("bucket \"file://{}\"", bucket.display()),
+            )
+            .replace(
+                "provider \"local\" {",
+                "provider \"local\" {\n    retries 1",
+            )
+        });
+        p
+    };
+    let repo = checkout();
+    let keyfile = repo.path().join("ci.key");
+    repo.kiln(&["cache", "keygen", "argo", "-o", &keyfile.to_string_lossy()])
+        .expect_code(0);
+    let (_, docs) = export(&repo, F, "argo", &["--all"]);
+    let wf = kind(&docs, "Workflow");
+    Schemas::load().check_export("argo", &docs);
+    let params: BTreeMap<String, String> = wf["spec"]["arguments"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_string(),
+                p["value"].as_str()?.to_string(),
+            ))
+        })
+        .chain([(
+            "remote-cache".to_string(),
+            format!("s3://{}/argo", crate::s3::BUCKET),
+        )])
+        .collect();
+    let remote_creds: BTreeMap<String, String> = [
+        ("AWS_ACCESS_KEY_ID", m.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", m.secret.clone()),
+        ("AWS_ENDPOINT_URL", m.endpoint()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let secrets = BTreeMap::from([
+        ("kiln-remote-cache".to_string(), remote_creds),
+        (
+            "kiln-signing-key".to_string(),
+            BTreeMap::from([(
+                "key".to_string(),
+                std::fs::read_to_string(&keyfile).unwrap(),
+            )]),
+        ),
+    ]);
+    let faulty = "local-ubuntu-2404-1-32-publish";
+    let in_the_way = bucket.join("local-ubuntu-2404-k8s-1.32.qcow2");
+    let fault = |on: bool| {
+        if on {
+            std::fs::create_dir_all(&in_the_way).unwrap();
+        } else {
+            std::fs::remove_dir(&in_the_way).unwrap();
+        }
+    };
+    let cluster = Cluster {
+        params: params.clone(),
+        secrets: secrets.clone(),
+        checkout: &checkout,
+        fault: Some((faulty, &fault)),
+    };
+    let graph = graph_dag(&repo, F);
+    let (attempts, most) = run_workflow(wf, &cluster, 4);
+    assert_eq!(most, 4, "the four builds run at once");
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.code != 0).collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0].task, faulty);
+    assert!(
+        failed[0].stderr.contains("Is a directory"),
+        "{}",
+        failed[0].stderr
+    );
+    assert_eq!(attempts.len(), graph.len() + 1);
+    // Every node built once, by its own task; what it reads came from the remote.
+    for a in attempts.iter().filter(|a| a.code == 0) {
+        assert_eq!(built(a), 1, "{}: {}{}", a.node, a.stdout, a.stderr);
+        assert!(!a.stderr.contains("warning"), "{}: {}", a.node, a.stderr);
+        for s in [&m.secret, &m.key_id] {
+            assert!(!a.stdout.contains(s.as_str()) && !a.stderr.contains(s.as_str()));
+        }
+    }
+    let records = m.list("argo/ac").len();
+    assert_eq!(records, graph.len());
+    assert!(m.list("argo/claims").is_empty(), "a claim was left behind");
+    let published = |bucket: &std::path::Path| -> BTreeMap<String, (u64, i64, i64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(bucket)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let md = e.metadata().unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    (md.ino(), md.mtime(), md.mtime_nsec()),
+                )
+            })
+            .collect()
+    };
+    let images = published(&bucket);
+    assert_eq!(images.len(), 8, "{images:?}");
+
+    // Again: every task finds its node in the remote, and nothing is built or published.
+    let cluster = Cluster {
+        params,
+        secrets,
+        checkout: &checkout,
+        fault: None,
+    };
+    let (again, _) = run_workflow(wf, &cluster, 4);
+    assert_eq!(again.len(), graph.len());
+    for a in &again {
+        assert_eq!(a.code, 0, "{}", a.stderr);
+        assert_eq!(built(a), 0, "{}: {}{}", a.node, a.stdout, a.stderr);
+    }
+    assert_eq!(published(&bucket), images, "an image was published again");
+    assert_eq!(m.list("argo/ac").len(), records);
+}

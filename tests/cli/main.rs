@@ -18,6 +18,7 @@ mod publish;
 mod releases;
 mod remote;
 mod report;
+mod run;
 mod s3;
 mod support;
 mod truth;

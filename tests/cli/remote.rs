@@ -35,7 +35,7 @@ fn with_remote(p: Project, m: &Moto) -> Project {
 }
 
 /// Makes a signing key in `dir`; returns its file and public key.
-fn keygen(p: &Project, name: &str) -> (String, String) {
+pub(crate) fn keygen(p: &Project, name: &str) -> (String, String) {
     let file = p.path().join(format!("{name}.key"));
     let out = p.kiln(&["cache", "keygen", name, "-o", &file.to_string_lossy()]);
     out.expect_code(0);
@@ -297,7 +297,7 @@ fn a_failing_remote_is_one_warning() {
 
 /// A module whose publish step appends to a file shared by both runners, slowly enough that the
 /// two overlap.
-fn race_project(m: &Moto, calls: &Path) -> Project {
+pub(crate) fn race_project(m: &Moto, calls: &Path) -> Project {
     let module = format!(
         r#"module "race" {{
     step "build" builder="command" {{
