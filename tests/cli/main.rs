@@ -7,6 +7,7 @@
 mod build;
 mod config;
 mod diagnostics;
+mod dockerfile;
 mod export;
 mod fuzz;
 mod hardening;
