@@ -285,6 +285,7 @@ impl Ctx<'_> {
         let vars: Table = base
             .vars
             .iter()
+            .filter(|(_, v, _)| !unset_optional(v, base.module, settings))
             .map(|(k, v, loc)| {
                 (
                     k.clone(),
@@ -359,6 +360,22 @@ impl Ctx<'_> {
         }
         CellPlan { steps, problems }
     }
+}
+
+/// Whether a variable is exactly `"{SETTING}"` for a setting of the module that has no default,
+/// is not required and is not set: such a variable is not passed at all, so image-builder's own
+/// default (or a var file the user ships) applies instead of a value kiln would invent.
+fn unset_optional(v: &Value, module: &Module, settings: &BTreeMap<String, Value>) -> bool {
+    let Value::Str(s) = v else {
+        return false;
+    };
+    let Some(name) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) else {
+        return false;
+    };
+    module
+        .settings
+        .get(name)
+        .is_some_and(|d| !d.required && d.default.is_none() && !settings.contains_key(name))
 }
 
 /// Paths a step writes or reads relative to a directory stay inside it: a `command` step's

@@ -515,7 +515,6 @@ fn hcloud_with_a_local_checkout() {
                 ("kubernetes_semver".into(), "v1.31.4".into()),
                 ("kubernetes_series".into(), "v1.31".into()),
                 ("runc_version".into(), "1.2.3".into()),
-                ("server_type".into(), "cx22".into()),
             ])
         );
     }

@@ -12,6 +12,7 @@ mod hardening;
 mod image_builder;
 mod immutable;
 mod live;
+mod makefile;
 mod plan;
 mod publish;
 mod remote;

@@ -1,0 +1,514 @@
+//! kiln through image-builder's **real** Makefile (v0.1.55's whole `images/capi`, in
+//! tests/fixtures), with recording fakes of `packer`, `ansible`, `ansible-galaxy`,
+//! `ansible-playbook`, `pip3` and `curl` first on `PATH` (tests/data/image-builder-fakes/): the
+//! `deps-*` targets run offline, and every `packer validate|build` is recorded with its argv,
+//! working directory, environment, var files in order, merged variables and the sha256 of its
+//! template. Each comparison runs the seed's own procedure on the same tree (its jq patch by
+//! hand, its environment, `make validate-…` then `make build-…`) and lists every difference
+//! that is allowed, with its reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{Project, copy_tree, repo_root};
+
+pub(crate) const TOKEN: &str = "hcl0ud-t0ken-secret-value";
+
+pub(crate) fn capi_fixture() -> PathBuf {
+    repo_root().join("tests/fixtures/image-builder-v0.1.55-capi")
+}
+
+fn fakes_dir() -> PathBuf {
+    repo_root().join("tests/data/image-builder-fakes")
+}
+
+/// The python3 on PATH, resolved to its executable once.
+fn python3() -> &'static Path {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is installed (.ci/run installs it)");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// A project with image-builder's tree at `image-builder/images/capi` (what `source=` names), the
+/// fakes first on `PATH` and their log directory. Runs with a clean environment.
+pub(crate) struct Bench {
+    pub(crate) project: Project,
+    pub(crate) log: PathBuf,
+}
+
+impl Bench {
+    pub(crate) fn new(project: Project) -> Bench {
+        let project = project.with_path(&capi_fixture(), "image-builder/images/capi");
+        let log = project.path().join("fakelog");
+        let bin = project.path().join("fakebin");
+        fs::create_dir_all(&log).unwrap();
+        copy_tree(&fakes_dir(), &bin);
+        // The interpreter itself rather than a version manager's shim (which takes a second a
+        // call): the Makefile's hack/ensure-python.sh and the fake packer run it.
+        std::os::unix::fs::symlink(python3(), bin.join("python3")).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let project = project
+            .clean_env()
+            .env("PATH", &path)
+            .env("FAKE_LOG", &log.to_string_lossy());
+        Bench { project, log }
+    }
+
+    /// Every packer call recorded so far, in order; clears the log.
+    pub(crate) fn take_calls(&self) -> Vec<PackerCall> {
+        let calls = packer_calls(&self.log);
+        for e in fs::read_dir(&self.log).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                fs::remove_file(p).unwrap();
+            }
+        }
+        calls
+    }
+
+    /// Runs `make TARGET` in `capi` as a user of image-builder does, with the bench's
+    /// environment (the same kiln runs with) and `env`.
+    pub(crate) fn make(&self, capi: &Path, target: &str, env: &[(&str, &str)]) {
+        let out = Command::new("make")
+            .arg(target)
+            .current_dir(capi)
+            .env_clear()
+            .env("NO_COLOR", "1") // as Project::kiln runs kiln
+            .envs(self.project.env_vars())
+            .envs(env.iter().copied())
+            .output()
+            .expect("run make");
+        assert!(
+            out.status.success(),
+            "make {target} failed\n--- stdout\n{}\n--- stderr\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A fresh copy of image-builder's tree for a seed's procedure, at `<name>/images/capi`.
+    pub(crate) fn seed_tree(&self, name: &str) -> PathBuf {
+        let capi = self.project.path().join(name).join("images/capi");
+        copy_tree(&capi_fixture(), &capi);
+        capi
+    }
+}
+
+/// `jq --slurpfile patch PATCH '.provisioners += $patch[0].provisioners' packer.json`, in place,
+/// as the hcloud seed does.
+pub(crate) fn jq_append(template: &Path, patch: &Path) {
+    let out = Command::new("jq")
+        .arg("--slurpfile")
+        .arg("patch")
+        .arg(patch)
+        .arg(".provisioners += $patch[0].provisioners")
+        .arg(template)
+        .output()
+        .expect("jq is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(template, out.stdout).unwrap();
+}
+
+/// One recorded `packer validate|build`.
+#[derive(Debug, Clone)]
+pub(crate) struct PackerCall {
+    pub(crate) command: String,
+    pub(crate) argv: Vec<String>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) env: BTreeMap<String, String>,
+    /// (path as passed, content), in order.
+    pub(crate) var_files: Vec<(String, Value)>,
+    pub(crate) template_sha256: String,
+    pub(crate) merged: BTreeMap<String, Value>,
+}
+
+pub(crate) fn packer_calls(log: &Path) -> Vec<PackerCall> {
+    let mut files: Vec<PathBuf> = fs::read_dir(log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let v: Value = serde_json::from_str(&fs::read_to_string(f).unwrap()).unwrap();
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().to_string())
+                    .collect()
+            };
+            PackerCall {
+                command: v["command"].as_str().unwrap().into(),
+                argv: strings(&v["argv"]),
+                cwd: v["cwd"].as_str().unwrap().into(),
+                env: v["env"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect(),
+                var_files: v["var_files"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| (f["path"].as_str().unwrap().into(), f["vars"].clone()))
+                    .collect(),
+                template_sha256: v["template_sha256"].as_str().unwrap().into(),
+                merged: v["merged"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// A packer call with the places that differ by construction named: the image-builder tree it
+/// runs in as `<capi>`, the file `PACKER_VAR_FILES` names as `<PACKER_VAR_FILES>`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Shape {
+    pub(crate) command: String,
+    pub(crate) argv: Vec<String>,
+    pub(crate) var_files: Vec<(String, Value)>,
+    pub(crate) merged: BTreeMap<String, Value>,
+    pub(crate) env_names: BTreeSet<String>,
+    pub(crate) template_sha256: String,
+}
+
+pub(crate) fn shape(c: &PackerCall) -> Shape {
+    let capi = c.cwd.to_string_lossy().into_owned();
+    let user = c.env.get("PACKER_VAR_FILES").cloned().unwrap_or_default();
+    let norm = |s: &str| {
+        let s = if !user.is_empty() {
+            s.replace(&user, "<PACKER_VAR_FILES>")
+        } else {
+            s.to_string()
+        };
+        s.replace(&capi, "<capi>")
+    };
+    Shape {
+        command: c.command.clone(),
+        argv: c.argv.iter().map(|a| norm(a)).collect(),
+        var_files: c
+            .var_files
+            .iter()
+            .map(|(p, v)| (norm(p), v.clone()))
+            .collect(),
+        merged: c.merged.clone(),
+        env_names: c.env.keys().cloned().collect(),
+        template_sha256: c.template_sha256.clone(),
+    }
+}
+
+/// One way kiln's packer call differs from the seed's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Diff {
+    Argv,
+    /// The var file at this position (its normalized path).
+    VarFile(String),
+    /// A merged variable: (name, seed's value, kiln's value).
+    Merged(String, String, String),
+    /// An environment variable only the seed's packer sees.
+    EnvOnlySeed(String),
+    /// An environment variable only kiln's packer sees.
+    EnvOnlyKiln(String),
+    Template,
+}
+
+pub(crate) fn diff(seed: &Shape, kiln: &Shape) -> BTreeSet<Diff> {
+    let mut out = BTreeSet::new();
+    assert_eq!(seed.command, kiln.command);
+    if seed.argv != kiln.argv {
+        out.insert(Diff::Argv);
+    }
+    let paths = |s: &Shape| {
+        s.var_files
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        paths(seed),
+        paths(kiln),
+        "the var files and their order are the same"
+    );
+    for ((p, a), (_, b)) in seed.var_files.iter().zip(&kiln.var_files) {
+        if a != b {
+            out.insert(Diff::VarFile(p.clone()));
+        }
+    }
+    let names: BTreeSet<&String> = seed.merged.keys().chain(kiln.merged.keys()).collect();
+    for k in names {
+        let (a, b) = (seed.merged.get(k), kiln.merged.get(k));
+        if a != b {
+            let show = |v: Option<&Value>| v.map_or("<unset>".into(), |v| v.to_string());
+            out.insert(Diff::Merged(k.clone(), show(a), show(b)));
+        }
+    }
+    for k in seed.env_names.difference(&kiln.env_names) {
+        out.insert(Diff::EnvOnlySeed(k.clone()));
+    }
+    for k in kiln.env_names.difference(&seed.env_names) {
+        out.insert(Diff::EnvOnlyKiln(k.clone()));
+    }
+    if seed.template_sha256 != kiln.template_sha256 {
+        out.insert(Diff::Template);
+    }
+    out
+}
+
+/// Asserts that the differences between the seed's calls and kiln's are exactly `allowed`
+/// (each with its reason, printed when they do not match).
+#[track_caller]
+pub(crate) fn assert_differences(
+    seed: &[PackerCall],
+    kiln: &[PackerCall],
+    allowed: &[(Diff, &str)],
+) {
+    assert_eq!(
+        seed.iter().map(|c| &c.command).collect::<Vec<_>>(),
+        kiln.iter().map(|c| &c.command).collect::<Vec<_>>(),
+        "the same packer commands in the same order"
+    );
+    let want: BTreeSet<Diff> = allowed.iter().map(|(d, _)| d.clone()).collect();
+    for (s, k) in seed.iter().zip(kiln) {
+        let (s, k) = (shape(s), shape(k));
+        let got = diff(&s, &k);
+        let unexpected: Vec<&Diff> = got.difference(&want).collect();
+        assert!(
+            unexpected.is_empty(),
+            "`packer {}`: differences nobody allowed: {unexpected:#?}\n--- seed argv\n{:#?}\n--- kiln argv\n{:#?}",
+            s.command,
+            s.argv,
+            k.argv
+        );
+    }
+    // Every allowed difference is still real for at least one call: the list stays exact.
+    let all: BTreeSet<Diff> = seed
+        .iter()
+        .zip(kiln)
+        .flat_map(|(s, k)| diff(&shape(s), &shape(k)))
+        .collect();
+    let stale: Vec<&(Diff, &str)> = allowed.iter().filter(|(d, _)| !all.contains(d)).collect();
+    assert!(
+        stale.is_empty(),
+        "allowed differences that no longer occur (remove them): {stale:#?}"
+    );
+}
+
+/// The repository's hcloud module and scripts, the hcloud user's files, and a config that says
+/// what their procedure does.
+fn hcloud_project() -> Project {
+    let root = repo_root();
+    let user = root.join("tests/fixtures/hcloud-machine-images/config");
+    Project::new()
+        .with_path(&root.join("modules/hcloud.kdl"), "modules/hcloud.kdl")
+        .with_path(&root.join("config/scripts"), "config/scripts")
+        .with_path(&user.join("packer-patch.json"), "config/packer-patch.json")
+        .with_path(
+            &user.join("hcloud-config.json"),
+            "config/hcloud-config.json",
+        )
+        .with_path(
+            &user.join("vars/k8s-1.31.json"),
+            "config/vars/k8s-1.31.json",
+        )
+        .with_file(
+            "images.kdl",
+            r#"import "modules/hcloud.kdl"
+
+tool "image-builder" "v0.1.55" source="image-builder"
+
+kubernetes "1.31" {
+    version "1.31.4"
+    revision "1.1"
+    cni "v1.9.0"
+    containerd "2.2.0"
+}
+
+matrix "hcloud" {
+    kubernetes "1.31"
+    provider "hcloud"
+    os "ubuntu-2404"
+}
+
+provider "hcloud" {
+    location "fsn1"
+    patch "config/packer-patch.json" op="append"
+    ship "config/scripts" to="packer/hcloud/scripts"
+    ship "config/hcloud-config.json" to="packer/hcloud/hcloud-config.json"
+    var "container_registry_url" "https://harbor.example.com" flag=#true
+    secret "HCLOUD_TOKEN"
+}
+"#,
+        )
+}
+
+/// Drops a module's publish step (for tests that stop at the build).
+pub(crate) fn without_publish(p: &Project, module: &str) {
+    p.edit(module, |text| {
+        let start = text.find("    step \"publish\"").unwrap();
+        let end = start + text[start..].find("\n    }\n").unwrap() + 7;
+        format!("{}{}", &text[..start], &text[end..])
+    });
+}
+
+/// The hcloud seed's procedure on a fresh tree: their scripts over image-builder's, their
+/// hcloud-config.json, the jq patch, their environment; `make validate-…` then `make build-…`.
+pub(crate) fn hcloud_seed(bench: &Bench, name: &str, os: &str, registry: &str) -> Vec<PackerCall> {
+    let p = &bench.project;
+    let capi = bench.seed_tree(name);
+    // `-v config/scripts:…/packer/hcloud/scripts` hides the stock directory.
+    fs::remove_dir_all(capi.join("packer/hcloud/scripts")).unwrap();
+    copy_tree(
+        &p.path().join("config/scripts"),
+        &capi.join("packer/hcloud/scripts"),
+    );
+    fs::copy(
+        p.path().join("config/hcloud-config.json"),
+        capi.join("packer/hcloud/hcloud-config.json"),
+    )
+    .unwrap();
+    jq_append(
+        &capi.join("packer/hcloud/packer.json"),
+        &p.path().join("config/packer-patch.json"),
+    );
+    let vars = p.path().join("config/vars/k8s-1.31.json");
+    let flags = format!("-var container_registry_url='{registry}'");
+    let env = [
+        ("HCLOUD_LOCATION", "fsn1"),
+        ("HCLOUD_TOKEN", TOKEN),
+        ("PACKER_VAR_FILES", &*vars.to_string_lossy()),
+        ("OS_INFO", os),
+        ("PACKER_FLAGS", &flags),
+    ];
+    bench.make(&capi, &format!("validate-hcloud-{os}"), &env);
+    bench.make(&capi, &format!("build-hcloud-{os}"), &env);
+    bench.take_calls()
+}
+
+/// What makes kiln's hcloud calls differ from the seed's, and why.
+pub(crate) fn hcloud_allowed() -> Vec<(Diff, &'static str)> {
+    vec![
+        (
+            Diff::VarFile("<PACKER_VAR_FILES>".into()),
+            "kiln writes the var file from the release (the same pins as the user's k8s-1.31.json) plus hcloud_location and manifest_output",
+        ),
+        (
+            Diff::Merged(
+                "manifest_output".into(),
+                "\"manifest.json\"".into(),
+                "\"<work>/kiln/manifest.json\"".into(),
+            ),
+            "kiln points packer's manifest into its own work directory, to read the snapshot id and to fail a build that wrote none",
+        ),
+        (
+            Diff::EnvOnlySeed("HCLOUD_LOCATION".into()),
+            "the seed passes the location through hcloud-config.json's {{env `HCLOUD_LOCATION`}}; kiln sets hcloud_location in its var file (same merged value)",
+        ),
+        (
+            Diff::EnvOnlySeed("OS_INFO".into()),
+            "the seed's shell script reads OS_INFO to pick its make targets; kiln names the target itself",
+        ),
+    ]
+}
+
+/// Replaces kiln's work directory in a merged manifest_output with `<work>`.
+pub(crate) fn mask_work(calls: &mut [PackerCall]) {
+    for c in calls {
+        if let Some(Value::String(s)) = c.merged.get("manifest_output")
+            && let Some(i) = s.find("/kiln/")
+        {
+            let masked = format!("<work>{}", &s[i..]);
+            c.merged
+                .insert("manifest_output".into(), Value::String(masked));
+        }
+    }
+}
+
+/// kiln through the real Makefile runs packer exactly as the hcloud seed's procedure does, up
+/// to the differences listed with their reasons; the patched template is byte-identical to jq's.
+#[test]
+fn hcloud_through_the_real_makefile_matches_the_seed() {
+    let bench = Bench::new(hcloud_project().env("HCLOUD_TOKEN", TOKEN));
+    let seed = hcloud_seed(&bench, "seed", "ubuntu-2404", "https://harbor.example.com");
+    assert_eq!(seed.len(), 2, "validate and build");
+    without_publish(&bench.project, "modules/hcloud.kdl");
+    let out = bench.project.kiln(&["build", "-j", "1"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "3 built, 0 cached", "{}", out.stderr);
+    let mut kiln = bench.take_calls();
+    mask_work(&mut kiln);
+    assert_differences(&seed, &kiln, &hcloud_allowed());
+    let build = &kiln[1];
+    // The whole argv, as the seed's README says the Makefile runs it.
+    let shown = shape(build);
+    let config = |f: &str| format!("-var-file=<capi>/packer/config/{f}.json");
+    let mut want: Vec<String> = [
+        "kubernetes",
+        "cni",
+        "containerd",
+        "wasm-shims",
+        "ansible-args",
+        "goss-args",
+        "common",
+        "additional_components",
+        "ecr_credential_provider",
+    ]
+    .iter()
+    .map(|f| config(f))
+    .collect();
+    want.insert(0, "build".into());
+    want.extend(
+        [
+            "-var",
+            "container_registry_url=https://harbor.example.com",
+            "-color=true",
+            "-var-file=packer/hcloud/hcloud-config.json",
+            "-var-file=<capi>/packer/hcloud/ubuntu-2404.json",
+            "-var-file=<PACKER_VAR_FILES>",
+            "packer/hcloud/packer.json",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(shown.argv, want);
+    // The user's hcloud-config.json wins over image-builder's: their server type.
+    assert_eq!(build.merged["server_type"], "cpx22");
+    assert_eq!(build.merged["token"], TOKEN);
+    assert_eq!(build.env["HCLOUD_TOKEN"], TOKEN);
+    // The secret reaches packer through the environment only.
+    for c in &kiln {
+        assert!(!c.argv.iter().any(|a| a.contains(TOKEN)));
+        for (_, v) in &c.var_files {
+            assert!(!v.to_string().contains(TOKEN));
+        }
+    }
+    // Nothing reached the network: the Flatcar lookup ran (and failed) as it does offline.
+    assert!(
+        fs::read_to_string(bench.log.join("curl.txt"))
+            .unwrap()
+            .contains("flatcar")
+    );
+}
