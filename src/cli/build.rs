@@ -40,6 +40,10 @@ pub struct BuildArgs {
     /// outcome (errors too are JSON); progress stays on stderr.
     #[arg(long)]
     pub json: bool,
+    /// Run every attempt of every node with its debug settings (`PACKER_LOG=1` for
+    /// image-builder), not only retries.
+    #[arg(long)]
+    pub debug: bool,
     /// Execute exactly this saved plan (`kiln plan -o FILE`); refuse if anything changed since.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["force", "matrix", "kubernetes", "provider", "os", "cell"])]
     pub plan: Option<std::path::PathBuf>,
@@ -76,7 +80,10 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
             eprintln!("waiting for the cache lock: {holder}")
         })
         .map_err(fail)?;
-    let graph = context::lower(&loaded, Some(&dir))?;
+    let mut graph = context::lower(&loaded, Some(&dir))?;
+    if args.debug {
+        graph.debug_every_attempt();
+    }
     let remote = super::remote::open(cli, &loaded.config)?;
     let mut view = StoreView::open(dir.clone(), &graph, remote.clone())?;
     let forced: BTreeSet<String> = match &saved {
@@ -95,6 +102,15 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
     for w in store.take_warnings() {
         eprintln!("warning: {w}");
     }
+    let install = super::preflight::install(cli, &loaded.config);
+    super::preflight::run(
+        graph
+            .order()
+            .into_iter()
+            .filter(|ix| plan.action(*ix).will_run())
+            .map(|ix| graph.node(ix)),
+        &install,
+    )?;
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -112,7 +128,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
             plan.actions.iter().filter(|a| a.will_run()).count(),
             super::settings::colors().stderr,
         ),
-        image_builder: crate::imagebuilder::Install::from_config(&loaded.config),
+        image_builder: install,
         remote: remote.clone(),
     };
     let report = runtime.block_on(exec::execute(

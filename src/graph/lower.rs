@@ -345,16 +345,27 @@ impl Ctx<'_> {
                     self.no_tools.clone()
                 },
             };
+            let secrets = if c.secrets {
+                let dir = self.image_builder.and_then(|d| {
+                    let target = recipe.params.get("target")?.render();
+                    d.template_dir(&target)
+                });
+                imagebuilder::step_secrets(
+                    step.builder,
+                    dir,
+                    step.secrets.as_deref(),
+                    &base.secrets,
+                )
+                .into()
+            } else {
+                Arc::from([])
+            };
             steps.push(StepPlan {
                 kind: step.kind,
                 builder: step.builder,
                 recipe_digest: recipe.digest(),
                 recipe,
-                secrets: if c.secrets {
-                    base.secrets.clone()
-                } else {
-                    Arc::from([])
-                },
+                secrets,
                 policy: base.policy.then(step.policy),
             });
         }
@@ -487,7 +498,10 @@ fn check_image_builder(
         return; // no variable data for this template family: nothing to check against
     };
     for (name, _, vloc) in &base.vars {
-        if name.starts_with(imagebuilder::FLAG_PREFIX) || data.declares(dir, name) {
+        if name.starts_with(imagebuilder::FLAG_PREFIX)
+            || name.starts_with(imagebuilder::ENV_PREFIX)
+            || data.declares(dir, name)
+        {
             continue;
         }
         let help = match data.suggest_variable(dir, name) {

@@ -143,7 +143,7 @@ pub(crate) fn packer_calls(log: &Path) -> Vec<PackerCall> {
     let mut files: Vec<PathBuf> = fs::read_dir(log)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| p.to_string_lossy().contains("-packer-"))
         .collect();
     files.sort();
     files
@@ -228,8 +228,8 @@ pub(crate) enum Diff {
     Argv,
     /// The var file at this position (its normalized path).
     VarFile(String),
-    /// A merged variable: (name, seed's value, kiln's value).
-    Merged(String, String, String),
+    /// A merged variable, by name.
+    Merged(String),
     /// An environment variable only the seed's packer sees.
     EnvOnlySeed(String),
     /// An environment variable only kiln's packer sees.
@@ -263,8 +263,7 @@ pub(crate) fn diff(seed: &Shape, kiln: &Shape) -> BTreeSet<Diff> {
     for k in names {
         let (a, b) = (seed.merged.get(k), kiln.merged.get(k));
         if a != b {
-            let show = |v: Option<&Value>| v.map_or("<unset>".into(), |v| v.to_string());
-            out.insert(Diff::Merged(k.clone(), show(a), show(b)));
+            out.insert(Diff::Merged(k.clone()));
         }
     }
     for k in seed.env_names.difference(&kiln.env_names) {
@@ -417,12 +416,16 @@ pub(crate) fn hcloud_allowed() -> Vec<(Diff, &'static str)> {
             "kiln writes the var file from the release (the same pins as the user's k8s-1.31.json) plus hcloud_location and manifest_output",
         ),
         (
-            Diff::Merged(
-                "manifest_output".into(),
-                "\"manifest.json\"".into(),
-                "\"<work>/kiln/manifest.json\"".into(),
-            ),
+            Diff::Merged("manifest_output".into()),
             "kiln points packer's manifest into its own work directory, to read the snapshot id and to fail a build that wrote none",
+        ),
+        (
+            Diff::Merged("ib_version".into()),
+            "the seed's copy is no git checkout, so the Makefile's `git describe` gives nothing; kiln passes IB_VERSION from its pin (v0.1.55)",
+        ),
+        (
+            Diff::Merged("ansible_common_vars".into()),
+            "it ends with image_builder_version={{user `ib_version`}}, which is the pin's with kiln",
         ),
         (
             Diff::EnvOnlySeed("HCLOUD_LOCATION".into()),
@@ -433,19 +436,6 @@ pub(crate) fn hcloud_allowed() -> Vec<(Diff, &'static str)> {
             "the seed's shell script reads OS_INFO to pick its make targets; kiln names the target itself",
         ),
     ]
-}
-
-/// Replaces kiln's work directory in a merged manifest_output with `<work>`.
-pub(crate) fn mask_work(calls: &mut [PackerCall]) {
-    for c in calls {
-        if let Some(Value::String(s)) = c.merged.get("manifest_output")
-            && let Some(i) = s.find("/kiln/")
-        {
-            let masked = format!("<work>{}", &s[i..]);
-            c.merged
-                .insert("manifest_output".into(), Value::String(masked));
-        }
-    }
 }
 
 /// kiln through the real Makefile runs packer exactly as the hcloud seed's procedure does, up
@@ -459,8 +449,7 @@ fn hcloud_through_the_real_makefile_matches_the_seed() {
     let out = bench.project.kiln(&["build", "-j", "1"]);
     out.expect_code(0);
     assert_eq!(out.stdout.trim(), "3 built, 0 cached", "{}", out.stderr);
-    let mut kiln = bench.take_calls();
-    mask_work(&mut kiln);
+    let kiln = bench.take_calls();
     assert_differences(&seed, &kiln, &hcloud_allowed());
     let build = &kiln[1];
     // The whole argv, as the seed's README says the Makefile runs it.
@@ -494,6 +483,9 @@ fn hcloud_through_the_real_makefile_matches_the_seed() {
         .map(String::from),
     );
     assert_eq!(shown.argv, want);
+    assert_eq!(build.merged["ib_version"], "v0.1.55");
+    assert_eq!(seed[1].merged["ib_version"], "");
+    assert_eq!(seed[1].merged["manifest_output"], "manifest.json");
     // The user's hcloud-config.json wins over image-builder's: their server type.
     assert_eq!(build.merged["server_type"], "cpx22");
     assert_eq!(build.merged["token"], TOKEN);
@@ -511,4 +503,163 @@ fn hcloud_through_the_real_makefile_matches_the_seed() {
             .unwrap()
             .contains("flatcar")
     );
+}
+
+// ---- the gaps the real Makefile shows ------------------------------------------------------
+
+/// The hcloud project through the real Makefile, stopping at the build.
+fn hcloud_bench() -> Bench {
+    let bench = Bench::new(hcloud_project().env("HCLOUD_TOKEN", TOKEN));
+    without_publish(&bench.project, "modules/hcloud.kdl");
+    bench
+}
+
+fn build_calls(bench: &Bench, args: &[&str]) -> Vec<PackerCall> {
+    let mut argv = vec!["build", "-j", "1"];
+    argv.extend(args);
+    let out = bench.project.kiln(&argv);
+    out.expect_code(0);
+    bench.take_calls()
+}
+
+/// 1. IB_VERSION (image_builder_version) is the pin's, not whatever `git describe` finds: not
+/// empty in a staged copy, and not the user's own tag when their config is a git repository.
+#[test]
+fn ib_version_is_the_pin_even_in_the_users_git_repository() {
+    let bench = hcloud_bench();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=u", "-c", "user.email=u@example.com"])
+            .args(args)
+            .current_dir(bench.project.path())
+            .output()
+            .expect("git is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["add", "images.kdl"]);
+    git(&["commit", "-qm", "config"]);
+    git(&["tag", "v7.7.7-users-own"]);
+    for c in build_calls(&bench, &[]) {
+        assert_eq!(c.env["IB_VERSION"], "v0.1.55");
+        assert_eq!(c.merged["ib_version"], "v0.1.55");
+    }
+}
+
+/// 2. A flag variable's `$` reaches packer as written: make would expand `a$HOME` to `aOME`.
+#[test]
+fn a_dollar_in_a_flag_variable_reaches_packer_unexpanded() {
+    let bench = hcloud_bench();
+    bench.project.edit("images.kdl", |t| {
+        t.replace(
+            "https://harbor.example.com",
+            "https://h.example.com/a$HOME$$x",
+        )
+    });
+    for c in build_calls(&bench, &[]) {
+        assert_eq!(
+            c.merged["container_registry_url"],
+            "https://h.example.com/a$HOME$$x"
+        );
+    }
+}
+
+/// 3. A plain `env` on a provider or a step reaches packer and is part of the key; pinning
+/// FLATCAR_VERSION stops the Makefile's run-time lookup, which `kiln check` warns about.
+#[test]
+fn env_is_passed_keyed_and_pins_flatcar() {
+    let bench = hcloud_bench();
+    let p = &bench.project;
+    p.edit("images.kdl", |t| {
+        t.replace("os \"ubuntu-2404\"", "os \"flatcar\"")
+            .replace("    patch \"config/packer-patch.json\" op=\"append\"\n", "")
+    });
+    let check = p.kiln(&["check"]);
+    check.expect_code(0);
+    assert!(
+        check
+            .stderr
+            .contains("kiln::image-builder::run-time-lookup")
+            && check
+                .stderr
+                .contains("provider `hcloud` builds Flatcar (hcloud/flatcar/1.31/validate)"),
+        "{}",
+        check.stderr
+    );
+    p.edit("images.kdl", |t| {
+        t.replace(
+            "    secret \"HCLOUD_TOKEN\"\n",
+            "    secret \"HCLOUD_TOKEN\"\n    env \"FLATCAR_VERSION\" \"4152.2.3\"\n",
+        )
+    });
+    p.edit("modules/hcloud.kdl", |t| {
+        t.replace(
+            "        target \"build-hcloud-{os}\"\n",
+            "        target \"build-hcloud-{os}\"\n        env \"FLATCAR_CHANNEL\" \"beta\"\n",
+        )
+    });
+    let check = p.kiln(&["check"]);
+    check.expect_code(0);
+    assert!(
+        !check.stderr.contains("run-time-lookup"),
+        "{}",
+        check.stderr
+    );
+    let _ = fs::remove_file(bench.log.join("curl.txt"));
+    let calls = build_calls(&bench, &[]);
+    assert_eq!(calls.len(), 2);
+    for c in &calls {
+        assert_eq!(c.env["FLATCAR_VERSION"], "4152.2.3");
+        assert_eq!(c.merged["flatcar_version"], "4152.2.3");
+    }
+    // The step's own env is the build's only.
+    assert_eq!(calls[0].env["FLATCAR_CHANNEL"], "stable");
+    assert_eq!(calls[1].env["FLATCAR_CHANNEL"], "beta");
+    assert_eq!(calls[1].merged["distribution_version"], "beta-4152.2.3");
+    assert!(
+        !bench.log.join("curl.txt").exists(),
+        "a pinned version is not looked up"
+    );
+    // Part of the key: moving the pin rebuilds, and says why.
+    p.edit("images.kdl", |t| t.replace("4152.2.3", "4230.2.0"));
+    let plan = p.kiln(&["plan"]);
+    assert!(
+        plan.stdout.contains("~  hcloud/flatcar/1.31/build")
+            && plan.stdout.contains("env FLATCAR_VERSION")
+            && plan.stdout.contains("\"4152.2.3\" → \"4230.2.0\""),
+        "{}",
+        plan.stdout
+    );
+}
+
+/// 7. `kiln build --debug` runs every attempt with PACKER_LOG=1, `debug #true` a step's; without
+/// either, only retries do.
+#[test]
+fn debug_on_every_attempt() {
+    let bench = hcloud_bench();
+    let calls = build_calls(&bench, &["--debug"]);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.env.get("PACKER_LOG").map(String::as_str) == Some("1"))
+    );
+    bench.project.edit("modules/hcloud.kdl", |t| {
+        t.replace(
+            "        target \"build-hcloud-{os}\"\n",
+            "        target \"build-hcloud-{os}\"\n        debug #true\n",
+        )
+    });
+    // Policy, not key: nothing rebuilds for it.
+    let plan = bench.project.kiln(&["plan"]);
+    assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+    let calls = build_calls(&bench, &["--force", "hcloud-ubuntu-2404-k8s-1.31"]);
+    let log: Vec<Option<&str>> = calls
+        .iter()
+        .map(|c| c.env.get("PACKER_LOG").map(String::as_str))
+        .collect();
+    assert_eq!(log, [None, Some("1")], "validate, then build");
 }
