@@ -522,7 +522,7 @@ fn build_calls(bench: &Bench, args: &[&str]) -> Vec<PackerCall> {
     bench.take_calls()
 }
 
-/// 1. IB_VERSION (image_builder_version) is the pin's, not whatever `git describe` finds: not
+/// Gap 1: IB_VERSION (image_builder_version) is the pin's, not whatever `git describe` finds: not
 /// empty in a staged copy, and not the user's own tag when their config is a git repository.
 #[test]
 fn ib_version_is_the_pin_even_in_the_users_git_repository() {
@@ -550,7 +550,7 @@ fn ib_version_is_the_pin_even_in_the_users_git_repository() {
     }
 }
 
-/// 2. A flag variable's `$` reaches packer as written: make would expand `a$HOME` to `aOME`.
+/// Gap 2: A flag variable's `$` reaches packer as written: make would expand `a$HOME` to `aOME`.
 #[test]
 fn a_dollar_in_a_flag_variable_reaches_packer_unexpanded() {
     let bench = hcloud_bench();
@@ -568,7 +568,7 @@ fn a_dollar_in_a_flag_variable_reaches_packer_unexpanded() {
     }
 }
 
-/// 3. A plain `env` on a provider or a step reaches packer and is part of the key; pinning
+/// Gap 3: A plain `env` on a provider or a step reaches packer and is part of the key; pinning
 /// FLATCAR_VERSION stops the Makefile's run-time lookup, which `kiln check` warns about.
 #[test]
 fn env_is_passed_keyed_and_pins_flatcar() {
@@ -636,7 +636,7 @@ fn env_is_passed_keyed_and_pins_flatcar() {
     );
 }
 
-/// 7. `kiln build --debug` runs every attempt with PACKER_LOG=1, `debug #true` a step's; without
+/// Gap 7: `kiln build --debug` runs every attempt with PACKER_LOG=1, `debug #true` a step's; without
 /// either, only retries do.
 #[test]
 fn debug_on_every_attempt() {
