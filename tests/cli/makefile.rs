@@ -137,6 +137,8 @@ pub(crate) struct PackerCall {
     pub(crate) var_files: Vec<(String, Value)>,
     pub(crate) template_sha256: String,
     pub(crate) merged: BTreeMap<String, Value>,
+    /// With FAKE_TREE=1: every file of the tree packer ran in, relative path → sha256.
+    pub(crate) tree: BTreeMap<String, String>,
 }
 
 pub(crate) fn packer_calls(log: &Path) -> Vec<PackerCall> {
@@ -180,6 +182,15 @@ pub(crate) fn packer_calls(log: &Path) -> Vec<PackerCall> {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                tree: v
+                    .get("tree")
+                    .and_then(Value::as_object)
+                    .map(|t| {
+                        t.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect()
@@ -662,4 +673,366 @@ fn debug_on_every_attempt() {
         .map(|c| c.env.get("PACKER_LOG").map(String::as_str))
         .collect();
     assert_eq!(log, [None, Some("1")], "validate, then build");
+}
+
+const S3_KEY: &str = "s3-secret-access-key-value";
+
+/// The openstack module (qemu, uploaded with its sha256) into a file:// bucket.
+fn openstack_bench() -> Bench {
+    let root = repo_root();
+    let p = Project::new()
+        .with_path(&root.join("modules/openstack.kdl"), "modules/openstack.kdl")
+        .with_file(
+            "images.kdl",
+            r#"import "modules/openstack.kdl"
+
+tool "image-builder" "v0.1.55" source="image-builder"
+
+kubernetes "1.31" {
+    version "1.31.4"
+}
+
+matrix "capo" {
+    kubernetes "1.31"
+    provider "openstack"
+    os "ubuntu-2404"
+}
+
+provider "openstack" {
+    bucket "file://bucket"
+    secret "AWS_ACCESS_KEY_ID" env="S3_ACCESS_KEY_ID"
+    secret "AWS_SECRET_ACCESS_KEY" env="S3_SECRET_ACCESS_KEY"
+}
+"#,
+        )
+        .env("S3_ACCESS_KEY_ID", "AKIAS3EXAMPLE")
+        .env("S3_SECRET_ACCESS_KEY", S3_KEY)
+        // Another provider's credentials, as a CI runner's environment has them.
+        .env("AWS_ACCESS_KEY_ID", "AKIAAWSEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "aws-secret-value");
+    Bench::new(p)
+}
+
+/// Gap 4: a step gets only the secrets it uses: the qemu build none of the S3 upload's (neither
+/// by the name steps see nor by the variable they are read from), the upload both.
+#[test]
+fn a_step_gets_only_its_secrets() {
+    let bench = openstack_bench();
+    let p = &bench.project;
+    let calls = build_calls(&bench, &[]);
+    assert_eq!(calls.len(), 2, "validate and build");
+    for c in &calls {
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "S3_ACCESS_KEY_ID",
+            "S3_SECRET_ACCESS_KEY",
+        ] {
+            assert!(!c.env.contains_key(k), "packer {} sees {k}", c.command);
+        }
+    }
+    let secrets = |id: &str| -> Vec<String> {
+        let v = p.kiln(&["explain", id, "--json"]).json();
+        v["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(secrets("openstack/ubuntu-2404/1.31/build").is_empty());
+    assert_eq!(
+        secrets("openstack/ubuntu-2404/1.31/publish"),
+        ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    );
+    // The qemu disk went through the upload, with its sha256.
+    let image = p.read("bucket/openstack-ubuntu-2404-k8s-1.31.qcow2");
+    assert_eq!(image, "qcow2 of ubuntu-2404 v1.31.4\n");
+    assert!(
+        p.read("bucket/openstack-ubuntu-2404-k8s-1.31.qcow2.sha256")
+            .ends_with("  openstack-ubuntu-2404-k8s-1.31.qcow2\n")
+    );
+    // A module may say which secrets a step gets.
+    p.edit("modules/openstack.kdl", |t| {
+        t.replace(
+            "        target \"build-qemu-{os}\"\n",
+            "        target \"build-qemu-{os}\"\n        secrets \"AWS_ACCESS_KEY_ID\"\n",
+        )
+    });
+    assert_eq!(
+        secrets("openstack/ubuntu-2404/1.31/build"),
+        ["AWS_ACCESS_KEY_ID"]
+    );
+}
+
+/// Gap 9: a packer run that exits 0 without its artifact fails and records nothing: the
+/// manifest (also where the config moves it), the qemu disk (also in a custom
+/// output_directory, as the giantswarm pipeline sets it).
+#[test]
+fn a_build_without_its_artifact_fails() {
+    let mut bench = openstack_bench();
+    bench.project.edit("images.kdl", |t| {
+        t.replace(
+            "    bucket \"file://bucket\"\n",
+            "    bucket \"file://bucket\"\n    var \"output_directory\" \"./output/cluster-api-v{kubernetes_version}\"\n",
+        )
+    });
+    bench.project.set_env("FAKE_NO_PRODUCTS", "1");
+    let out = bench.project.kiln(&["build", "-j", "1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the qemu build succeeded but left no disk image")
+            && out.stderr.contains("output/cluster-api-v1.31.4"),
+        "{}",
+        out.stderr
+    );
+    let plan = bench.project.kiln(&["plan"]);
+    assert!(
+        plan.stdout.contains("+  openstack/ubuntu-2404/1.31/build"),
+        "{}",
+        plan.stdout
+    );
+    bench.project.set_env("FAKE_NO_PRODUCTS", "");
+    bench.project.kiln(&["build", "-j", "1"]).expect_code(0);
+    let log = bench
+        .project
+        .kiln(&["logs", "openstack/ubuntu-2404/1.31/build"]);
+    assert!(
+        log.stdout
+            .contains("fact image=output/cluster-api-v1.31.4/ubuntu-2404-kube-v1.31.4"),
+        "{}",
+        log.stdout
+    );
+    assert_eq!(
+        bench
+            .project
+            .read("bucket/openstack-ubuntu-2404-k8s-1.31.qcow2"),
+        "qcow2 of ubuntu-2404 v1.31.4\n"
+    );
+
+    // hcloud: the manifest, where kiln puts it and where the config does.
+    let mut bench = hcloud_bench();
+    bench.project.set_env("FAKE_NO_PRODUCTS", "1");
+    let out = bench.project.kiln(&["build", "-j", "1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("packer's manifest post-processor wrote no manifest"),
+        "{}",
+        out.stderr
+    );
+    bench.project.set_env("FAKE_NO_PRODUCTS", "");
+    bench.project.edit("images.kdl", |t| {
+        t.replace(
+            "    secret \"HCLOUD_TOKEN\"\n",
+            "    secret \"HCLOUD_TOKEN\"\n    var \"manifest_output\" \"output/hcloud-manifest.json\"\n",
+        )
+    });
+    bench.project.kiln(&["build", "-j", "1"]).expect_code(0);
+    let calls = bench.take_calls();
+    assert_eq!(
+        calls.last().unwrap().merged["manifest_output"],
+        "output/hcloud-manifest.json"
+    );
+    let log = bench
+        .project
+        .kiln(&["logs", "hcloud/ubuntu-2404/1.31/build"]);
+    assert!(log.stdout.contains("fact snapshot=1"), "{}", log.stdout);
+}
+
+const IMAGE: &str = "registry.k8s.io/scl-image-builder/cluster-node-image-builder-amd64:v0.1.55@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Gap 5: in a container, kiln mounts a staged merge of each shipped directory with the image's,
+/// so the container sees, file by file, the tree the make engine stages (the stock
+/// install-flatcar.sh beside the shipped scripts), not a mount that hides the image's files.
+#[test]
+fn the_container_sees_the_tree_make_stages() {
+    let mut bench = hcloud_bench();
+    let root = bench.project.path().join("image-builder/images/capi");
+    bench.project.set_env("FAKE_TREE", "1");
+    bench
+        .project
+        .set_env("FAKE_IMAGE_ROOT", &root.to_string_lossy());
+    let make = build_calls(&bench, &[]);
+    bench.project.edit("images.kdl", |t| {
+        t.replace(
+            "source=\"image-builder\"",
+            &format!("image=\"{IMAGE}\" engine=\"docker\""),
+        )
+    });
+    bench.project.kiln(&["build", "-j", "1"]).expect_code(0);
+    let runs = docker_runs(&bench.log);
+    assert_eq!(runs.len(), 2, "validate and build");
+    for (made, run) in make.iter().zip(&runs) {
+        let ours = |rel: &&String| !rel.starts_with("kiln/") && !rel.starts_with("output/");
+        let container: BTreeMap<&String, &String> = run.iter().filter(|(k, _)| ours(k)).collect();
+        let staged: BTreeMap<&String, &String> = made.tree.iter().collect();
+        let only =
+            |a: &BTreeMap<&String, &String>, b: &BTreeMap<&String, &String>| -> Vec<String> {
+                a.iter()
+                    .filter(|(k, v)| b.get(*k) != Some(*v))
+                    .map(|(k, _)| k.to_string())
+                    .collect()
+            };
+        assert_eq!(
+            only(&container, &staged),
+            Vec::<String>::new(),
+            "in the container, not staged"
+        );
+        assert_eq!(
+            only(&staged, &container),
+            Vec::<String>::new(),
+            "staged, not in the container"
+        );
+        for f in [
+            "install-flatcar.sh",
+            "additional-tools.sh",
+            "cri.sh",
+            "validate.sh",
+        ] {
+            assert!(
+                container.contains_key(&format!("packer/hcloud/scripts/{f}")),
+                "{f}"
+            );
+        }
+    }
+}
+
+/// The tree each recorded `docker run` saw under /home/imagebuilder: relative path → sha256.
+fn docker_runs(log: &Path) -> Vec<BTreeMap<String, String>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("-docker-run"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let v: Value = serde_json::from_str(&fs::read_to_string(f).unwrap()).unwrap();
+            v["tree"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Gap 6: the command line or the environment says where image-builder is, in no key.
+#[test]
+fn image_builder_source_and_image_from_the_command_line() {
+    let mut bench = hcloud_bench();
+    bench
+        .project
+        .edit("images.kdl", |t| t.replace(" source=\"image-builder\"", ""));
+    let out = bench.project.kiln(&["build", "-j", "1"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("image-builder is not set up"),
+        "{}",
+        out.stderr
+    );
+    let calls = build_calls(&bench, &["--image-builder-source", "image-builder"]);
+    assert_eq!(calls.len(), 2);
+    // The same keys whichever way the checkout is named.
+    bench
+        .project
+        .set_env("KILN_IMAGE_BUILDER_SOURCE", "image-builder");
+    let plan = bench.project.kiln(&["plan"]);
+    assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+    // An image instead: the container engine, still in no key.
+    bench.project.set_env("KILN_IMAGE_BUILDER_SOURCE", "");
+    let root = bench.project.path().join("image-builder/images/capi");
+    bench
+        .project
+        .set_env("FAKE_IMAGE_ROOT", &root.to_string_lossy());
+    let explain = bench.project.kiln(&[
+        "explain",
+        "hcloud/ubuntu-2404/1.31/build",
+        "--image-builder-image",
+        IMAGE,
+    ]);
+    assert!(
+        explain.stdout.contains("command   docker run --rm") && explain.stdout.contains(IMAGE),
+        "{}",
+        explain.stdout
+    );
+    bench.project.set_env("KILN_IMAGE_BUILDER_IMAGE", IMAGE);
+    let out = bench.project.kiln(&[
+        "build",
+        "-j",
+        "1",
+        "--force",
+        "hcloud/ubuntu-2404/1.31/build",
+    ]);
+    out.expect_code(0);
+    let runs = docker_runs(&bench.log);
+    assert_eq!(runs.len(), 1, "the forced build ran in the container");
+}
+
+/// Gap 8: a build first checks every prerequisite of what it will run and reports each problem
+/// once, starting nothing; `kiln check --build` runs the same preflight.
+#[test]
+fn preflight_reports_every_problem_before_anything_runs() {
+    let mut bench = hcloud_bench();
+    bench.project.unset_env("HCLOUD_TOKEN");
+    bench
+        .project
+        .edit("images.kdl", |t| t.replace(" source=\"image-builder\"", ""));
+    let out = bench.project.kiln(&["build", "-j", "1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let err = &out.stderr;
+    assert_eq!(
+        err.matches("kiln::preflight::image-builder").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(err.matches("kiln::preflight::secret").count(), 1, "{err}");
+    assert!(
+        err.contains("secret `HCLOUD_TOKEN` needs the environment variable HCLOUD_TOKEN"),
+        "{err}"
+    );
+    assert!(err.contains("hcloud/ubuntu-2404/1.31/patch"), "{err}");
+    assert!(err.contains("nothing was started"), "{err}");
+    assert!(!err.contains("after 2 attempts"), "{err}");
+    assert!(
+        fs::read_dir(&bench.log).unwrap().next().is_none(),
+        "nothing ran"
+    );
+    // `kiln check` checks the config; `--build` also what a build needs.
+    bench.project.kiln(&["check"]).expect_code(0);
+    let check = bench.project.kiln(&["check", "--build"]);
+    assert_eq!(check.code, 1);
+    assert_eq!(
+        check.stderr.matches("kiln::preflight::").count(),
+        2,
+        "{}",
+        check.stderr
+    );
+    // A tool that is not on PATH.
+    bench.project.set_env("HCLOUD_TOKEN", TOKEN);
+    bench.project.edit("images.kdl", |t| {
+        t.replace(
+            "tool \"image-builder\" \"v0.1.55\"",
+            &format!("tool \"image-builder\" \"v0.1.55\" image=\"{IMAGE}\" engine=\"podman\""),
+        )
+    });
+    let check = bench.project.kiln(&["check", "--build", "--json"]);
+    assert_eq!(check.code, 1);
+    let lines: Vec<Value> = check
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", check.stdout);
+    assert_eq!(lines[0]["code"], "kiln::preflight::tool");
+    assert!(
+        lines[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("`podman` is not on PATH")
+    );
 }
