@@ -58,8 +58,8 @@ pub fn check<'a>(
             if !on_path(&program, path) {
                 add(
                     "kiln::preflight::tool",
-                    format!("`{program}` is not on PATH"),
-                    format!("install it: {why}"),
+                    format!("`{program}` is not installed: {why}"),
+                    "install it, or put it on PATH".into(),
                     &node.id,
                 );
             }
@@ -112,13 +112,13 @@ fn programs(node: &Node, install: &Install) -> Vec<(String, String)> {
             Some(Engine::Make) if node.builder == BuilderKind::ImageBuilder => {
                 vec![(
                     "make".into(),
-                    "image-builder's Makefile runs the build".into(),
+                    "install make, which runs image-builder's Makefile".into(),
                 )]
             }
             Some(e @ (Engine::Docker | Engine::Podman)) => vec![(
                 e.as_str().into(),
                 format!(
-                    "engine \"{}\" runs image-builder's container image",
+                    "install {0}, which engine \"{0}\" runs image-builder's image with",
                     e.as_str()
                 ),
             )],
@@ -126,12 +126,9 @@ fn programs(node: &Node, install: &Install) -> Vec<(String, String)> {
         },
         BuilderKind::GcpImage => vec![(
             "gcloud".into(),
-            "the gcp-image step shares the image with gcloud (Google Cloud SDK)".into(),
+            "install the Google Cloud CLI, which the gcp-image step shares images with".into(),
         )],
-        BuilderKind::Local => vec![(
-            "qemu-img".into(),
-            "the local builder writes and checks qcow2 images (Debian package qemu-utils)".into(),
-        )],
+        BuilderKind::Local => vec![("qemu-img".into(), "install the qemu-utils package".into())],
         BuilderKind::Command => match node.recipe.params.get("argv").map(Value::as_list) {
             Some(argv) if argv.first().is_some_and(|p| !p.contains('/')) => {
                 vec![(argv[0].clone(), "the command step runs it".into())]
