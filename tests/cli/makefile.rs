@@ -1033,6 +1033,6 @@ fn preflight_reports_every_problem_before_anything_runs() {
         lines[0]["message"]
             .as_str()
             .unwrap()
-            .starts_with("`podman` is not on PATH")
+            .starts_with("`podman` is not installed")
     );
 }
