@@ -28,11 +28,13 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         .recipe
         .vars
         .iter()
+        .filter(|(k, _)| !k.starts_with(crate::imagebuilder::ENV_PREFIX))
         .map(|(k, v)| (k.clone(), v.render()))
         .collect();
+    env.extend(crate::imagebuilder::plain_env(&ctx.node));
     env.push(("KILN_NODE".into(), ctx.node.id.clone()));
     env.push(("KILN_ATTEMPT".into(), ctx.attempt.to_string()));
-    if ctx.is_retry() {
+    if ctx.debug() {
         for pair in super::debug_settings(&ctx.node) {
             if let Some((k, v)) = pair.split_once('=') {
                 env.push((k.to_string(), v.to_string()));

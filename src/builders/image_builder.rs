@@ -7,11 +7,15 @@
 //! - shipped files and directories at their `to=` path under `images/capi` (in the container,
 //!   `/home/imagebuilder`);
 //! - one JSON var file with the node's variables, passed in `PACKER_VAR_FILES`; `flag=#true`
-//!   variables go into `PACKER_FLAGS` as `-var 'NAME=VALUE'`;
-//! - secrets in the child's environment only (the container gets `--env NAME`, never a value);
-//! - `PACKER_LOG=1` on retries.
+//!   variables go into `PACKER_FLAGS` as `-var 'NAME=VALUE'` (`$` doubled for make);
+//! - `IB_VERSION` from the pin, and the config's plain `env` variables;
+//! - the step's secrets in the child's environment only (the container gets `--env NAME`, never
+//!   a value); every other secret of the config is taken out of the environment it inherits;
+//! - `PACKER_LOG=1` on retries, and on every attempt with `debug #true` or `kiln build --debug`.
 //!
-//! A local checkout is never modified: each node stages a copy of its `images/capi`.
+//! A local checkout is never modified: each node stages a copy of its `images/capi`. In a
+//! container, a shipped directory is merged with the image's own (copied out of the image) and
+//! the merged copy is mounted, so both engines see the same tree.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,27 +35,23 @@ pub const TEMPLATE: &str = "template.json";
 const HOME: &str = "/home/imagebuilder";
 
 fn engine(install: &Install) -> Result<Engine, StepError> {
-    install.engine().ok_or_else(|| {
-        StepError::Failed(
-            "image-builder is not set up: give `tool \"image-builder\" …` a source=\"PATH\" (a checkout of kubernetes-sigs/image-builder) or an image=\"REF@sha256:…\"".into(),
-        )
-    })
+    install
+        .engine()
+        .ok_or_else(|| StepError::Failed(imagebuilder::NOT_SET_UP.into()))
 }
 
 fn source(install: &Install) -> Result<&Path, StepError> {
-    install.source.as_deref().ok_or_else(|| {
-        StepError::Failed(
-            "engine \"make\" needs `source=\"PATH\"` on `tool \"image-builder\"`: a checkout of kubernetes-sigs/image-builder".into(),
-        )
-    })
+    install
+        .source
+        .as_deref()
+        .ok_or_else(|| StepError::Failed(imagebuilder::NO_SOURCE.into()))
 }
 
 fn image(install: &Install) -> Result<&str, StepError> {
-    install.image.as_deref().ok_or_else(|| {
-        StepError::Failed(
-            "engines \"docker\" and \"podman\" need `image=\"REF@sha256:…\"` on `tool \"image-builder\"`".into(),
-        )
-    })
+    install
+        .image
+        .as_deref()
+        .ok_or_else(|| StepError::Failed(imagebuilder::NO_IMAGE.into()))
 }
 
 fn param(ctx: &StepCtx, name: &str) -> Result<String, StepError> {
@@ -78,39 +78,9 @@ pub async fn patch(ctx: &StepCtx) -> Result<StepOutput, StepError> {
                 ))
             })?
         }
-        e @ (Engine::Docker | Engine::Podman) => {
-            let image = image(install)?;
-            let bin = e.as_str().to_string();
-            let name = format!(
-                "kiln-{}-{}-{}",
-                ctx.node.key.short(),
-                std::process::id(),
-                ctx.attempt
-            );
+        Engine::Docker | Engine::Podman => {
             let stock = ctx.work.join("stock.json");
-            let sp = &ctx.spawner;
-            let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-            sp.run(
-                &argv(&[&bin, "create", "--name", &name, image]),
-                &[],
-                &ctx.work,
-            )
-            .await?;
-            let copied = sp
-                .run(
-                    &argv(&[
-                        &bin,
-                        "cp",
-                        &format!("{name}:{HOME}/{template}"),
-                        &stock.to_string_lossy(),
-                    ]),
-                    &[],
-                    &ctx.work,
-                )
-                .await;
-            let removed = sp.run(&argv(&[&bin, "rm", &name]), &[], &ctx.work).await;
-            copied?;
-            removed?;
+            copy_out_of_image(ctx, install, &[(template.clone(), stock.clone())], true).await?;
             std::fs::read_to_string(&stock).map_err(io_err("reading the template"))?
         }
     };
@@ -152,12 +122,13 @@ pub fn var_file(node: &Node) -> BTreeMap<String, String> {
     node.recipe
         .vars
         .iter()
-        .filter(|(k, _)| !k.starts_with(FLAG_PREFIX))
+        .filter(|(k, _)| !k.starts_with(FLAG_PREFIX) && !k.starts_with(imagebuilder::ENV_PREFIX))
         .map(|(k, v)| (k.clone(), v.render()))
         .collect()
 }
 
-/// `PACKER_FLAGS`: `-var 'NAME=VALUE'` for every `flag=#true` variable.
+/// `PACKER_FLAGS`: `-var 'NAME=VALUE'` for every `flag=#true` variable, quoted for the shell
+/// and escaped for make, which both read it before packer does.
 pub fn packer_flags(node: &Node) -> String {
     node.recipe
         .vars
@@ -166,7 +137,7 @@ pub fn packer_flags(node: &Node) -> String {
             let name = k.strip_prefix(FLAG_PREFIX)?;
             Some(format!(
                 "-var {}",
-                shell_quote(&format!("{name}={}", v.render()))
+                imagebuilder::escape_for_make(&shell_quote(&format!("{name}={}", v.render())))
             ))
         })
         .collect::<Vec<_>>()
@@ -182,9 +153,15 @@ pub struct Invocation {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub secrets: Vec<String>,
+    /// Variables taken out of the environment the command inherits: the secrets (names and
+    /// sources) of the config that are not this step's.
+    pub withheld: Vec<String>,
     pub vars: BTreeMap<String, String>,
     /// (file on this machine, where the build sees it).
     pub files: Vec<(PathBuf, String)>,
+    /// In a container: each shipped directory, merged with the image's own under
+    /// `<work>/stage/<to>` before the run, and mounted from there.
+    pub merged: Vec<String>,
     pub container: bool,
     /// What a successful build must leave behind.
     pub produces: Produces,
@@ -237,11 +214,13 @@ pub fn invocation(
         disk: build && dir.is_some_and(|(_, dir)| dir == "qemu"),
     };
     // Where packer's manifest post-processor writes, for templates that have one.
+    // A manifest_output the config sets is read where it says (relative to the tree packer
+    // runs in); a build must leave it either way.
     if let Some((data, dir)) = dir
         && data.declares(dir, "manifest_output")
-        && !vars.contains_key("manifest_output")
     {
-        vars.insert("manifest_output".into(), format!("{inside}/manifest.json"));
+        vars.entry("manifest_output".into())
+            .or_insert_with(|| format!("{inside}/manifest.json"));
         produces.manifest = build;
     }
     let mut env: Vec<(String, String)> =
@@ -250,16 +229,29 @@ pub fn invocation(
     if !flags.is_empty() {
         env.push(("PACKER_FLAGS".into(), flags));
     }
-    if attempt > 1
+    env.push(("IB_VERSION".into(), imagebuilder::ib_version(version)));
+    env.extend(imagebuilder::plain_env(node));
+    if super::debug_on(node, attempt)
         && let Some((k, v)) = DEBUG_ENV.split_once('=')
     {
         env.push((k.into(), v.into()));
     }
     let secrets: Vec<String> = node.secrets.iter().map(|s| s.name.clone()).collect();
+    let withheld: Vec<String> = install
+        .withheld
+        .iter()
+        .filter(|w| !secrets.contains(w))
+        .cloned()
+        .collect();
+    let mut merged = Vec::new();
     let mut files: Vec<(PathBuf, String)> =
         vec![(kiln.join("vars.json"), format!("{inside}/vars.json"))];
     let ships = node.recipe.files.iter().filter_map(|f| match &f.role {
-        FileRole::Ship { to } => Some((f.path.clone(), to.trim_end_matches('/').to_string())),
+        FileRole::Ship { to } => Some((
+            f.path.clone(),
+            to.trim_end_matches('/').to_string(),
+            f.is_dir(),
+        )),
         FileRole::Patch(_) => None,
     });
     let argv = if container {
@@ -277,7 +269,15 @@ pub fn invocation(
         if let Some(rel) = template_rel {
             mounts.push((kiln.join("packer.json"), rel.to_string(), true));
         }
-        mounts.extend(ships.map(|(from, to)| (from, to, true)));
+        for (from, to, is_dir) in ships {
+            if is_dir {
+                // Merged with the image's directory of that name, as `make` merges it.
+                merged.push(to.clone());
+                mounts.push((work.join("stage").join(&to), to, true));
+            } else {
+                mounts.push((from, to, true));
+            }
+        }
         for (from, to, ro) in &mounts {
             let ro = if *ro { ":ro" } else { "" };
             argv.extend([
@@ -298,7 +298,9 @@ pub fn invocation(
                 capi.join(rel).to_string_lossy().into_owned(),
             ));
         }
-        files.extend(ships.map(|(from, to)| (from, capi.join(to).to_string_lossy().into_owned())));
+        files.extend(
+            ships.map(|(from, to, _)| (from, capi.join(to).to_string_lossy().into_owned())),
+        );
         vec![
             "make".into(),
             "-C".into(),
@@ -310,11 +312,108 @@ pub fn invocation(
         argv,
         env,
         secrets,
+        withheld,
         vars,
         files,
+        merged,
         container,
         produces,
     })
+}
+
+/// Copies files or directories out of the container image: (path under images/capi, where to).
+/// One container is created for all of them and removed afterwards.
+async fn copy_out_of_image(
+    ctx: &StepCtx,
+    install: &Install,
+    paths: &[(String, PathBuf)],
+    required: bool,
+) -> Result<Vec<bool>, StepError> {
+    let image = image(install)?;
+    let bin = engine(install)?.as_str().to_string();
+    let name = format!(
+        "kiln-{}-{}-{}",
+        ctx.node.key.short(),
+        std::process::id(),
+        ctx.attempt
+    );
+    let sp = &ctx.spawner;
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    sp.run(
+        &argv(&[&bin, "create", "--name", &name, image]),
+        &[],
+        &ctx.work,
+    )
+    .await?;
+    let mut copied = Vec::new();
+    let mut first_err = None;
+    for (inside, dest) in paths {
+        let r = sp
+            .run(
+                &argv(&[
+                    &bin,
+                    "cp",
+                    &format!("{name}:{HOME}/{inside}"),
+                    &dest.to_string_lossy(),
+                ]),
+                &[],
+                &ctx.work,
+            )
+            .await;
+        match r {
+            Ok(()) => copied.push(true),
+            Err(e) => {
+                copied.push(false);
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    let removed = sp.run(&argv(&[&bin, "rm", &name]), &[], &ctx.work).await;
+    removed?;
+    // The stock template must be there; a shipped directory may be new.
+    if required && let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok(copied)
+}
+
+/// In a container: each shipped directory `to` becomes `<work>/stage/<to>`, the image's own
+/// directory of that name with the shipped files copied over it (what `make` sees in its
+/// staged checkout), and that is what is mounted.
+async fn stage_merged(
+    ctx: &StepCtx,
+    install: &Install,
+    merged: &[String],
+) -> Result<(), StepError> {
+    if merged.is_empty() {
+        return Ok(());
+    }
+    let stage = ctx.work.join("stage");
+    let mut paths = Vec::new();
+    for to in merged {
+        super::command::confined(to, "a shipped file's to=")?;
+        let dest = stage.join(to);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("staging shipped directories"))?;
+        }
+        paths.push((to.clone(), dest));
+    }
+    let copied = copy_out_of_image(ctx, install, &paths, false).await?;
+    for ((to, dest), had) in paths.iter().zip(copied) {
+        if !had {
+            ctx.spawner.log.line(&format!(
+                "{to} is not in the image: the shipped files alone are mounted there"
+            ));
+        }
+        for f in ctx.node.recipe.files.iter() {
+            if let FileRole::Ship { to: t } = &f.role
+                && t.trim_end_matches('/') == to
+            {
+                copy_into(&f.path, dest).map_err(io_err("staging shipped directories"))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `template-patch` output upstream, with the template path it replaces.
@@ -359,7 +458,10 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
             std::fs::copy(path, kiln.join("packer.json"))
                 .map_err(io_err("staging the patched template"))?;
         }
-        ctx.spawner.run(&inv.argv, &ctx.secrets, &ctx.work).await?;
+        stage_merged(ctx, install, &inv.merged).await?;
+        ctx.spawner
+            .run_without(&inv.argv, &ctx.secrets, &inv.withheld, &ctx.work)
+            .await?;
         output_dir
     } else {
         let src = source(install)?.join("images/capi");
@@ -382,14 +484,24 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         }
         let mut env = inv.env.clone();
         env.extend(ctx.secrets.iter().cloned());
-        ctx.spawner.run(&inv.argv, &env, &ctx.work).await?;
+        ctx.spawner
+            .run_without(&inv.argv, &env, &inv.withheld, &ctx.work)
+            .await?;
         capi.join("output")
     };
     let mut out = StepOutput::default();
     if ctx.node.step != StepKind::Build {
         return Ok(out);
     }
-    let manifest = kiln.join("manifest.json");
+    let base = if inv.container {
+        ctx.work.clone()
+    } else {
+        ctx.work.join("capi")
+    };
+    let manifest = match inv.vars.get("manifest_output") {
+        Some(m) => on_host(&base, &ctx.work, inv.container, m),
+        None => kiln.join("manifest.json"),
+    };
     if manifest.is_file() {
         let text = std::fs::read_to_string(&manifest).map_err(io_err("reading manifest.json"))?;
         out.facts =
@@ -409,11 +521,6 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         .get("kubernetes_semver")
         .cloned()
         .unwrap_or_default();
-    let base = if inv.container {
-        ctx.work.clone()
-    } else {
-        ctx.work.join("capi")
-    };
     match disk_image(&base, &output_dir, &inv.vars, &semver) {
         Ok((rel, path)) => {
             out.facts.insert("image".into(), rel);
@@ -430,6 +537,16 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         ctx.spawner.log.line(&format!("fact {k}={v}"));
     }
     Ok(out)
+}
+
+/// Where a path packer was given is on this machine: relative to the tree packer runs in
+/// (`base`), or, in a container, under `/home/imagebuilder` (whose `kiln/` and `output/` are the
+/// work directory's).
+fn on_host(base: &Path, work: &Path, container: bool, path: &str) -> PathBuf {
+    match path.strip_prefix(HOME) {
+        Some(rest) if container => work.join(rest.trim_start_matches('/')),
+        _ => base.join(path.trim_start_matches("./")),
+    }
 }
 
 /// A qemu build's disk image, where packer writes it: `<output_directory>/<vm_name>` when the

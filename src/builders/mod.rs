@@ -8,6 +8,7 @@ mod gcp_image;
 mod hcloud;
 pub mod image_builder;
 mod local;
+pub mod preflight;
 mod upload;
 
 use std::collections::BTreeMap;
@@ -42,8 +43,9 @@ pub struct StepCtx {
 }
 
 impl StepCtx {
-    pub fn is_retry(&self) -> bool {
-        self.attempt > 1
+    /// Whether this attempt runs with the step's debug settings (see [`debug_on`]).
+    pub fn debug(&self) -> bool {
+        debug_on(&self.node, self.attempt)
     }
 
     /// The stored file of an upstream output, by output name, verified: the blob itself, for
@@ -168,6 +170,12 @@ pub fn debug_settings(node: &Node) -> Vec<String> {
         BuilderKind::ImageBuilder => vec![image_builder::DEBUG_ENV.to_string()],
         _ => Vec::new(),
     }
+}
+
+/// Whether an attempt runs with the node's debug settings: every retry, and every attempt of a
+/// node with `debug #true` (or of any node under `kiln build --debug`).
+pub fn debug_on(node: &Node, attempt: u32) -> bool {
+    attempt > 1 || node.policy.debug == Some(true)
 }
 
 /// Whether a builder's results are claims about something outside kiln, checked by a refresh.

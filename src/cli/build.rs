@@ -44,6 +44,10 @@ pub struct BuildArgs {
     /// outcome (errors too are JSON); progress stays on stderr.
     #[arg(long)]
     pub json: bool,
+    /// Run every attempt of every node with its debug settings (`PACKER_LOG=1` for
+    /// image-builder), not only retries.
+    #[arg(long)]
+    pub debug: bool,
     /// Execute exactly this saved plan (`kiln plan -o FILE`); refuse if anything changed since.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["force", "matrix", "kubernetes", "provider", "os", "cell"])]
     pub plan: Option<std::path::PathBuf>,
@@ -123,7 +127,9 @@ pub(super) struct Run {
 /// Runs `plan` on the executor and prints the summary (and, in GitHub Actions, the
 /// annotations and job summary). Returns the report; the caller turns it into an exit code
 /// with [`exit`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn execute(
+    cli: &Cli,
     loaded: &Loaded,
     graph: &Graph,
     plan: &Plan,
@@ -133,6 +139,16 @@ pub(super) fn execute(
     run: &Run,
 ) -> Result<BuildReport, CliError> {
     let store = &cache.store;
+    // Nothing starts while a prerequisite of what will run is missing.
+    let install = super::preflight::install(cli, &loaded.config);
+    super::preflight::run(
+        graph
+            .order()
+            .into_iter()
+            .filter(|ix| plan.action(*ix).will_run())
+            .map(|ix| graph.node(ix)),
+        &install,
+    )?;
     let jobs = run
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -150,7 +166,7 @@ pub(super) fn execute(
             plan.actions.iter().filter(|a| a.will_run()).count(),
             super::settings::colors().stderr,
         ),
-        image_builder: crate::imagebuilder::Install::from_config(&loaded.config),
+        image_builder: install,
         remote: remote.clone(),
     };
     let report = runtime.block_on(exec::execute(
@@ -217,7 +233,10 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
     };
     let loaded = context::load(&cli.file, &select, true)?;
     let cache = lock_cache(cli, &loaded, args.no_wait)?;
-    let graph = context::lower(&loaded, Some(&cache.dir))?;
+    let mut graph = context::lower(&loaded, Some(&cache.dir))?;
+    if args.debug {
+        graph.debug_every_attempt();
+    }
     let remote = super::remote::open(cli, &loaded.config)?;
     let forced: BTreeSet<String> = match &saved {
         Some(s) => s.forced.iter().cloned().collect(),
@@ -234,6 +253,6 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         json: args.json,
         write_pack: true,
     };
-    let report = execute(&loaded, &graph, &plan, &cache, &remote, &view, &run)?;
+    let report = execute(cli, &loaded, &graph, &plan, &cache, &remote, &view, &run)?;
     exit(&report)
 }

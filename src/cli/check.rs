@@ -1,15 +1,22 @@
 //! `kiln check`: load, expand and lower everything; report problems or a one-line summary.
 
-use std::path::Path;
+use super::{Cli, CliError, Select, context};
 
-use super::{CliError, Select, context};
-
-pub fn run(file: &Path, json: bool) -> Result<(), CliError> {
-    let (loaded, warnings) = context::load_with_warnings(file, &Select::default(), true)?;
+pub fn run(cli: &Cli, json: bool, build: bool) -> Result<(), CliError> {
+    let file = &cli.file;
+    let (loaded, mut warnings) = context::load_with_warnings(file, &Select::default(), true)?;
+    let graph = context::lower(&loaded, None)?;
+    warnings
+        .0
+        .extend(crate::imagebuilder::lookups::warnings(&loaded.config, &graph).0);
     if !json && !warnings.0.is_empty() {
         super::report::print_diags(&warnings);
     }
-    let graph = context::lower(&loaded, None)?;
+    if build {
+        let install = super::preflight::install(cli, &loaded.config);
+        let nodes = graph.order().into_iter().map(|ix| graph.node(ix));
+        super::preflight::run(nodes, &install)?;
+    }
     let c = &loaded.config;
     if json {
         let warnings: Vec<serde_json::Value> = warnings

@@ -24,10 +24,11 @@ pub fn run(cli: &Cli, id: &str, json: bool) -> Result<(), CliError> {
         )));
     };
     let view = StoreView::open(dir, &graph, super::remote::open(cli, &loaded.config)?)?;
+    let install = super::preflight::install(cli, &loaded.config);
     let plan = plan::plan(&graph, &view, &BTreeSet::new());
     let n = graph.node(ix);
     if json {
-        println!("{}", explain_json(&graph, ix, &plan, &view, &loaded.config));
+        println!("{}", explain_json(&graph, ix, &plan, &view, &install));
         return Ok(());
     }
     let mut out = String::new();
@@ -66,7 +67,7 @@ pub fn run(cli: &Cli, id: &str, json: bool) -> Result<(), CliError> {
         );
     }
     if n.builder == crate::config::BuilderKind::ImageBuilder {
-        describe_invocation(&graph, ix, &loaded.config, &mut out);
+        describe_invocation(&graph, ix, &install, &mut out);
     }
     out.push_str("inputs\n");
     let manifest = n.manifest_labels();
@@ -105,7 +106,7 @@ fn explain_json(
     ix: petgraph::graph::NodeIndex,
     plan: &plan::Plan,
     view: &StoreView,
-    config: &crate::config::Config,
+    install: &crate::imagebuilder::Install,
 ) -> serde_json::Value {
     let n = graph.node(ix);
     let deps: Vec<serde_json::Value> = graph
@@ -142,7 +143,7 @@ fn explain_json(
         "last_key": view.last(&n.id).map(|l| l.key),
     });
     if n.builder == crate::config::BuilderKind::ImageBuilder {
-        v["invocation"] = match image_builder_invocation(graph, ix, config) {
+        v["invocation"] = match image_builder_invocation(graph, ix, install) {
             Ok(inv) => serde_json::json!({
                 "argv": inv.argv,
                 "env": inv.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
@@ -166,7 +167,7 @@ fn explain_json(
 fn image_builder_invocation(
     graph: &crate::graph::Graph,
     ix: petgraph::graph::NodeIndex,
-    config: &crate::config::Config,
+    install: &crate::imagebuilder::Install,
 ) -> Result<crate::builders::image_builder::Invocation, crate::exec::process::StepError> {
     use crate::builders::image_builder::invocation;
     let n = graph.node(ix);
@@ -184,10 +185,9 @@ fn image_builder_invocation(
         }
         upstream.extend(graph.deps(d));
     }
-    let install = crate::imagebuilder::Install::from_config(config);
     invocation(
         n,
-        &install,
+        install,
         std::path::Path::new("<work>"),
         template.as_deref(),
         1,
@@ -198,10 +198,10 @@ fn image_builder_invocation(
 fn describe_invocation(
     graph: &crate::graph::Graph,
     ix: petgraph::graph::NodeIndex,
-    config: &crate::config::Config,
+    install: &crate::imagebuilder::Install,
     out: &mut String,
 ) {
-    match image_builder_invocation(graph, ix, config) {
+    match image_builder_invocation(graph, ix, install) {
         Ok(inv) => {
             out.push_str(&format!("command   {}\n", inv.argv.join(" ")));
             for (k, v) in &inv.env {
@@ -210,7 +210,9 @@ fn describe_invocation(
             for name in &inv.secrets {
                 out.push_str(&format!("env       {name}=*** (secret)\n"));
             }
-            out.push_str("env       PACKER_LOG=1 (on retries)\n");
+            if !inv.env.iter().any(|(k, _)| k == "PACKER_LOG") {
+                out.push_str("env       PACKER_LOG=1 (on retries)\n");
+            }
             for (from, to) in &inv.files {
                 out.push_str(&format!("file      {} → {to}\n", from.display()));
             }

@@ -55,7 +55,7 @@ impl Provider {
                 "// Images and their .sha256 land in images/ beside this file.\nprovider \"local\" {\n    bucket \"file://images\"\n}\n"
             }
             Provider::Aws => {
-                "// AMIs are copied to these regions and made public.\nprovider \"aws\" {\n    regions \"us-east-1\" \"eu-central-1\"\n    secret \"AWS_ACCESS_KEY_ID\"\n    secret \"AWS_SECRET_ACCESS_KEY\"\n}\n"
+                "// AMIs are copied to these regions and made public.\nprovider \"aws\" {\n    regions \"us-east-1\" \"eu-central-1\"\n    env \"FLATCAR_VERSION\" \"4152.2.3\" // Flatcar's release, else looked up at build time\n    secret \"AWS_ACCESS_KEY_ID\"\n    secret \"AWS_SECRET_ACCESS_KEY\"\n}\n"
             }
             Provider::Gcp => {
                 "// Images are shared with all authenticated users.\nprovider \"gcp\" {\n    project \"my-gcp-project\"\n    secret \"GOOGLE_APPLICATION_CREDENTIALS_JSON\" env=\"GCP_SERVICE_ACCOUNT_JSON\"\n}\n"

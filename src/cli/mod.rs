@@ -12,6 +12,7 @@ mod images;
 mod init;
 mod matrix;
 mod plan;
+mod preflight;
 mod refresh;
 mod remote;
 mod render;
@@ -82,6 +83,15 @@ pub struct Cli {
         value_name = "WHEN"
     )]
     pub color: settings::ColorChoice,
+    /// A checkout of kubernetes-sigs/image-builder (the directory holding `images/capi`) to
+    /// run image-builder steps with, over the config's `source=` (default:
+    /// KILN_IMAGE_BUILDER_SOURCE). In no key.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub image_builder_source: Option<PathBuf>,
+    /// image-builder's container image (`REF@sha256:…`) to run image-builder steps with, over
+    /// the config's `image=` (default: KILN_IMAGE_BUILDER_IMAGE). In no key.
+    #[arg(long, global = true, value_name = "REF")]
+    pub image_builder_image: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -93,6 +103,10 @@ pub enum Command {
         /// Print `{file, files, matrices, cells, nodes, warnings}`; errors as JSON objects.
         #[arg(long)]
         json: bool,
+        /// Also run a build's preflight for every node: secrets present, image-builder's
+        /// checkout or image set, the programs each step runs on PATH.
+        #[arg(long)]
+        build: bool,
     },
     /// Print the expanded matrix cells.
     Matrix {
@@ -228,7 +242,7 @@ impl Command {
     /// Whether the command was asked for JSON: then its errors are JSON too.
     pub fn json(&self) -> bool {
         match self {
-            Command::Check { json }
+            Command::Check { json, .. }
             | Command::Images { json, .. }
             | Command::Explain { json, .. }
             | Command::Logs { json, .. } => *json,
@@ -339,7 +353,7 @@ fn print_clap(e: &clap::Error) {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Check { json } => check::run(&cli.file, json),
+        Command::Check { json, build } => check::run(&cli, json, build),
         Command::Matrix {
             ref select,
             json,

@@ -87,7 +87,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), CliError> {
         json: args.json,
         write_pack: false,
     };
-    let report = build::execute(&loaded, &graph, &plan, &cache, &remote, &view, &run)?;
+    let report = build::execute(cli, &loaded, &graph, &plan, &cache, &remote, &view, &run)?;
     build::exit(&report)?;
     // The tasks after this one read its result from the remote: it must be there.
     let Some(remote) = remote.clone().filter(|r| r.writes()) else {

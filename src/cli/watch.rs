@@ -75,6 +75,7 @@ fn round(cli: &Cli) -> Result<(), CliError> {
         progress: super::settings::ProgressChoice::Plain,
         json: false,
         plan: None,
+        debug: false,
     };
     super::build::run(cli, &build)
 }

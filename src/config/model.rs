@@ -219,6 +219,10 @@ pub struct Policy {
     pub limit: Option<u32>,
     pub retries: Option<u32>,
     pub timeout: Option<Duration>,
+    /// `debug #true`: every attempt runs with the step's debug settings (`PACKER_LOG=1`), not
+    /// only retries.
+    #[serde(default)]
+    pub debug: Option<bool>,
 }
 
 impl Policy {
@@ -228,6 +232,7 @@ impl Policy {
             limit: other.limit.or(self.limit),
             retries: other.retries.or(self.retries),
             timeout: other.timeout.or(self.timeout),
+            debug: other.debug.or(self.debug),
         }
     }
 }
@@ -330,6 +335,9 @@ pub struct StepDecl {
     /// Which provider inputs the step takes (default: what its builder takes).
     pub consumes: Consumes,
     pub params: BTreeMap<String, Spanned<Value>>,
+    /// `secrets "NAME" …`: the provider's secrets this step is given (default: the builder's,
+    /// see [`crate::config::step::BuilderKind::default_secrets`]).
+    pub secrets: Option<Vec<String>>,
     pub policy: Policy,
     pub loc: Loc,
 }

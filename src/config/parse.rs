@@ -317,8 +317,8 @@ pub fn matrix(r: &mut Reader, node: &KdlNode) -> Option<MatrixDecl> {
     })
 }
 
-const OVERLAY_NODES: [&str; 8] = [
-    "var", "patch", "ship", "secret", "limit", "retries", "timeout", "override",
+const OVERLAY_NODES: [&str; 10] = [
+    "var", "env", "patch", "ship", "secret", "limit", "retries", "timeout", "debug", "override",
 ];
 
 fn policy_node(r: &mut Reader, node: &KdlNode, policy: &mut Policy) {
@@ -331,8 +331,47 @@ fn policy_node(r: &mut Reader, node: &KdlNode, policy: &mut Policy) {
     match n {
         "limit" => policy.limit = r.limit(e).or(policy.limit),
         "retries" => policy.retries = r.u32(e, "retries").or(policy.retries),
+        "debug" => policy.debug = r.bool(e, "debug").or(policy.debug),
         _ => policy.timeout = r.duration(e, "timeout").or(policy.timeout),
     }
+}
+
+/// `env "NAME" "VALUE"`: a plain, non-secret environment variable of the steps, part of their
+/// key. Stored among the variables under [`crate::imagebuilder::ENV_PREFIX`].
+fn env(r: &mut Reader, node: &KdlNode, vars: &mut BTreeMap<String, Spanned<Value>>) {
+    r.check_shape(node, &[], false);
+    let entries: Vec<_> = args(node).collect();
+    let [n, v] = entries.as_slice() else {
+        r.error_at(
+            r.node_loc(node),
+            "kiln::config::missing",
+            "`env` takes a name and a value".into(),
+            "expected `env \"NAME\" \"VALUE\"`",
+            "write e.g. `env \"FLATCAR_VERSION\" \"4152.2.3\"`; a secret goes in `secret`".into(),
+        );
+        return;
+    };
+    let (Some(ename), Some(value)) = (
+        r.string(n, "an environment variable name"),
+        r.string(v, "an environment variable's value"),
+    ) else {
+        return;
+    };
+    if let Err(why) = crate::imagebuilder::check_env_name(&ename.value) {
+        r.error_at(
+            ename.loc,
+            "kiln::config::env",
+            format!("`env \"{}\"`: {why}", ename.value),
+            "not an environment variable kiln can set",
+            "name a variable of letters, digits and `_` that kiln does not set itself".into(),
+        );
+        return;
+    }
+    let key = format!("{}{}", crate::imagebuilder::ENV_PREFIX, ename.value);
+    if let Some(prev) = vars.get(&key) {
+        r.duplicate(&format!("`env \"{}\"`", ename.value), prev.loc, ename.loc);
+    }
+    vars.insert(key, Spanned::new(Value::Str(value.value), value.loc));
 }
 
 /// `var "NAME" VALUE… [flag=#true]`. A flag variable goes on packer's command line
@@ -407,7 +446,8 @@ pub fn overlay<'n>(
     for node in nodes {
         match name(node) {
             "var" => var(r, node, &mut out.vars),
-            "limit" | "retries" | "timeout" => policy_node(r, node, &mut out.policy),
+            "env" => env(r, node, &mut out.vars),
+            "limit" | "retries" | "timeout" | "debug" => policy_node(r, node, &mut out.policy),
             "patch" => {
                 r.check_shape(node, &["op"], false);
                 let Some(file) = r.single_string(node, "a patch file") else {
@@ -662,7 +702,7 @@ fn param_value(r: &mut Reader, node: &KdlNode, ty: ParamType) -> Option<Spanned<
 fn step(r: &mut Reader, node: &KdlNode) -> Option<StepDecl> {
     r.check_shape(
         node,
-        &["builder", "retries", "timeout", "limit", "inputs"],
+        &["builder", "retries", "timeout", "limit", "debug", "inputs"],
         true,
     );
     let kind_s = r.single_string(node, "a step kind")?;
@@ -711,6 +751,9 @@ fn step(r: &mut Reader, node: &KdlNode) -> Option<StepDecl> {
     if let Some(e) = node.entry("timeout") {
         policy.timeout = r.duration(e, "timeout");
     }
+    if let Some(e) = node.entry("debug") {
+        policy.debug = r.bool(e, "debug");
+    }
     let mut consumes = builder.consumes();
     if let Some(e) = node.entry("inputs") {
         let s = r.string(e, "inputs")?;
@@ -740,11 +783,36 @@ fn step(r: &mut Reader, node: &KdlNode) -> Option<StepDecl> {
     }
     let specs = builder.params();
     let mut params = BTreeMap::new();
+    let mut secrets: Option<Vec<String>> = None;
     for child in children(node) {
-        r.check_shape(child, &[], false);
         let pn = name(child);
+        // Not parameters: what every step may say about how it runs.
+        match pn {
+            "env" => {
+                env(r, child, &mut params);
+                continue;
+            }
+            "debug" => {
+                policy_node(r, child, &mut policy);
+                continue;
+            }
+            "secrets" => {
+                r.check_shape(child, &[], false);
+                let mut names = Vec::new();
+                for e in args(child) {
+                    if let Some(n) = r.string(e, "a secret name") {
+                        names.push(n.value);
+                    }
+                }
+                secrets = Some(names);
+                continue;
+            }
+            _ => {}
+        }
+        r.check_shape(child, &[], false);
         let Some(spec) = specs.iter().find(|s| s.name == pn) else {
-            let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+            let mut names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+            names.extend(["env", "debug", "secrets"]);
             r.unknown_node(child, &format!("a `{builder}` step"), &names);
             continue;
         };
@@ -772,6 +840,7 @@ fn step(r: &mut Reader, node: &KdlNode) -> Option<StepDecl> {
         builder,
         consumes,
         params,
+        secrets,
         policy,
         loc: kind_s.loc,
     })
@@ -792,7 +861,8 @@ pub fn module(r: &mut Reader, node: &KdlNode) -> Option<Module> {
     for child in children(node) {
         match name(child) {
             "var" => var(r, child, &mut m.vars),
-            "limit" | "retries" | "timeout" => policy_node(r, child, &mut m.policy),
+            "env" => env(r, child, &mut m.vars),
+            "limit" | "retries" | "timeout" | "debug" => policy_node(r, child, &mut m.policy),
             "setting" => {
                 r.check_shape(child, &["required", "default"], false);
                 let Some(sname) = r.single_string(child, "a setting name") else {
@@ -831,7 +901,9 @@ pub fn module(r: &mut Reader, node: &KdlNode) -> Option<Module> {
             _ => r.unknown_node(
                 child,
                 "a `module` block",
-                &["setting", "var", "step", "limit", "retries", "timeout"],
+                &[
+                    "setting", "var", "env", "step", "limit", "retries", "timeout", "debug",
+                ],
             ),
         }
     }

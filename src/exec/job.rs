@@ -61,6 +61,11 @@ pub(super) fn secret_values(node: &Node) -> Result<Vec<(String, String)>, String
     node.secrets.iter().map(secret_value).collect()
 }
 
+/// Why a secret cannot be had (its variable is unset or empty, its file unreadable), if so.
+pub fn secret_problem(s: &crate::config::Secret) -> Option<String> {
+    secret_value(s).err()
+}
+
 /// The secrets of the node that can be had: a refresh that needs a missing one says so itself
 /// (a `file://` bucket needs none).
 pub fn available_secrets(node: &Node) -> Vec<(String, String)> {

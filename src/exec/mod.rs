@@ -27,7 +27,7 @@ use crate::plan::Plan;
 use crate::store::{ActionResult, LocalStore, Record, now_unix_ms};
 use commit::Committer;
 use job::{Job, JobOutcome, Shared, StepSlot, run_job};
-pub use job::{available_secrets, log_path};
+pub use job::{available_secrets, log_path, secret_problem};
 use process::ProcTable;
 pub use progress::{Progress, View};
 pub use report::{

@@ -120,6 +120,18 @@ impl Spawner {
         env: &[(String, String)],
         cwd: &Path,
     ) -> Result<(), StepError> {
+        self.run_without(argv, env, &[], cwd).await
+    }
+
+    /// [`Spawner::run`], with the variables `remove` taken out of the environment the program
+    /// inherits (before `env` is added): secrets meant for other steps.
+    pub async fn run_without(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        remove: &[String],
+        cwd: &Path,
+    ) -> Result<(), StepError> {
         let Some((program, args)) = argv.split_first() else {
             return Err(StepError::Failed("empty command".into()));
         };
@@ -148,13 +160,16 @@ impl Spawner {
             &at,
             args.iter().map(OsStr::new),
         ))
-        .current_dir(cwd)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .current_dir(cwd);
+        for k in remove {
+            cmd.env_remove(k);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| {
             StepError::Failed(format!(
                 "cannot start kiln's supervisor for `{program}`: {e}"

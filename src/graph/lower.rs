@@ -285,6 +285,7 @@ impl Ctx<'_> {
         let vars: Table = base
             .vars
             .iter()
+            .filter(|(_, v, _)| !unset_optional(v, base.module, settings))
             .map(|(k, v, loc)| {
                 (
                     k.clone(),
@@ -344,21 +345,48 @@ impl Ctx<'_> {
                     self.no_tools.clone()
                 },
             };
+            let secrets = if c.secrets {
+                let dir = self.image_builder.and_then(|d| {
+                    let target = recipe.params.get("target")?.render();
+                    d.template_dir(&target)
+                });
+                imagebuilder::step_secrets(
+                    step.builder,
+                    dir,
+                    step.secrets.as_deref(),
+                    &base.secrets,
+                )
+                .into()
+            } else {
+                Arc::from([])
+            };
             steps.push(StepPlan {
                 kind: step.kind,
                 builder: step.builder,
                 recipe_digest: recipe.digest(),
                 recipe,
-                secrets: if c.secrets {
-                    base.secrets.clone()
-                } else {
-                    Arc::from([])
-                },
+                secrets,
                 policy: base.policy.then(step.policy),
             });
         }
         CellPlan { steps, problems }
     }
+}
+
+/// Whether a variable is exactly `"{SETTING}"` for a setting of the module that has no default,
+/// is not required and is not set: such a variable is not passed at all, so image-builder's own
+/// default (or a var file the user ships) applies instead of a value kiln would invent.
+fn unset_optional(v: &Value, module: &Module, settings: &BTreeMap<String, Value>) -> bool {
+    let Value::Str(s) = v else {
+        return false;
+    };
+    let Some(name) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) else {
+        return false;
+    };
+    module
+        .settings
+        .get(name)
+        .is_some_and(|d| !d.required && d.default.is_none() && !settings.contains_key(name))
 }
 
 /// Paths a step writes or reads relative to a directory stay inside it: a `command` step's
@@ -470,7 +498,10 @@ fn check_image_builder(
         return; // no variable data for this template family: nothing to check against
     };
     for (name, _, vloc) in &base.vars {
-        if name.starts_with(imagebuilder::FLAG_PREFIX) || data.declares(dir, name) {
+        if name.starts_with(imagebuilder::FLAG_PREFIX)
+            || name.starts_with(imagebuilder::ENV_PREFIX)
+            || data.declares(dir, name)
+        {
             continue;
         }
         let help = match data.suggest_variable(dir, name) {

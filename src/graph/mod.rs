@@ -41,6 +41,14 @@ impl Graph {
         &self.g[ix]
     }
 
+    /// Every node runs with its debug settings on every attempt, not only on retries
+    /// (`kiln build --debug`). Policy, so no key changes.
+    pub fn debug_every_attempt(&mut self) {
+        for n in self.g.node_weights_mut() {
+            n.policy.debug = Some(true);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.g.node_count()
     }

@@ -2,15 +2,21 @@
 //! packer variables it declares (embedded, so checks need no I/O), JSON template patches and
 //! packer's manifest post-processor output. Pure; the runner is in `crate::builders`.
 
+mod env;
+mod install;
+pub mod lookups;
 mod manifest;
 mod patch;
+mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::LazyLock;
 
+pub use env::{ENV_PREFIX, builds_flatcar, check_env_name, escape_for_make, ib_version, plain_env};
+pub use install::{Engine, Install, NO_IMAGE, NO_SOURCE, NOT_SET_UP};
 pub use manifest::{ManifestError, manifest_facts};
 pub use patch::{PatchError, append, apply_patch, merge_patch};
+pub use secrets::step_secrets;
 
 /// The data shipped for one image-builder version.
 #[derive(Debug)]
@@ -133,67 +139,3 @@ impl Data {
 /// A variable passed on packer's command line (`-var NAME=VALUE` in PACKER_FLAGS) rather than
 /// in the var file: `var "NAME" VALUE flag=#true`. Such variables are stored under this prefix.
 pub const FLAG_PREFIX: &str = "-var ";
-
-/// How the image-builder runner reaches image-builder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    /// `make -C <source>/images/capi TARGET` in a local checkout.
-    Make,
-    Docker,
-    Podman,
-}
-
-impl Engine {
-    pub fn parse(s: &str) -> Option<Engine> {
-        match s {
-            "make" => Some(Engine::Make),
-            "docker" => Some(Engine::Docker),
-            "podman" => Some(Engine::Podman),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Make => "make",
-            Engine::Docker => "docker",
-            Engine::Podman => "podman",
-        }
-    }
-}
-
-/// Where image-builder is at run time. Not part of any key: both engines give the same result.
-#[derive(Debug, Clone, Default)]
-pub struct Install {
-    /// A checkout of kubernetes-sigs/image-builder (the directory holding `images/capi`).
-    pub source: Option<PathBuf>,
-    /// The container image, pinned by digest.
-    pub image: Option<String>,
-    /// `engine=`; by default `make` with a source, else `docker` with an image.
-    pub engine: Option<Engine>,
-}
-
-impl Install {
-    /// How the config says to run image-builder (`tool "image-builder" …`).
-    pub fn from_config(config: &crate::config::Config) -> Install {
-        config
-            .tools
-            .get("image-builder")
-            .map(|t| Install {
-                source: t.source.clone(),
-                image: t.image.clone(),
-                engine: t.engine,
-            })
-            .unwrap_or_default()
-    }
-
-    pub fn engine(&self) -> Option<Engine> {
-        self.engine.or(if self.source.is_some() {
-            Some(Engine::Make)
-        } else if self.image.is_some() {
-            Some(Engine::Docker)
-        } else {
-            None
-        })
-    }
-}

@@ -303,7 +303,7 @@ TOOL=docker
 case "$1" in
   create) exit 0;;
   rm) exit 0;;
-  cp) src="${2#*:/home/imagebuilder/}"; cp "$FAKE_IMAGE_ROOT/$src" "$3"; exit 0;;
+  cp) src="${2#*:/home/imagebuilder/}"; cp -r "$FAKE_IMAGE_ROOT/$src" "$3"; exit 0;;
   run) ;;
   *) echo "unexpected $1" >&2; exit 2;;
 esac
@@ -515,7 +515,6 @@ fn hcloud_with_a_local_checkout() {
                 ("kubernetes_semver".into(), "v1.31.4".into()),
                 ("kubernetes_series".into(), "v1.31".into()),
                 ("runc_version".into(), "1.2.3".into()),
-                ("server_type".into(), "cx22".into()),
             ])
         );
     }
@@ -599,6 +598,8 @@ fn hcloud_in_the_container_like_the_seed() {
                 "--env",
                 "PACKER_FLAGS=-var 'container_registry_url=https://harbor.example.com'",
                 "--env",
+                "IB_VERSION=v0.1.55",
+                "--env",
                 "HCLOUD_TOKEN",
                 "-v",
                 "WORK/kiln:/home/imagebuilder/kiln",
@@ -607,7 +608,7 @@ fn hcloud_in_the_container_like_the_seed() {
                 "-v",
                 "WORK/kiln/packer.json:/home/imagebuilder/packer/hcloud/packer.json:ro",
                 "-v",
-                "ROOT/config/scripts:/home/imagebuilder/packer/hcloud/scripts:ro",
+                "WORK/stage/packer/hcloud/scripts:/home/imagebuilder/packer/hcloud/scripts:ro",
                 IMAGE,
                 target,
             ]

@@ -14,6 +14,7 @@ mod hardening;
 mod image_builder;
 mod immutable;
 mod live;
+mod makefile;
 mod plan;
 mod publish;
 mod releases;
