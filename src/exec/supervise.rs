@@ -103,7 +103,8 @@ pub fn run(argv: &[OsString]) -> ! {
     let mut cmd = std::process::Command::new(program);
     cmd.arg0(arg0).args(args).process_group(0);
     // SAFETY: only async-signal-safe calls between fork and exec: the program starts with no
-    // signal blocked (std resets the mask too; this does not depend on it).
+    // signal blocked. The hook is needed: without one std spawns with `posix_spawn`, which
+    // leaves the blocked signals above blocked in the program (`SigBlk` of its status).
     unsafe {
         cmd.pre_exec(|| {
             let mut empty: libc::sigset_t = std::mem::zeroed();
