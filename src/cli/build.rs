@@ -223,6 +223,12 @@ pub(super) fn exit(report: &BuildReport) -> Result<(), CliError> {
 }
 
 pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
+    exit(&report(cli, args)?)
+}
+
+/// What `kiln build` runs before its exit code, and what `kiln serve` runs for each queued
+/// build: plan, refresh, execute, print the summary; the report.
+pub fn report(cli: &Cli, args: &BuildArgs) -> Result<BuildReport, CliError> {
     let saved = args.plan.as_deref().map(SavedPlan::read).transpose()?;
     let select = match &saved {
         Some(s) => Select {
@@ -253,6 +259,5 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), CliError> {
         json: args.json,
         write_pack: true,
     };
-    let report = execute(cli, &loaded, &graph, &plan, &cache, &remote, &view, &run)?;
-    exit(&report)
+    execute(cli, &loaded, &graph, &plan, &cache, &remote, &view, &run)
 }

@@ -12,39 +12,71 @@ use crate::store::{ClaimStatus, LocalStore};
 /// What the latest refresh found of a claim.
 #[derive(Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-enum Refresh {
+pub enum Refresh {
     Held,
     Drift,
     Unchecked,
 }
 
 #[derive(Serialize)]
-struct Entry {
-    cell: String,
+pub struct Entry {
+    pub cell: String,
     /// The cell's publish node, if its module has a publish step.
-    node: Option<String>,
+    pub node: Option<String>,
     /// The facts of that node's last result; `null` when it never ran.
-    facts: Option<BTreeMap<String, String>>,
+    pub facts: Option<BTreeMap<String, String>>,
     /// Whether that result is of the node as the config declares it now *and* its claim held at
     /// the latest refresh (`kiln plan` or `kiln build`).
-    current: bool,
+    pub current: bool,
     /// What the latest refresh found: `held`, `drift`, `unchecked`, or `null` when none was made
     /// for this result.
-    refresh: Option<Refresh>,
+    pub refresh: Option<Refresh>,
     /// When that refresh was, in milliseconds since the Unix epoch.
-    checked_unix_ms: Option<u64>,
+    pub checked_unix_ms: Option<u64>,
     /// Why the claim did not hold, or could not be checked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    problems: Vec<String>,
+    pub problems: Vec<String>,
 }
 
 pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, select, true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
-    let graph = context::lower(&loaded, Some(&dir))?;
+    let entries = catalog(&loaded, &dir)?;
+    if json {
+        let text =
+            serde_json::to_string_pretty(&entries).map_err(|e| CliError::Failed(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    let mut out = String::new();
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        match (&e.node, &e.facts) {
+            (None, _) => out.push_str(&format!("{}  (no publish step)\n", e.cell)),
+            (Some(n), None) => out.push_str(&format!("{}  {n}  not published\n", e.cell)),
+            (Some(n), Some(facts)) => {
+                out.push_str(&format!("{}  {n}  {}\n", e.cell, e.state()));
+                let width = facts.keys().map(String::len).max().unwrap_or(0);
+                for (k, v) in facts {
+                    out.push_str(&format!("  {k:width$}  {v}\n"));
+                }
+            }
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// The catalog of the selected cells: per cell, its publish node's last result and what the
+/// latest refresh found of its claim. Reads the cache at `dir`; changes nothing in it but the
+/// memos lowering keeps.
+pub fn catalog(loaded: &context::Loaded, dir: &std::path::Path) -> Result<Vec<Entry>, CliError> {
+    let graph = context::lower(loaded, Some(dir))?;
     let fail = |e: crate::store::StoreError| CliError::Failed(e.to_string());
     let store = if dir.exists() {
-        Some(LocalStore::open(&dir).map_err(fail)?)
+        Some(LocalStore::open(dir).map_err(fail)?)
     } else {
         None
     };
@@ -98,51 +130,32 @@ pub fn run(cli: &Cli, select: &Select, json: bool) -> Result<(), CliError> {
         }
         entries.push(entry);
     }
-    if json {
-        let text =
-            serde_json::to_string_pretty(&entries).map_err(|e| CliError::Failed(e.to_string()))?;
-        println!("{text}");
-        return Ok(());
-    }
-    let mut out = String::new();
-    for (i, e) in entries.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        match (&e.node, &e.facts) {
-            (None, _) => out.push_str(&format!("{}  (no publish step)\n", e.cell)),
-            (Some(n), None) => out.push_str(&format!("{}  {n}  not published\n", e.cell)),
-            (Some(n), Some(facts)) => {
-                let when = e.checked_unix_ms.map(|ms| {
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-                    )
-                });
-                let state = match (e.refresh, &when) {
-                    (Some(Refresh::Held), Some(t)) if e.current => {
-                        format!("current (verified {t})")
-                    }
-                    (Some(Refresh::Held), _) => {
-                        "published by an earlier config; `kiln plan` shows what changed".into()
-                    }
-                    (Some(Refresh::Drift), Some(t)) => format!(
-                        "NOT CURRENT: at the refresh of {t}: {}; `kiln build` publishes it again",
-                        e.problems.join("; ")
-                    ),
-                    (Some(_), Some(t)) => format!(
-                        "not verified: the refresh of {t} could not check it: {}",
-                        e.problems.join("; ")
-                    ),
-                    _ => "not verified: never refreshed; run `kiln plan`".into(),
-                };
-                out.push_str(&format!("{}  {n}  {state}\n", e.cell));
-                let width = facts.keys().map(String::len).max().unwrap_or(0);
-                for (k, v) in facts {
-                    out.push_str(&format!("  {k:width$}  {v}\n"));
-                }
+    Ok(entries)
+}
+
+impl Entry {
+    /// What `kiln images` says of a published image: current (verified when), drifted, or why
+    /// it is not verified.
+    pub fn state(&self) -> String {
+        let when = self.checked_unix_ms.map(|ms| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+        });
+        match (self.refresh, &when) {
+            (Some(Refresh::Held), Some(t)) if self.current => format!("current (verified {t})"),
+            (Some(Refresh::Held), _) => {
+                "published by an earlier config; `kiln plan` shows what changed".into()
             }
+            (Some(Refresh::Drift), Some(t)) => format!(
+                "NOT CURRENT: at the refresh of {t}: {}; `kiln build` publishes it again",
+                self.problems.join("; ")
+            ),
+            (Some(_), Some(t)) => format!(
+                "not verified: the refresh of {t} could not check it: {}",
+                self.problems.join("; ")
+            ),
+            _ => "not verified: never refreshed; run `kiln plan`".into(),
         }
     }
-    print!("{out}");
-    Ok(())
 }

@@ -18,6 +18,7 @@ mod remote;
 mod render;
 mod report;
 mod run;
+mod serve;
 mod settings;
 mod share;
 mod update;
@@ -183,6 +184,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve build requests over HTTP: the seeds' payload at POST /v1/builds, GitHub release
+    /// webhooks at POST /v1/github; a durable queue, one worker, a status page at /.
+    #[command(after_help = "Examples:
+  KILN_WEBHOOK_SECRET=… kiln serve --listen 0.0.0.0:8080
+  KILN_API_TOKEN=… kiln serve -j 2
+
+Every POST is authenticated: X-Hub-Signature-256 (HMAC-SHA256 of the body with
+KILN_WEBHOOK_SECRET) or Authorization: Bearer KILN_API_TOKEN.")]
+    Serve(serve::ServeArgs),
     /// Inspect or clean the cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -250,6 +260,7 @@ impl Command {
             Command::Plan(args) => args.json || args.format == plan::PlanFormat::Json,
             Command::Build(args) => args.json,
             Command::Run(args) => args.json,
+            Command::Serve(_) => false,
             Command::Cache(cmd) => cmd.json(),
             Command::Graph { format, .. } => *format == crate::graph::GraphFormat::Json,
             Command::Supervise { .. } | Command::Init { .. } | Command::Completions { .. } => false,
@@ -371,6 +382,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Build(ref args) => build::run(&cli, args),
         Command::Run(ref args) => run::run(&cli, args),
         Command::Export(ref args) => export::run(&cli, args),
+        Command::Serve(ref args) => serve::run(&cli, args),
         Command::Images { ref select, json } => images::run(&cli, select, json),
         Command::Logs { ref node, json } => cache::logs(&cli, node, json),
         Command::Explain { ref node, json } => explain::run(&cli, node, json),

@@ -638,7 +638,7 @@ impl Loader {
                         let mut allowed: Vec<&str> = declared.clone();
                         allowed.extend([
                             "var", "patch", "ship", "secret", "limit", "retries", "timeout",
-                            "override",
+                            "override", "alias",
                         ]);
                         found.push(
                             Diag::error(
@@ -685,9 +685,52 @@ impl Loader {
                 }
             }
         }
+        found.extend(self.check_aliases());
         for d in found {
             self.diags.push(d);
         }
+    }
+
+    /// An alias names one provider: it is neither a provider's name nor another's alias.
+    fn check_aliases(&self) -> Vec<Diag> {
+        let mut found = Vec::new();
+        let mut seen: BTreeMap<&str, (&str, Loc)> = BTreeMap::new();
+        for p in self.providers.values() {
+            for a in &p.aliases {
+                if let Some(other) = self.providers.get(&a.value) {
+                    let what = if other.name == p.name {
+                        "its own name".to_string()
+                    } else {
+                        format!("the name of provider `{}`", other.name)
+                    };
+                    found.push(
+                        Diag::error(
+                            "kiln::config::alias-taken",
+                            format!("alias `{}` of provider `{}` is {what}", a.value, p.name),
+                        )
+                        .label(&self.sources, a.loc, "this alias")
+                        .label(&self.sources, other.loc, "provider declared here")
+                        .help("an alias is another name for a provider; remove it or choose a name no provider has"),
+                    );
+                } else if let Some((owner, first)) = seen.get(a.value.as_str()) {
+                    found.push(
+                        Diag::error(
+                            "kiln::config::alias-taken",
+                            format!(
+                                "alias `{}` is declared by providers `{owner}` and `{}`",
+                                a.value, p.name
+                            ),
+                        )
+                        .label(&self.sources, *first, "first declared here")
+                        .label(&self.sources, a.loc, "declared again here")
+                        .help("a build request's `provider` must name one provider; keep the alias on one of them"),
+                    );
+                } else {
+                    seen.insert(&a.value, (&p.name, a.loc));
+                }
+            }
+        }
+        found
     }
 }
 

@@ -78,6 +78,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The provider a build request names: by its name, or by one of its `alias` names.
+    pub fn provider_named(&self, name: &str) -> Option<&Provider> {
+        self.providers.get(name).or_else(|| {
+            self.providers
+                .values()
+                .find(|p| p.aliases.iter().any(|a| a.value == name))
+        })
+    }
+
     /// A digest over every config file read (images.kdl, its imports, images.lock), each named
     /// relative to the config root, so `-f ./images.kdl` and `-f images.kdl` agree.
     pub fn digest(&self) -> crate::hash::Digest {
@@ -240,6 +249,9 @@ impl Policy {
 #[derive(Debug, Clone)]
 pub struct Provider {
     pub name: String,
+    /// `alias "capa"`: other names a build request may use for this provider (the seeds'
+    /// `capa`, `capg`, `capo`).
+    pub aliases: Vec<Spanned<String>>,
     pub module: Spanned<String>,
     pub body: Overlay,
     pub overrides: Vec<Override>,

@@ -622,7 +622,19 @@ pub fn provider(r: &mut Reader, root: &Path, dir: &Path, node: &KdlNode) -> Opti
     let mut overrides = Vec::new();
     let rest = overlay(r, root, dir, children(node), &mut body);
     let mut plain = Vec::new();
+    let mut aliases: Vec<Spanned<String>> = Vec::new();
     for node in rest {
+        if name(node) == "alias" {
+            r.check_shape(node, &[], false);
+            if let Some(a) = r.single_string(node, "an alias name") {
+                if let Some(prev) = aliases.iter().find(|p| p.value == a.value) {
+                    let (first, second) = (prev.loc, a.loc);
+                    r.duplicate(&format!("alias `{}`", a.value), first, second);
+                }
+                aliases.push(a);
+            }
+            continue;
+        }
         if name(node) != "override" {
             plain.push(node);
             continue;
@@ -665,6 +677,7 @@ pub fn provider(r: &mut Reader, root: &Path, dir: &Path, node: &KdlNode) -> Opti
     settings(r, plain, &mut body);
     Some(Provider {
         name: pname.value,
+        aliases,
         module,
         body,
         overrides,

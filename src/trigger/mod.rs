@@ -4,6 +4,7 @@
 pub mod github;
 pub mod lockfile;
 pub mod packages;
+pub mod serve;
 pub mod source;
 pub mod stable;
 pub mod update;

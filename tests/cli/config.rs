@@ -47,6 +47,8 @@ const ERROR_CASES: &[&str] = &[
     "error-negative-limit",
     "error-unquoted-timeout",
     "error-duplicate-cell-across-matrices",
+    "error-alias-taken",
+    "error-alias-is-provider",
 ];
 
 #[test]
