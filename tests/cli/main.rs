@@ -22,6 +22,7 @@ mod remote;
 mod report;
 mod run;
 mod s3;
+mod serve;
 mod support;
 mod truth;
 mod update;

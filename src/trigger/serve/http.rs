@@ -92,24 +92,43 @@ async fn authenticated_body(
         )
         .help("a build request is a small JSON object such as {\"k8s\":{\"version\":\"1.31.5\"}}")
     };
-    if let Some(n) = header(headers, "content-length").and_then(|v| v.parse::<u64>().ok())
-        && n > MAX_BODY as u64
-    {
+    let declared = header(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_DRAIN as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-        let limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if limit {
-            too_large()
-        } else {
-            RequestError::new(400, None, format!("the body could not be read: {e}"))
-        }
-    })?;
+    let bytes = read_limited(body).await?.ok_or_else(too_large)?;
     if let Presented::Signature(sig) = presented {
         s.auth.check_signature(sig, &bytes).map_err(unauthorized)?;
     }
     Ok(bytes)
+}
+
+/// How much of a body over [`MAX_BODY`] is read and thrown away, so that the client, still
+/// sending, reads the 413 instead of a reset connection.
+const MAX_DRAIN: usize = 32 << 20;
+
+/// The body, or `None` when it is over [`MAX_BODY`] (the rest read and discarded up to
+/// [`MAX_DRAIN`]).
+async fn read_limited(body: Body) -> Result<Option<Bytes>, RequestError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            RequestError::new(400, None, format!("the body could not be read: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen > MAX_DRAIN {
+                return Ok(None);
+            }
+            if seen <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok((seen <= MAX_BODY).then(|| buf.freeze()))
 }
 
 async fn post_build(State(s): State<Shared>, headers: HeaderMap, body: Body) -> Response {

@@ -120,6 +120,12 @@ fn lock_cache(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
 pub fn run(opts: ServeOptions, engine: Arc<dyn Engine>) -> Result<(), ServeError> {
     let _lock = lock_cache(&opts.cache_dir)?;
     let queue = Arc::new(Queue::open(&opts.cache_dir, opts.durable)?);
+    if queue.resumed > 0 {
+        eprintln!(
+            "kiln serve: {} build(s) were running when the server stopped; they are queued again and resume from the cache",
+            queue.resumed
+        );
+    }
     let metrics = Arc::new(metrics::Metrics::new());
     let counts = queue.counts()?;
     metrics.builds_finished("succeeded", counts["succeeded"]);

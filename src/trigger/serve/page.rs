@@ -125,7 +125,7 @@ fn catalog(rows: &Result<Vec<CatalogRow>, String>) -> Markup {
                 thead { tr { th { "cell" } th { "publish node" } th { "state" } th { "published" } } }
                 tbody {
                     @for r in rows {
-                        tr.cell data-cell=(r.cell) data-current=(r.current) data-drift=(r.drift) class=[r.drift.then_some("drift")] {
+                        tr.cell.drift[r.drift] data-cell=(r.cell) data-current=(r.current) data-drift=(r.drift) {
                             td.name { (r.cell) }
                             td { (r.node.as_deref().unwrap_or("(no publish step)")) }
                             td.state { @if r.drift { strong { "drift: " } } (r.state) }

@@ -143,6 +143,8 @@ enum Op {
 }
 
 pub struct Queue {
+    /// How many builds a killed server left running, queued again by [`Queue::open`].
+    pub resumed: usize,
     path: PathBuf,
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     read: Mutex<Connection>,
@@ -207,7 +209,7 @@ impl Queue {
         };
         let write = connect(&path).map_err(sql)?;
         write.execute_batch(SCHEMA).map_err(sql)?;
-        write
+        let resumed = write
             .execute(
                 "UPDATE builds SET state = 'queued' WHERE state = 'running'",
                 [],
@@ -236,6 +238,7 @@ impl Queue {
         let (tx, rx) = mpsc::channel();
         let (wake_tx, _) = mpsc::channel();
         let queue = Queue {
+            resumed,
             path: path.clone(),
             ops: Mutex::new(Some(tx)),
             read: Mutex::new(read),
