@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// How many nodes of a build run at once (default: the number of cores).
     #[arg(short = 'j', long = "jobs")]
     pub jobs: Option<usize>,
+    /// Also run `kiln watch` rounds: one now, then one every DURATION (`24h`): every tracked
+    /// series is moved to its newest stable release and a build of its cells queued.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub watch: Option<std::time::Duration>,
     /// Answer 202 without writing the queue or building anything: the reference
     /// `bench/serve.sh` measures the durable queue against.
     #[arg(long, hide = true)]
@@ -187,7 +191,8 @@ impl KilnEngine {
                 format!("ask for {l} or newer"),
             )),
             _ => {
-                let sources = crate::trigger::source::Sources::from_env();
+                let sources = crate::trigger::source::Sources::from_env()
+                    .with_cache_dir(self.cache_dir(loaded).join("http"));
                 let changes = tokio::runtime::Handle::current()
                     .block_on(update::resolve(
                         config,
@@ -328,6 +333,35 @@ impl Engine for KilnEngine {
     fn config_name(&self) -> String {
         self.g.file.display().to_string()
     }
+
+    fn watch_round(&self) -> Result<Vec<BuildRequest>, String> {
+        let loaded = self.load(&Select::default()).map_err(|e| one_line(&e))?;
+        let sources = crate::trigger::source::Sources::from_env()
+            .with_cache_dir(self.cache_dir(&loaded).join("http"));
+        let outcome = tokio::runtime::Handle::current()
+            .block_on(crate::trigger::watch::once(&self.g.file, &sources))
+            .map_err(|e| match e {
+                crate::trigger::watch::WatchError::Config(d) => one_line(&CliError::Config(d)),
+                crate::trigger::watch::WatchError::Update(u) => format!("{u} ({})", u.help()),
+            })?;
+        for c in &outcome.changes {
+            eprintln!("kiln serve: watch: • Updated {}", c.describe());
+        }
+        // The lock as the round left it.
+        let loaded = self.load(&Select::default()).map_err(|e| one_line(&e))?;
+        Ok(loaded
+            .config
+            .releases
+            .values()
+            .filter(|r| r.tracked)
+            .filter_map(|r| serve::Version::parse(&r.version).ok())
+            .map(|version| BuildRequest {
+                version,
+                provider: None,
+                origin: serve::request::Origin::Watch,
+            })
+            .collect())
+    }
 }
 
 fn secret_env(name: &str) -> Option<Vec<u8>> {
@@ -342,6 +376,12 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         secret_env("KILN_WEBHOOK_SECRET"),
         secret_env("KILN_API_TOKEN"),
     );
+    if args
+        .watch
+        .is_some_and(|w| w < std::time::Duration::from_secs(1))
+    {
+        return Err(CliError::Usage("--watch must be at least 1s".into()));
+    }
     if !auth.any() {
         return Err(CliError::Usage(
             "kiln serve needs KILN_WEBHOOK_SECRET (for GitHub webhooks and signed requests) or KILN_API_TOKEN (for bearer tokens), or both: without either it would refuse every request".into(),
@@ -370,7 +410,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             cache_dir,
             auth,
             durable: !args.no_persist,
-            background: None,
+            watch: args.watch,
         },
         engine,
     )

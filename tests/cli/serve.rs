@@ -872,6 +872,8 @@ fn release_stub() -> ReleaseStub {
                     ])
                     .to_string(),
                 )
+            } else if path == "/stable-1.32.txt" {
+                ("200 OK", "v1.32.5\n".to_string())
             } else if path == "/v1.32/deb/Packages" {
                 (
                     "200 OK",
@@ -956,6 +958,38 @@ fn a_newer_release_of_a_tracked_series_moves_the_lock_then_builds() {
         "{r:?}"
     );
     assert!(p.read("images.lock").contains("version=\"1.32.5\""));
+}
+
+#[test]
+fn serve_watch_moves_the_lock_and_queues_the_tracked_cells() {
+    let stub = release_stub();
+    let base = format!("http://127.0.0.1:{}", stub.port);
+    let p = project(true)
+        .env("GITHUB_API_URL", &base)
+        .env("KILN_K8S_PACKAGES_URL", &base)
+        .env("KILN_K8S_RELEASE_URL", &base);
+    let s = Server::start_with(&p, &["--watch", "1h"]);
+    let id = wait_for(60, "the watch round to queue a build", || {
+        let list = s.get("/v1/builds").json();
+        list["builds"].as_array()?.first()?["id"].as_u64()
+    });
+    let b = s.finished(id);
+    assert_eq!(b["state"], "succeeded", "{b:#}\n{}", s.log());
+    assert_eq!(b["cells"], json!(["aws-one-k8s-1.32", "gcp-one-k8s-1.32"]));
+    assert_eq!(b["request"]["origin"]["kind"], "watch");
+    assert!(p.read("images.lock").contains("version=\"1.32.5\""));
+    assert!(
+        s.log().contains("Updated kubernetes 1.32: 1.32.4"),
+        "{}",
+        s.log()
+    );
+    assert!(
+        stub.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a == "/stable-1.32.txt")
+    );
 }
 
 /// The status page, as a browser renders it (headless Chromium) and as served.

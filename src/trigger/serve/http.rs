@@ -193,6 +193,27 @@ async fn accept(
     {
         return Ok(accepted(s, id, Some("delivery"), None, None));
     }
+    let (submitted, prepared) = enqueue(s, &req, delivery).await?;
+    let coalesced = submitted.coalesced.map(|c| match c {
+        super::queue::Coalesced::Delivery => "delivery",
+        super::queue::Coalesced::SameNodes => "same_nodes",
+    });
+    Ok(accepted(
+        s,
+        submitted.id,
+        coalesced,
+        Some(prepared.cells),
+        prepared.lock,
+    ))
+}
+
+/// Resolves a request (one at a time) and writes it to the queue.
+pub async fn enqueue(
+    s: &AppState,
+    req: &BuildRequest,
+    delivery: Option<String>,
+) -> Result<(super::queue::Submitted, super::Prepared), RequestError> {
+    let unavailable = |m: String| RequestError::new(503, None, m);
     let prepared = {
         let _one = s.prepare.lock().await;
         let engine = s.engine.clone();
@@ -223,22 +244,12 @@ async fn accept(
         .submit(NewBuild {
             request,
             cells: prepared.cells.clone(),
-            keys: prepared.keys,
+            keys: prepared.keys.clone(),
             delivery,
         })
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let coalesced = submitted.coalesced.map(|c| match c {
-        super::queue::Coalesced::Delivery => "delivery",
-        super::queue::Coalesced::SameNodes => "same_nodes",
-    });
-    Ok(accepted(
-        s,
-        submitted.id,
-        coalesced,
-        Some(prepared.cells),
-        prepared.lock,
-    ))
+    Ok((submitted, prepared))
 }
 
 fn accepted(

@@ -70,6 +70,10 @@ pub trait Engine: Send + Sync + 'static {
     fn catalog(&self) -> Result<Vec<page::CatalogRow>, String>;
     /// The config file, as the status page names it.
     fn config_name(&self) -> String;
+    /// One round of the watcher: moves every tracked series to its newest stable release
+    /// (writing the lock), and returns a request for the locked release of each tracked series.
+    /// Blocking.
+    fn watch_round(&self) -> Result<Vec<BuildRequest>, String>;
 }
 
 pub struct ServeOptions {
@@ -79,8 +83,9 @@ pub struct ServeOptions {
     /// Write the queue (false only for `bench/serve.sh`'s reference: answer 202 and persist
     /// nothing, run nothing).
     pub durable: bool,
-    /// Something to run on a schedule beside the server (`--watch`), given the stop flag.
-    pub background: Option<Box<dyn FnOnce(Arc<AtomicBool>) + Send>>,
+    /// `--watch`: a watcher round now and then at this interval, each queueing a build of every
+    /// tracked series.
+    pub watch: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,10 +154,6 @@ pub fn run(opts: ServeOptions, engine: Arc<dyn Engine>) -> Result<(), ServeError
     let worker = opts
         .durable
         .then(|| worker::spawn(queue.clone(), engine.clone(), metrics.clone(), stop.clone()));
-    let background = opts.background.map(|f| {
-        let stop = stop.clone();
-        std::thread::spawn(move || f(stop))
-    });
     let state = Arc::new(http::AppState {
         queue: queue.clone(),
         engine,
@@ -165,6 +166,9 @@ pub fn run(opts: ServeOptions, engine: Arc<dyn Engine>) -> Result<(), ServeError
         queue.path().display(),
         if opts.durable { "" } else { ", not persisted" }
     );
+    if let Some(every) = opts.watch {
+        runtime.spawn(watch(state.clone(), every));
+    }
     let served = runtime.block_on(async {
         axum::serve(listener, http::router(state))
             .with_graceful_shutdown(shutdown_signal())
@@ -175,12 +179,45 @@ pub fn run(opts: ServeOptions, engine: Arc<dyn Engine>) -> Result<(), ServeError
     if let Some(w) = worker {
         let _ = w.join();
     }
-    if let Some(b) = background {
-        let _ = b.join();
-    }
     queue.close();
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     served.map_err(|e| ServeError::Io(format!("the server failed: {e}")))
+}
+
+/// `--watch`: a round now, then one every `every`; each round's failure is logged and the next
+/// runs on time.
+async fn watch(state: Arc<http::AppState>, every: std::time::Duration) {
+    loop {
+        let started = tokio::time::Instant::now();
+        let engine = state.engine.clone();
+        let round = tokio::task::spawn_blocking(move || engine.watch_round())
+            .await
+            .unwrap_or_else(|e| Err(format!("the watch round failed: {e}")));
+        match round {
+            Err(e) => eprintln!("kiln serve: watch: {e}"),
+            Ok(requests) => {
+                for req in requests {
+                    match http::enqueue(&state, &req, None).await {
+                        Ok((s, _)) => eprintln!(
+                            "kiln serve: watch: kubernetes {} → build {}{}",
+                            req.version,
+                            s.id,
+                            if s.coalesced.is_some() {
+                                " (already queued)"
+                            } else {
+                                ""
+                            },
+                        ),
+                        Err(e) => eprintln!(
+                            "kiln serve: watch: kubernetes {}: {}",
+                            req.version, e.message
+                        ),
+                    }
+                }
+            }
+        }
+        tokio::time::sleep_until(started + every).await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -67,6 +67,8 @@ pub enum Origin {
     Api,
     /// A GitHub `release` event.
     GithubRelease { tag: String, action: String },
+    /// A round of `kiln serve --watch`.
+    Watch,
 }
 
 /// A request to build the cells of one Kubernetes release.
