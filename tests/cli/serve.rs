@@ -950,6 +950,13 @@ fn a_newer_release_of_a_tracked_series_moves_the_lock_then_builds() {
     assert_eq!(again.status, 202, "{again:?}");
     assert!(again.json().get("lock").is_none());
     assert_eq!(stub.asked.lock().unwrap().len(), before);
+    // A release of a series the config does not build, or of a pinned one, is ignored.
+    for tag in ["v1.29.3", "v1.31.9"] {
+        let body = release.replace("v1.32.5", tag);
+        let r = s.signed("/v1/github", &body, &[("X-GitHub-Event", "release")]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.json()["ignored"].is_string(), "{r:?}");
+    }
     // A version no source lists is refused, and the lock stays.
     let r = s.signed("/v1/builds", r#"{"k8s":{"version":"1.32.7"}}"#, &[]);
     assert_eq!(

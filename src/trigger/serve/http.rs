@@ -147,7 +147,15 @@ async fn post_github(State(s): State<Shared>, headers: HeaderMap, body: Body) ->
         match request::parse_github(header(&headers, "x-github-event"), &bytes)? {
             Event::Ping { zen } => Ok(json_response(200, json!({"ping": "pong", "zen": zen}))),
             Event::Ignored(why) => Ok(json_response(200, json!({"ignored": why}))),
-            Event::Build(req) => accept(&s, &headers, req).await,
+            // A release this config does not build (another series, a pinned one) is not an
+            // error of the delivery: GitHub would mark it failed.
+            Event::Build(req) => match accept(&s, &headers, req).await {
+                Err(e) if e.status == 422 => Ok(json_response(
+                    200,
+                    json!({"ignored": e.message, "field": e.field}),
+                )),
+                r => r,
+            },
         }
     }
     .await;
