@@ -88,10 +88,14 @@ echo "== building the project once (so the server's builds are all cached)"
 BODY='{"k8s":{"version":"1.31.4"},"provider":"capa"}'
 SIG="sha256=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$SECRET" -r | cut -d' ' -f1)"
 cat > load.lua <<EOF
+-- Deliveries are unique across threads (tid) and runs (the prefix given after --).
 local n = 0
 function setup(thread)
     n = n + 1
     thread:set("tid", n)
+end
+function init(args)
+    prefix = args[1] or "run"
 end
 local count = 0
 wrk.method = "POST"
@@ -100,7 +104,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Hub-Signature-256"] = "$SIG"
 function request()
     count = count + 1
-    wrk.headers["X-GitHub-Delivery"] = "bench-" .. tostring(tid) .. "-" .. tostring(count)
+    wrk.headers["X-GitHub-Delivery"] = prefix .. "-" .. tostring(tid) .. "-" .. tostring(count)
     return wrk.format(nil, "/v1/builds")
 end
 EOF
@@ -125,11 +129,16 @@ run() {
         sleep 0.05
     done
     # A short warm-up, then the measured run.
-    wrk -t 2 -c "$CONNS" -d 2s -s load.lua "http://127.0.0.1:$port" >/dev/null
-    wrk -t 2 -c "$CONNS" -d "${SECS}s" --latency -s load.lua "http://127.0.0.1:$port" > "$mode.wrk"
+    wrk -t 2 -c "$CONNS" -d 2s -s load.lua "http://127.0.0.1:$port" -- warmup >/dev/null
+    local before=0
+    if [ "$mode" = durable ]; then
+        before="$(sqlite3 "$mode/cache/serve.db" 'SELECT COUNT(*) FROM requests')"
+    fi
+    wrk -t 2 -c "$CONNS" -d "${SECS}s" --latency -s load.lua "http://127.0.0.1:$port" -- measured > "$mode.wrk"
+    # The rows the measured run wrote: one per request, committed before its 202.
     local queued=""
     if [ "$mode" = durable ]; then
-        queued="$(sqlite3 "$mode/cache/serve.db" 'SELECT COUNT(*) FROM requests' 2>/dev/null || echo '?')"
+        queued="$(( $(sqlite3 "$mode/cache/serve.db" 'SELECT COUNT(*) FROM requests') - before ))"
     fi
     stop_server
     python3 - "$mode" "$mode.wrk" "$queued" <<'EOF'
@@ -142,8 +151,9 @@ def ms(v, unit):
 m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
 p99 = ms(*m.groups())
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+total = re.search(r"(\d+) requests in", text).group(1)
 errors = re.search(r"Socket errors:.*", text)
-print(mode, rps, p99, non2xx.group(1) if non2xx else "0", rows or "-", (errors.group(0) if errors else ""))
+print(mode, rps, p99, non2xx.group(1) if non2xx else "0", total, rows or "-", (errors.group(0) if errors else ""))
 EOF
 }
 
@@ -154,13 +164,13 @@ MEMORY="$(run memory --no-persist)"
 
 python3 - "$DURABLE" "$MEMORY" <<'EOF'
 import sys
-rows = [l.split(maxsplit=5) for l in sys.argv[1:]]
+rows = [l.split(maxsplit=6) for l in sys.argv[1:]]
 print()
-print(f"{'server':<28} {'accepted/s':>11} {'p99 (ms)':>9} {'non-2xx':>8} {'rows written':>13}")
+print(f"{'server':<28} {'accepted/s':>11} {'p99 (ms)':>9} {'non-2xx':>8} {'requests':>9} {'rows written':>13}")
 names = {"durable": "kiln serve (durable queue)", "memory": "kiln serve --no-persist"}
 for r in rows:
-    print(f"{names[r[0]]:<28} {float(r[1]):>11.0f} {float(r[2]):>9.2f} {r[3]:>8} {r[4]:>13}"
-          + (f"   {r[5]}" if len(r) > 5 else ""))
+    print(f"{names[r[0]]:<28} {float(r[1]):>11.0f} {float(r[2]):>9.2f} {r[3]:>8} {r[4]:>9} {r[5]:>13}"
+          + (f"   {r[6]}" if len(r) > 6 else ""))
 d, m = float(rows[0][1]), float(rows[1][1])
 print(f"\ndurable / no persistence: {d / m:.2f}x the requests per second (target >= 0.5x)")
 EOF
