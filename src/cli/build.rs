@@ -53,6 +53,25 @@ pub struct BuildArgs {
     pub plan: Option<std::path::PathBuf>,
 }
 
+impl BuildArgs {
+    /// A build no one started by hand (a watcher's, a server's): `select`ed cells, plain
+    /// progress lines, and the defaults of `kiln build` otherwise.
+    pub(super) fn unattended(select: Select, jobs: Option<usize>) -> BuildArgs {
+        BuildArgs {
+            select,
+            jobs,
+            fail_fast: false,
+            no_wait: false,
+            force: Vec::new(),
+            quiet: false,
+            progress: super::settings::ProgressChoice::Plain,
+            json: false,
+            plan: None,
+            debug: false,
+        }
+    }
+}
+
 /// The progress view `--quiet` and `--progress` ask for, where stderr can show it.
 pub(super) fn progress_view(quiet: bool, progress: super::settings::ProgressChoice) -> View {
     use std::io::IsTerminal;

@@ -178,20 +178,12 @@ fn no_log(cli: &Cli, node: &str, live: &str) -> CliError {
     let Ok(graph) = graph else {
         return CliError::Failed(format!("no recorded result for `{node}`, so no log{live}"));
     };
-    let ids: Vec<&str> = graph
-        .order()
-        .into_iter()
-        .map(|ix| graph.node(ix).id.as_str())
-        .collect();
-    if ids.contains(&node) {
+    if graph.find(node).is_some() {
         CliError::Failed(format!(
             "`{node}` has no recorded result, so no log: it has not run yet, or its last run failed; `kiln build` runs it{live}"
         ))
     } else {
-        CliError::Usage(format!(
-            "no node `{node}`; {} (node ids are listed by `kiln plan`)",
-            crate::config::diag::did_you_mean(node, &ids, "node")
-        ))
+        context::unknown_node(&graph, node)
     }
 }
 

@@ -130,6 +130,24 @@ pub fn cache_dir(config: &Config, flag: &Option<PathBuf>) -> PathBuf {
 }
 
 /// Digests every input file (through the stat cache under `cache`) and lowers the cells.
+/// The node a command names by id; an id that names none is a usage error with the closest ids.
+pub fn find_node(graph: &Graph, id: &str) -> Result<petgraph::graph::NodeIndex, CliError> {
+    graph.find(id).ok_or_else(|| unknown_node(graph, id))
+}
+
+/// The usage error for an id that names no node of `graph`.
+pub fn unknown_node(graph: &Graph, id: &str) -> CliError {
+    let ids: Vec<&str> = graph
+        .order()
+        .into_iter()
+        .map(|ix| graph.node(ix).id.as_str())
+        .collect();
+    CliError::Usage(format!(
+        "no node `{id}`; {} (node ids are listed by `kiln plan`)",
+        config::diag::did_you_mean(id, &ids, "node")
+    ))
+}
+
 pub fn lower(loaded: &Loaded, cache: Option<&Path>) -> Result<Graph, CliError> {
     lower_keyed(loaded, cache).map(|(g, _)| g)
 }

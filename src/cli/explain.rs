@@ -12,17 +12,7 @@ pub fn run(cli: &Cli, id: &str, json: bool) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &Select::default(), true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let graph = context::lower(&loaded, Some(&dir))?;
-    let Some(ix) = graph.find(id) else {
-        let ids: Vec<&str> = graph
-            .order()
-            .into_iter()
-            .map(|ix| graph.node(ix).id.as_str())
-            .collect();
-        return Err(CliError::Usage(format!(
-            "no node `{id}`; {}",
-            crate::config::diag::did_you_mean(id, &ids, "node")
-        )));
-    };
+    let ix = context::find_node(&graph, id)?;
     let view = StoreView::open(dir, &graph, super::remote::open(cli, &loaded.config)?)?;
     let install = super::preflight::install(cli, &loaded.config);
     let plan = plan::plan(&graph, &view, &BTreeSet::new());

@@ -39,18 +39,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), CliError> {
     let loaded = context::load(&cli.file, &Select::default(), true)?;
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
     let whole = context::lower(&loaded, Some(&dir))?;
-    let Some(ix) = whole.find(&args.node) else {
-        let ids: Vec<&str> = whole
-            .order()
-            .into_iter()
-            .map(|ix| whole.node(ix).id.as_str())
-            .collect();
-        return Err(CliError::Usage(format!(
-            "no node `{}`; {} (node ids are listed by `kiln plan`)",
-            args.node,
-            crate::config::diag::did_you_mean(&args.node, &ids, "node")
-        )));
-    };
+    let ix = context::find_node(&whole, &args.node)?;
     // The node and what it reads: the executor runs on that graph alone.
     let graph = whole.upstream_of(ix);
     drop(whole);

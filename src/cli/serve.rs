@@ -248,21 +248,11 @@ impl Engine for KilnEngine {
     }
 
     fn build(&self, cells: &[String]) -> BuildResult {
-        let args = BuildArgs {
-            select: Select {
-                cell: cells.to_vec(),
-                ..Select::default()
-            },
-            jobs: self.g.jobs,
-            fail_fast: false,
-            no_wait: false,
-            force: Vec::new(),
-            quiet: false,
-            progress: super::settings::ProgressChoice::Plain,
-            json: false,
-            debug: false,
-            plan: None,
+        let select = Select {
+            cell: cells.to_vec(),
+            ..Select::default()
         };
+        let args = BuildArgs::unattended(select, self.g.jobs);
         let cli = self.cli(args);
         let Command::Build(args) = &cli.command else {
             unreachable!("built as a build command above")

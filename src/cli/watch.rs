@@ -65,17 +65,6 @@ fn round(cli: &Cli) -> Result<(), CliError> {
     for c in &outcome.changes {
         println!("• Updated {}", c.describe());
     }
-    let build = BuildArgs {
-        select: Select::default(),
-        jobs: None,
-        fail_fast: false,
-        no_wait: false,
-        force: Vec::new(),
-        quiet: false,
-        progress: super::settings::ProgressChoice::Plain,
-        json: false,
-        plan: None,
-        debug: false,
-    };
+    let build = BuildArgs::unattended(Select::default(), None);
     super::build::run(cli, &build)
 }
