@@ -434,6 +434,25 @@ fn var(r: &mut Reader, node: &KdlNode, vars: &mut BTreeMap<String, Spanned<Value
     }
 }
 
+/// `secret "NAME" var="VARIABLE"`: packer's user variable VARIABLE takes the secret's value
+/// from the environment, as image-builder's own `hcloud-config.json` takes `token` from
+/// `HCLOUD_TOKEN`: a flag variable `-var 'VARIABLE={{env `NAME`}}'`, so the value itself is in
+/// no argv, var file or key; only its name is.
+fn secret_var(
+    r: &mut Reader,
+    secret: &str,
+    var: Spanned<String>,
+    vars: &mut BTreeMap<String, Spanned<Value>>,
+) {
+    let key = format!("{}{}", crate::imagebuilder::FLAG_PREFIX, var.value);
+    if let Some(prev) = vars.get(&key) {
+        r.duplicate(&format!("variable `{}`", var.value), prev.loc, var.loc);
+    }
+    // `{{` is a literal brace in kiln's templates.
+    let reference = format!("{{{{{{{{env `{secret}`}}}}}}}}");
+    vars.insert(key, Spanned::new(Value::Str(reference), var.loc));
+}
+
 /// Reads the nodes a provider block and its overrides share; returns the nodes it did not know.
 pub fn overlay<'n>(
     r: &mut Reader,
@@ -541,10 +560,16 @@ pub fn overlay<'n>(
                 }
             }
             "secret" => {
-                r.check_shape(node, &["env", "file"], false);
+                r.check_shape(node, &["env", "file", "var"], false);
                 let Some(sname) = r.single_string(node, "a secret name") else {
                     continue;
                 };
+                if let Some(e) = node.entry("var") {
+                    let Some(vname) = r.string(e, "var") else {
+                        continue;
+                    };
+                    secret_var(r, &sname.value, vname, &mut out.vars);
+                }
                 let source = match (node.entry("env"), node.entry("file")) {
                     (Some(_), Some(f)) => {
                         r.error_at(

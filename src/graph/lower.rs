@@ -471,11 +471,26 @@ fn check_image_builder(
     };
     let loc = step.params.get("target").map_or(step.loc, |p| p.loc);
     if !data.has_target(&target) {
-        let help = match data.suggest_target(&target) {
-            Some(s) => format!(
+        let help = match (data.closest_targets(&target), data.suggest_target(&target)) {
+            (Some(c), _) => format!(
+                "image-builder {} {}; the closest targets it has are {}: change the matrix's value, e.g. `os \"{}\"`",
+                data.version,
+                if c.removed {
+                    "no longer builds this release (image-builder removes releases past their end of life)"
+                } else {
+                    "does not build this release"
+                },
+                c.targets
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                c.os,
+            ),
+            (None, Some(s)) => format!(
                 "did you mean `{s}`? `make` targets are `build-<provider>-<os>` and `validate-<provider>-<os>` as image-builder's images/capi/Makefile defines them"
             ),
-            None => format!(
+            (None, None) => format!(
                 "image-builder {} defines {} build-*/validate-* targets; none is close to this one",
                 data.version,
                 data.targets.len()

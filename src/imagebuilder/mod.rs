@@ -100,6 +100,40 @@ impl Data {
         crate::config::diag::suggest(target, self.targets.iter().copied())
     }
 
+    /// For a target this version lacks, the targets of the same verb and template family that
+    /// build the same operating system at the releases nearest the one asked for, nearest
+    /// first: `build-ami-ubuntu-2004` → `build-ami-ubuntu-2204`, `build-ami-ubuntu-2404`.
+    /// `None` when the target names no `<os>-<release>` or the family builds no such OS.
+    pub fn closest_targets(&self, target: &str) -> Option<Closest> {
+        let (head, os, variant) = split_os(target)?;
+        let wanted = os_version(os)?;
+        let family = os.trim_end_matches(|c: char| c.is_ascii_digit());
+        let mut near: Vec<(u32, u32, &'static str)> = Vec::new();
+        let mut newest = 0;
+        for t in &self.targets {
+            let Some((h, o, v)) = split_os(t) else {
+                continue;
+            };
+            let Some(release) = os_version(o) else {
+                continue;
+            };
+            if h == head
+                && v == variant
+                && o.trim_end_matches(|c: char| c.is_ascii_digit()) == family
+            {
+                newest = newest.max(release);
+                near.push((release.abs_diff(wanted), u32::MAX - release, t));
+            }
+        }
+        near.sort_unstable();
+        let targets: Vec<&'static str> = near.into_iter().take(2).map(|(.., t)| t).collect();
+        Some(Closest {
+            os: targets.first()?.strip_prefix(head)?,
+            targets,
+            removed: wanted < newest,
+        })
+    }
+
     /// The `packer/<dir>` a make target builds from: `build-ami-flatcar` → `ami`,
     /// `validate-qemu-ubuntu-2404` → `qemu`. `None` for targets whose templates kiln has no
     /// variable data for.
@@ -136,6 +170,87 @@ impl Data {
     }
 }
 
+/// See [`Data::closest_targets`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closest {
+    /// Nearest first (at most two).
+    pub targets: Vec<&'static str>,
+    /// The `{os}` value that makes the nearest one (`ubuntu-2204`).
+    pub os: &'static str,
+    /// Whether the release asked for is older than one this version builds: its targets were
+    /// removed (image-builder drops releases past their end of life), rather than not there yet.
+    pub removed: bool,
+}
+
+/// `build-ami-ubuntu-2204-arm64` → (`build-ami-`, `ubuntu-2204`, `-arm64`): the target up to
+/// the first `<letters>-<digits>` segment pair that names an OS release, that pair, and the rest.
+fn split_os(target: &str) -> Option<(&str, &str, &str)> {
+    let parts: Vec<&str> = target.split('-').collect();
+    let i = (1..parts.len()).find(|&i| {
+        !parts[i].is_empty()
+            && parts[i].bytes().all(|b| b.is_ascii_digit())
+            && parts[i - 1].bytes().all(|b| b.is_ascii_lowercase())
+    })?;
+    let start: usize = parts[..i - 1].iter().map(|p| p.len() + 1).sum();
+    let end = start + parts[i - 1].len() + 1 + parts[i].len();
+    Some((&target[..start], &target[start..end], &target[end..]))
+}
+
+/// The release number of `ubuntu-2204` (2204).
+fn os_version(os: &str) -> Option<u32> {
+    os.rsplit('-').next()?.parse().ok()
+}
+
 /// A variable passed on packer's command line (`-var NAME=VALUE` in PACKER_FLAGS) rather than
 /// in the var file: `var "NAME" VALUE flag=#true`. Such variables are stored under this prefix.
 pub const FLAG_PREFIX: &str = "-var ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_targets_build_the_same_os_at_the_nearest_releases() {
+        let d = data("v0.1.55").unwrap();
+        let c = d.closest_targets("build-ami-ubuntu-2004").unwrap();
+        assert_eq!(
+            c.targets,
+            ["build-ami-ubuntu-2204", "build-ami-ubuntu-2404"]
+        );
+        assert_eq!((c.os, c.removed), ("ubuntu-2204", true));
+        let c = d.closest_targets("validate-gce-ubuntu-1804").unwrap();
+        assert_eq!(
+            c.targets,
+            ["validate-gce-ubuntu-2204", "validate-gce-ubuntu-2404"]
+        );
+        // The variant stays: an arm64 target is offered arm64 targets.
+        let c = d.closest_targets("build-ami-ubuntu-2004-arm64").unwrap();
+        assert_eq!(
+            c.targets,
+            ["build-ami-ubuntu-2204-arm64", "build-ami-ubuntu-2404-arm64"]
+        );
+        assert_eq!(c.os, "ubuntu-2204-arm64");
+        // A release newer than any it builds is not "removed".
+        let c = d.closest_targets("build-hcloud-ubuntu-2804").unwrap();
+        assert_eq!(
+            (c.targets[0], c.removed),
+            ("build-hcloud-ubuntu-2604", false)
+        );
+        // No release number, or an OS the family does not build: nothing to offer.
+        assert_eq!(d.closest_targets("build-ami-flatcar-lts"), None);
+        assert_eq!(d.closest_targets("build-hcloud-debian-12"), None);
+    }
+
+    #[test]
+    fn split_os_finds_the_release() {
+        assert_eq!(
+            split_os("build-ami-ubuntu-2204-arm64"),
+            Some(("build-ami-", "ubuntu-2204", "-arm64"))
+        );
+        assert_eq!(
+            split_os("build-qemu-rhel-8"),
+            Some(("build-qemu-", "rhel-8", ""))
+        );
+        assert_eq!(split_os("build-ami-flatcar"), None);
+    }
+}

@@ -49,6 +49,8 @@ const ERROR_CASES: &[&str] = &[
     "error-duplicate-cell-across-matrices",
     "error-alias-taken",
     "error-alias-is-provider",
+    "error-secret-var-taken",
+    "error-removed-release",
 ];
 
 #[test]

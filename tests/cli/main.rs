@@ -8,6 +8,7 @@ mod build;
 mod config;
 mod diagnostics;
 mod dockerfile;
+mod examples;
 mod export;
 mod fuzz;
 mod hardening;
