@@ -144,6 +144,9 @@ pub fn packer_flags(node: &Node) -> String {
         .join(" ")
 }
 
+/// The service-account key's file in the step's `kiln/` directory (see [`Invocation::key_file`]).
+const GCP_KEY: &str = "gcp-key.json";
+
 /// How one image-builder node runs: the command, its environment (secrets by name only: their
 /// values are added to the child's environment at run time and never appear here), the var
 /// file, and what is mounted (container) or copied (checkout) where. Computed without running
@@ -165,6 +168,11 @@ pub struct Invocation {
     pub container: bool,
     /// What a successful build must leave behind.
     pub produces: Produces,
+    /// A googlecompute build's service-account key: the secret
+    /// `GOOGLE_APPLICATION_CREDENTIALS_JSON`, written here (0600) for the run only, which
+    /// `GOOGLE_APPLICATION_CREDENTIALS` names, as packer's googlecompute builder reads a key
+    /// from a file (Google's application default credentials), not from a variable.
+    pub key_file: Option<PathBuf>,
 }
 
 /// The artifacts a build step promises: a success without them is a failure.
@@ -236,7 +244,17 @@ pub fn invocation(
     {
         env.push((k.into(), v.into()));
     }
-    let secrets: Vec<String> = node.secrets.iter().map(|s| s.name.clone()).collect();
+    let mut secrets: Vec<String> = node.secrets.iter().map(|s| s.name.clone()).collect();
+    let key_file = (dir.is_some_and(|(_, dir)| dir == "gce")
+        && secrets.iter().any(|s| s == super::gcp_image::KEY_SECRET))
+    .then(|| {
+        secrets.retain(|s| s != super::gcp_image::KEY_SECRET);
+        env.push((
+            "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            format!("{inside}/{GCP_KEY}"),
+        ));
+        kiln.join(GCP_KEY)
+    });
     let withheld: Vec<String> = install
         .withheld
         .iter()
@@ -318,6 +336,7 @@ pub fn invocation(
         merged,
         container,
         produces,
+        key_file,
     })
 }
 
@@ -435,6 +454,44 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), StepErro
     std::fs::write(path, text).map_err(io_err("writing the var file"))
 }
 
+/// The service-account key of a googlecompute build, written 0600 for the run and removed when
+/// dropped, whatever the run's outcome.
+struct KeyFile(Option<PathBuf>);
+
+impl KeyFile {
+    fn write(ctx: &StepCtx, path: Option<&Path>) -> Result<KeyFile, StepError> {
+        let Some(path) = path else {
+            return Ok(KeyFile(None));
+        };
+        let key = super::gcp_image::KEY_SECRET;
+        let Some((_, json)) = ctx.secrets.iter().find(|(k, _)| k == key) else {
+            return Err(StepError::Failed(format!(
+                "the secret {key} (the service-account key packer's googlecompute builder reads) is not set"
+            )));
+        };
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(path);
+        let file = KeyFile(Some(path.to_path_buf()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(json.as_bytes()).and_then(|_| f.sync_all()))
+            .map_err(io_err("writing the service-account key"))?;
+        Ok(file)
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// `image-builder`: `make TARGET` (a `validate-…` or `build-…` target) in a staged checkout or
 /// in the container; a build's packer manifest becomes facts, a qemu build's disk image its
 /// `image.qcow2` output.
@@ -451,6 +508,14 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let kiln = ctx.work.join("kiln");
     std::fs::create_dir_all(&kiln).map_err(io_err("creating the work directory"))?;
     write_json(&kiln.join("vars.json"), &inv.vars)?;
+    // The secrets the child gets as variables (not a key written to a file).
+    let secrets: Vec<(String, String)> = ctx
+        .secrets
+        .iter()
+        .filter(|(k, _)| inv.secrets.contains(k))
+        .cloned()
+        .collect();
+    let _key = KeyFile::write(ctx, inv.key_file.as_deref())?;
     let output_dir = if inv.container {
         let output_dir = ctx.work.join("output");
         std::fs::create_dir_all(&output_dir).map_err(io_err("creating the output directory"))?;
@@ -460,7 +525,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         }
         stage_merged(ctx, install, &inv.merged).await?;
         ctx.spawner
-            .run_without(&inv.argv, &ctx.secrets, &inv.withheld, &ctx.work)
+            .run_without(&inv.argv, &secrets, &inv.withheld, &ctx.work)
             .await?;
         output_dir
     } else {
@@ -483,7 +548,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
             }
         }
         let mut env = inv.env.clone();
-        env.extend(ctx.secrets.iter().cloned());
+        env.extend(secrets);
         ctx.spawner
             .run_without(&inv.argv, &env, &inv.withheld, &ctx.work)
             .await?;

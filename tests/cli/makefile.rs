@@ -139,6 +139,8 @@ pub(crate) struct PackerCall {
     pub(crate) merged: BTreeMap<String, Value>,
     /// With FAKE_TREE=1: every file of the tree packer ran in, relative path → sha256.
     pub(crate) tree: BTreeMap<String, String>,
+    /// The sha256 of the file GOOGLE_APPLICATION_CREDENTIALS named when packer ran.
+    pub(crate) credentials_sha256: Option<String>,
 }
 
 pub(crate) fn packer_calls(log: &Path) -> Vec<PackerCall> {
@@ -191,6 +193,10 @@ pub(crate) fn packer_calls(log: &Path) -> Vec<PackerCall> {
                             .collect()
                     })
                     .unwrap_or_default(),
+                credentials_sha256: v
+                    .get("credentials_sha256")
+                    .and_then(Value::as_str)
+                    .map(String::from),
             }
         })
         .collect()
