@@ -369,7 +369,87 @@ impl Ctx<'_> {
                 policy: base.policy.then(step.policy),
             });
         }
+        if let Some(data) = self.image_builder {
+            check_patched_template(data, cell, base.module, &steps, &mut problems);
+        }
         CellPlan { steps, problems }
+    }
+}
+
+/// A cell's template-patch step must patch the template its image-builder steps run, which
+/// image-builder's Makefile picks by target (hcloud's Flatcar builds run `packer-flatcar.json`,
+/// not `packer.json`): a patch of another template would never reach packer.
+fn check_patched_template(
+    data: &imagebuilder::Data,
+    cell: &Cell,
+    module: &Module,
+    steps: &[StepPlan],
+    problems: &mut Vec<TemplateProblem>,
+) {
+    let Some(patch) = steps
+        .iter()
+        .find(|s| s.builder == BuilderKind::TemplatePatch)
+    else {
+        return;
+    };
+    let Some(patched) = patch
+        .recipe
+        .params
+        .get("template")
+        .map(Value::render)
+        .filter(|t| data.has_template(t))
+    // else that is the error
+    else {
+        return;
+    };
+    let Some(decl) = module.steps.iter().find(|d| d.kind == patch.kind) else {
+        return;
+    };
+    for step in steps
+        .iter()
+        .filter(|s| s.builder == BuilderKind::ImageBuilder)
+    {
+        let Some(target) = step.recipe.params.get("target").map(Value::render) else {
+            continue;
+        };
+        let Some(runs) = data.template_of(&target) else {
+            continue;
+        };
+        if runs == patched {
+            continue;
+        }
+        let written = decl.params.get("template");
+        // `template "{SETTING}"`: say which setting to override, and for which cells.
+        let setting = written.and_then(|w| match &w.value {
+            Value::Str(s) => s
+                .strip_prefix('{')
+                .and_then(|r| r.strip_suffix('}'))
+                .filter(|n| module.settings.contains_key(*n)),
+            _ => None,
+        });
+        let select = match cell.values.get("os") {
+            Some(os) => format!("os=\"{os}\""),
+            None => "…".into(),
+        };
+        let help = match setting {
+            Some(name) => format!(
+                "set the module's `{name}` for these cells: `override {select} {{ {name} \"{runs}\" }}` in the provider block"
+            ),
+            None => format!(
+                "make the patch step's `template` a setting (`template \"{{template}}\"` with `setting \"template\" default=\"{patched}\"`) and set it to \"{runs}\" with `override {select} {{ … }}`"
+            ),
+        };
+        problems.push(TemplateProblem {
+            code: "kiln::image-builder::patch-not-run",
+            label: "the template patched",
+            loc: written.map_or(decl.loc, |w| w.loc),
+            what: format!("patch {patched} {target}"),
+            message: format!(
+                "`{target}` runs `{runs}`, but the patch step patches `{patched}`: the patches would never reach packer"
+            ),
+            help,
+        });
+        return;
     }
 }
 

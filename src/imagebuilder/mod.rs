@@ -28,14 +28,18 @@ pub struct Data {
     pub variables: BTreeMap<&'static str, BTreeSet<&'static str>>,
     /// Every packer template under `images/capi` (`packer/ami/packer.json`, …), sorted.
     pub templates: Vec<&'static str>,
+    /// For directories with several templates: the one each target runs.
+    pub target_templates: BTreeMap<&'static str, &'static str>,
 }
 
-/// Embedded data files: (version, make-targets.txt, variables.txt, templates.txt).
-const SHIPPED: &[(&str, &str, &str, &str)] = &[(
+/// Embedded data files: (version, make-targets.txt, variables.txt, templates.txt,
+/// target-templates.txt).
+const SHIPPED: &[(&str, &str, &str, &str, &str)] = &[(
     "v0.1.55",
     include_str!("../../data/image-builder/v0.1.55/make-targets.txt"),
     include_str!("../../data/image-builder/v0.1.55/variables.txt"),
     include_str!("../../data/image-builder/v0.1.55/templates.txt"),
+    include_str!("../../data/image-builder/v0.1.55/target-templates.txt"),
 )];
 
 fn lines(text: &'static str) -> impl Iterator<Item = &'static str> {
@@ -47,7 +51,7 @@ fn lines(text: &'static str) -> impl Iterator<Item = &'static str> {
 static DATA: LazyLock<Vec<Data>> = LazyLock::new(|| {
     SHIPPED
         .iter()
-        .map(|(version, targets, vars, templates)| {
+        .map(|(version, targets, vars, templates, target_templates)| {
             let mut targets: Vec<&str> = lines(targets).collect();
             targets.sort_unstable();
             let mut templates: Vec<&str> = lines(templates).collect();
@@ -63,6 +67,9 @@ static DATA: LazyLock<Vec<Data>> = LazyLock::new(|| {
                 targets,
                 variables,
                 templates,
+                target_templates: lines(target_templates)
+                    .filter_map(|l| l.split_once(' '))
+                    .collect(),
             }
         })
         .collect()
@@ -98,6 +105,24 @@ impl Data {
     /// The closest known target, for a "did you mean".
     pub fn suggest_target(&self, target: &str) -> Option<&'static str> {
         crate::config::diag::suggest(target, self.targets.iter().copied())
+    }
+
+    /// The packer template `make TARGET` runs (`build-hcloud-flatcar` →
+    /// `packer/hcloud/packer-flatcar.json`), if kiln knows it: read from the Makefile for
+    /// directories with several templates, else the directory's only one.
+    pub fn template_of(&self, target: &str) -> Option<&'static str> {
+        if let Some(t) = self.target_templates.get(target) {
+            return Some(t);
+        }
+        let prefix = format!("packer/{}/", self.template_dir(target)?);
+        let mut own = self.templates.iter().filter(|t| {
+            t.strip_prefix(&prefix)
+                .is_some_and(|rest| !rest.contains('/'))
+        });
+        match (own.next(), own.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
     }
 
     /// For a target this version lacks, the targets of the same verb and template family that
@@ -239,6 +264,31 @@ mod tests {
         // No release number, or an OS the family does not build: nothing to offer.
         assert_eq!(d.closest_targets("build-ami-flatcar-lts"), None);
         assert_eq!(d.closest_targets("build-hcloud-debian-12"), None);
+    }
+
+    #[test]
+    fn template_of_follows_the_makefile() {
+        let d = data("v0.1.55").unwrap();
+        assert_eq!(
+            d.template_of("build-hcloud-flatcar"),
+            Some("packer/hcloud/packer-flatcar.json")
+        );
+        assert_eq!(
+            d.template_of("validate-hcloud-ubuntu-2404"),
+            Some("packer/hcloud/packer.json")
+        );
+        assert_eq!(
+            d.template_of("build-ami-windows-2019"),
+            Some("packer/ami/packer-windows.json")
+        );
+        assert_eq!(
+            d.template_of("build-ami-ubuntu-2404"),
+            Some("packer/ami/packer.json")
+        );
+        assert_eq!(
+            d.template_of("build-qemu-ubuntu-2404"),
+            Some("packer/qemu/packer.json.tmpl")
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ const ERROR_CASES: &[&str] = &[
     "error-alias-is-provider",
     "error-secret-var-taken",
     "error-removed-release",
+    "error-patch-not-run",
 ];
 
 #[test]

@@ -126,6 +126,12 @@ pub(crate) fn jq_append(template: &Path, patch: &Path) {
     fs::write(template, out.stdout).unwrap();
 }
 
+/// `sha256sum FILE`.
+pub(crate) fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
 /// One recorded `packer validate|build`.
 #[derive(Debug, Clone)]
 pub(crate) struct PackerCall {
@@ -561,7 +567,20 @@ fn env_is_passed_keyed_and_pins_flatcar() {
     let p = &bench.project;
     p.edit("images.kdl", |t| {
         t.replace("os \"ubuntu-2404\"", "os \"flatcar\"")
-            .replace("    patch \"config/packer-patch.json\" op=\"append\"\n", "")
+    });
+    // Flatcar builds run packer-flatcar.json: a patch of packer.json would never reach packer.
+    let check = p.kiln(&["check"]);
+    check.expect_code(1);
+    assert!(
+        check.stderr.contains("kiln::image-builder::patch-not-run"),
+        "{}",
+        check.stderr
+    );
+    p.edit("images.kdl", |t| {
+        t.replace(
+            "    secret \"HCLOUD_TOKEN\"\n",
+            "    secret \"HCLOUD_TOKEN\"\n    override os=\"flatcar\" {\n        template \"packer/hcloud/packer-flatcar.json\"\n    }\n",
+        )
     });
     let check = p.kiln(&["check"]);
     check.expect_code(0);
@@ -597,9 +616,19 @@ fn env_is_passed_keyed_and_pins_flatcar() {
     let _ = fs::remove_file(bench.log.join("curl.txt"));
     let calls = build_calls(&bench, &[]);
     assert_eq!(calls.len(), 2);
+    // The user's patch reached the Flatcar template, as jq would have patched it.
+    let patched = p.path().join("flatcar-patched.json");
+    fs::copy(
+        capi_fixture().join("packer/hcloud/packer-flatcar.json"),
+        &patched,
+    )
+    .unwrap();
+    jq_append(&patched, &p.path().join("config/packer-patch.json"));
     for c in &calls {
         assert_eq!(c.env["FLATCAR_VERSION"], "4152.2.3");
         assert_eq!(c.merged["flatcar_version"], "4152.2.3");
+        assert_eq!(c.argv.last().unwrap(), "packer/hcloud/packer-flatcar.json");
+        assert_eq!(c.template_sha256, sha256_file(&patched));
     }
     // The step's own env is the build's only.
     assert_eq!(calls[0].env["FLATCAR_CHANNEL"], "stable");
