@@ -392,13 +392,13 @@ fn check_patched_template(
     else {
         return;
     };
+    // An unknown template is an error of its own (see `check_template`).
     let Some(patched) = patch
         .recipe
         .params
         .get("template")
         .map(Value::render)
         .filter(|t| data.has_template(t))
-    // else that is the error
     else {
         return;
     };
