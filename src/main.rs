@@ -3,6 +3,6 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    kiln::exec::supervise::run_if_asked();
+    kiln::process::supervise::run_if_asked();
     std::process::exit(kiln::output::finish(kiln::cli::main(std::env::args_os())));
 }

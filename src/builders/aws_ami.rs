@@ -14,9 +14,9 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 
+use super::StepError;
 use super::cloud::{self, bounded, http_err};
 use super::{Checked, Claim, StepCtx, StepOutput};
-use crate::exec::process::StepError;
 use crate::plan::DirtyReason;
 
 const VERSION: &str = "2016-11-15";

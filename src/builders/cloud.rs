@@ -5,8 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::StepCtx;
+use super::StepError;
 use crate::config::Value;
-use crate::exec::process::StepError;
 
 /// A secret the step received, by the name it sees.
 pub fn secret<'a>(ctx: &'a StepCtx, name: &str) -> Option<&'a str> {

@@ -1,9 +1,9 @@
 //! `command`: any argv, run in a work directory holding the shipped files. Variables and
 //! secrets arrive as environment variables; declared outputs are collected.
 
+use super::StepError;
 use super::{StepCtx, StepOutput, copy_into, copy_upstream, io_err};
 use crate::config::Value;
-use crate::exec::process::StepError;
 use crate::graph::FileRole;
 
 pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {

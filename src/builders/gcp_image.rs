@@ -15,9 +15,9 @@
 
 use std::io::Write;
 
+use super::StepError;
 use super::cloud;
 use super::{Checked, Claim, StepCtx, StepOutput, io_err};
-use crate::exec::process::StepError;
 use crate::plan::DirtyReason;
 
 pub const KEY_SECRET: &str = "GOOGLE_APPLICATION_CREDENTIALS_JSON";

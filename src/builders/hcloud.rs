@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value as Json};
 
+use super::StepError;
 use super::cloud::{self, bounded, http_err};
 use super::{Checked, Claim, StepCtx, StepOutput};
-use crate::exec::process::StepError;
 use crate::plan::DirtyReason;
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";

@@ -20,9 +20,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::StepError;
 use super::{StepCtx, StepOutput, copy_into, io_err, local::IMAGE};
 use crate::config::{StepKind, Value};
-use crate::exec::process::StepError;
 use crate::graph::{FileRole, Node};
 
 /// What a retry adds to image-builder's environment: packer's debug log.
@@ -391,7 +391,7 @@ async fn copy_out_of_image(
     removed?;
     // The stock template must be there; a shipped directory may be new.
     if required && let Some(e) = first_err {
-        return Err(e);
+        return Err(e.into());
     }
     Ok(copied)
 }

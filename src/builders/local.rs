@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::StepError;
 use super::{StepCtx, StepOutput, copy_into, io_err};
 use crate::config::Value;
-use crate::exec::process::StepError;
 use crate::graph::FileRole;
 
 pub const IMAGE: &str = "image.qcow2";

@@ -18,9 +18,39 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::{BuilderKind, StepKind};
-use crate::exec::process::{Spawner, StepError};
 use crate::graph::Node;
+use crate::process::{ProcessError, Spawner};
 use crate::store::{ActionResult, LocalStore};
+
+/// Why a step stopped without success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    Failed(String),
+    TimedOut(std::time::Duration),
+    Cancelled,
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Failed(m) => f.write_str(m),
+            StepError::TimedOut(d) => {
+                write!(f, "timed out after {}", humantime::format_duration(*d))
+            }
+            StepError::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+impl From<ProcessError> for StepError {
+    fn from(e: ProcessError) -> StepError {
+        match e {
+            ProcessError::TimedOut(d) => StepError::TimedOut(d),
+            ProcessError::Cancelled => StepError::Cancelled,
+            e => StepError::Failed(e.to_string()),
+        }
+    }
+}
 
 /// Everything a step may use while it runs.
 pub struct StepCtx {

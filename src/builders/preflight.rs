@@ -45,7 +45,7 @@ pub fn check<'a>(
     };
     for node in nodes {
         for s in node.secrets.iter() {
-            if let Some(why) = crate::exec::secret_problem(s) {
+            if let Some(why) = crate::secrets::problem(s) {
                 add(
                     "kiln::preflight::secret",
                     why,

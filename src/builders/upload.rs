@@ -18,9 +18,9 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest as _, Sha256};
 
+use super::StepError;
 use super::{Checked, Claim, StepCtx, StepOutput, io_err, local::IMAGE};
 use crate::config::Value;
-use crate::exec::process::StepError;
 use crate::plan::DirtyReason;
 use crate::store::remote::client::{self, PART_SIZE};
 

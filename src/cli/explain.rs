@@ -158,7 +158,7 @@ fn image_builder_invocation(
     graph: &crate::graph::Graph,
     ix: petgraph::graph::NodeIndex,
     install: &crate::imagebuilder::Install,
-) -> Result<crate::builders::image_builder::Invocation, crate::exec::process::StepError> {
+) -> Result<crate::builders::image_builder::Invocation, crate::builders::StepError> {
     use crate::builders::image_builder::invocation;
     let n = graph.node(ix);
     let mut upstream: Vec<_> = graph.deps(ix).collect();

@@ -398,6 +398,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Update(ref args) => update::run(&cli, args),
         Command::Watch(ref args) => watch::run(&cli, args),
-        Command::Supervise { ref argv } => crate::exec::supervise::run(argv),
+        Command::Supervise { ref argv } => crate::process::supervise::run(argv),
     }
 }

@@ -11,16 +11,16 @@ use petgraph::graph::NodeIndex;
 use tokio::sync::watch;
 
 use super::commit::Committer;
-use super::log::{self, NodeLog};
-use super::process::{ProcTable, Spawner, StepError};
 use super::progress::Progress;
 use super::report::Outcome;
 use super::workdir::WorkDirs;
-use crate::builders::{Runner, StepCtx};
-use crate::config::{SecretSource, StepKind};
+use crate::builders::{Runner, StepCtx, StepError};
+use crate::config::StepKind;
 use crate::graph::Node;
 use crate::hash::Digest;
 use crate::plan::Action;
+use crate::process::log::{self, NodeLog};
+use crate::process::{ProcTable, Spawner};
 use crate::store::remote::{CLAIM_LEASE, Claimed, Remote, runner_name};
 use crate::store::{ActionResult, ClaimRecord, LocalStore, Output, Record, now_unix_ms};
 
@@ -29,50 +29,6 @@ use crate::store::{ActionResult, ClaimRecord, LocalStore, Output, Record, now_un
 /// the log blob the node's result names, never this file.
 pub fn log_path(store: &LocalStore, id: &str) -> PathBuf {
     store.logs_dir().join(format!("{}.log", log::file_name(id)))
-}
-
-/// The largest secret file kiln reads (a service-account key is a few KiB).
-const MAX_SECRET_BYTES: u64 = 1024 * 1024;
-
-/// The value of one of a node's secrets, from its environment variable or file: only a regular
-/// file, of at most [`MAX_SECRET_BYTES`].
-fn secret_value(s: &crate::config::Secret) -> Result<(String, String), String> {
-    match &s.source {
-        SecretSource::Env(var) => std::env::var(var)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(|v| (s.name.clone(), v))
-            .ok_or_else(|| {
-                format!(
-                    "secret `{}` needs the environment variable {var} (unset or empty)",
-                    s.name
-                )
-            }),
-        SecretSource::File(p) => crate::config::files::read_regular(p, MAX_SECRET_BYTES)
-            .map_err(|e| e.to_string())
-            .and_then(|b| String::from_utf8(b).map_err(|_| "it is not UTF-8".to_string()))
-            .map(|v| (s.name.clone(), v.trim_end_matches('\n').to_string()))
-            .map_err(|e| format!("secret `{}`: cannot read {}: {e}", s.name, p.display())),
-    }
-}
-
-/// Every secret of the node: a step runs only with all of them.
-pub(super) fn secret_values(node: &Node) -> Result<Vec<(String, String)>, String> {
-    node.secrets.iter().map(secret_value).collect()
-}
-
-/// Why a secret cannot be had (its variable is unset or empty, its file unreadable), if so.
-pub fn secret_problem(s: &crate::config::Secret) -> Option<String> {
-    secret_value(s).err()
-}
-
-/// The secrets of the node that can be had: a refresh that needs a missing one says so itself
-/// (a `file://` bucket needs none).
-pub fn available_secrets(node: &Node) -> Vec<(String, String)> {
-    node.secrets
-        .iter()
-        .filter_map(|s| secret_value(s).ok())
-        .collect()
 }
 
 pub(super) struct Shared {
@@ -377,7 +333,7 @@ async fn adopt(sh: &Shared, remote: &Remote, r: ActionResult) -> JobOutcome {
 /// Runs the step with its retries, and stores and commits what it made.
 async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutcome {
     let node = &job.node;
-    let secrets = match secret_values(node) {
+    let secrets = match crate::secrets::values(node) {
         Ok(s) => s,
         Err(e) => return ended(Outcome::Failed(e), 0, None, None),
     };

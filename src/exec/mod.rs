@@ -4,12 +4,9 @@
 
 mod commit;
 mod job;
-pub mod log;
-pub mod process;
 mod progress;
 pub mod refresh;
 mod report;
-pub mod supervise;
 mod workdir;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,11 +21,11 @@ use tokio::task::JoinSet;
 use crate::builders::Runner;
 use crate::graph::Graph;
 use crate::plan::Plan;
+use crate::process::ProcTable;
 use crate::store::{ActionResult, LocalStore, Record, now_unix_ms};
 use commit::Committer;
+pub use job::log_path;
 use job::{Job, JobOutcome, Shared, StepSlot, run_job};
-pub use job::{available_secrets, log_path, secret_problem};
-use process::ProcTable;
 pub use progress::{Progress, View};
 pub use report::{
     BuildReport, NodeReport, Outcome, TAIL_LINES, failure_message, summary_markdown, summary_table,

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Outcome;
-use super::log::NodeLog;
 use crate::graph::Node;
+use crate::process::log::NodeLog;
 
 /// Which view a build shows (the CLI resolves `--progress`, `--quiet` and the terminal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,13 +10,12 @@ use std::time::Duration;
 use petgraph::graph::NodeIndex;
 use tokio::sync::watch;
 
-use super::log::NodeLog;
-use super::process::{ProcTable, Spawner};
-
 use crate::builders::{Checked, Claim, Runner, StepCtx};
 use crate::graph::{Graph, Node};
 use crate::hash::Digest;
 use crate::plan::DirtyReason;
+use crate::process::log::NodeLog;
+use crate::process::{ProcTable, Spawner};
 use crate::store::{ActionResult, ClaimRecord, ClaimStatus, Claims, LocalStore, now_unix_ms};
 
 /// How long one refresh may take, all claims together.
@@ -95,7 +94,7 @@ pub async fn check(
     let now = now_unix_ms();
     let secrets: Vec<Vec<(String, String)>> = nodes
         .iter()
-        .map(|&(node, _)| super::available_secrets(node))
+        .map(|&(node, _)| crate::secrets::available(node))
         .collect();
     let values: BTreeSet<String> = secrets.iter().flatten().map(|(_, v)| v.clone()).collect();
     // One log and one work directory serve every check: a check writes to neither, save what

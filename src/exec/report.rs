@@ -53,8 +53,7 @@ pub struct NodeReport {
     pub retries: Vec<String>,
 }
 
-/// How many lines of a failed node's log the build output shows.
-pub const TAIL_LINES: usize = 20;
+pub use crate::process::log::TAIL_LINES;
 
 impl NodeReport {
     /// A node that did not run (cached, or never started).

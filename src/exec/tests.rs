@@ -7,9 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::process::StepError;
 use super::*;
-use crate::builders::{Checked, Claim, RefreshFuture, StepCtx, StepFuture, StepOutput};
+use crate::builders::{Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput};
 use crate::graph::Graph;
 use crate::hash::Digest;
 use crate::plan::{CacheView, LastResult};

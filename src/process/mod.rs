@@ -1,7 +1,11 @@
 //! Running one child process for a step: its output goes to the node's log (secrets redacted),
-//! it runs under kiln's supervisor (see [`super::supervise`]) in a process group of its own, so a
+//! it runs under kiln's supervisor (see [`supervise`]) in a process group of its own, so a
 //! timeout or Ctrl-C reaches everything it started, and when it returns, every process it
-//! started has ended and been reaped.
+//! started has ended and been reaped. The executor hands a [`Spawner`] to each step; builders
+//! run their programs through it.
+
+pub mod log;
+pub mod supervise;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -15,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::log::NodeLog;
+use log::NodeLog;
 
 /// Process groups of running children, so a signal can be forwarded to all of them.
 #[derive(Default)]
@@ -34,24 +38,33 @@ impl ProcTable {
     }
 }
 
-/// Why a step stopped without success.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepError {
-    Failed(String),
+/// Why a program a step ran did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("`{program}` is not installed or not on PATH")]
+    NotFound { program: String },
+    #[error("cannot start kiln's supervisor for `{program}`: {source}")]
+    Supervisor {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("waiting for `{program}`: {source}")]
+    Wait {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("`{program}` exited with status {code}")]
+    Exited { program: String, code: i32 },
+    #[error("`{program}` was killed by a signal")]
+    Killed { program: String },
+    /// The step's deadline passed (the program and everything it started were ended).
+    #[error("timed out after {}", humantime::format_duration(*.0))]
     TimedOut(Duration),
+    /// The build was cancelled (Ctrl-C, SIGTERM) while the program ran.
+    #[error("cancelled")]
     Cancelled,
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StepError::Failed(m) => f.write_str(m),
-            StepError::TimedOut(d) => {
-                write!(f, "timed out after {}", humantime::format_duration(*d))
-            }
-            StepError::Cancelled => f.write_str("cancelled"),
-        }
-    }
 }
 
 /// What a step may use to run processes.
@@ -119,7 +132,7 @@ impl Spawner {
         argv: &[String],
         env: &[(String, String)],
         cwd: &Path,
-    ) -> Result<(), StepError> {
+    ) -> Result<(), ProcessError> {
         self.run_without(argv, env, &[], cwd).await
     }
 
@@ -131,13 +144,14 @@ impl Spawner {
         env: &[(String, String)],
         remove: &[String],
         cwd: &Path,
-    ) -> Result<(), StepError> {
+    ) -> Result<(), ProcessError> {
         let Some((program, args)) = argv.split_first() else {
-            return Err(StepError::Failed("empty command".into()));
+            return Err(ProcessError::EmptyCommand);
         };
         self.log.line(&format!("$ {}", argv.join(" ")));
-        let not_found =
-            || StepError::Failed(format!("`{program}` is not installed or not on PATH"));
+        let not_found = || ProcessError::NotFound {
+            program: program.clone(),
+        };
         let at = match resolve(program, env) {
             Some(path) => path.into_os_string(),
             None if program.contains('/') => {
@@ -152,9 +166,9 @@ impl Spawner {
         };
         // The program runs under kiln's supervisor (see `supervise`), which ends every process
         // it leaves behind before it exits itself.
-        let (supervisor, subcommand) = super::supervise::program();
+        let (supervisor, subcommand) = supervise::program();
         let mut cmd = Command::new(supervisor);
-        cmd.args(super::supervise::command_line(
+        cmd.args(supervise::command_line(
             *subcommand,
             OsStr::new(program),
             &at,
@@ -170,10 +184,9 @@ impl Spawner {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
-            StepError::Failed(format!(
-                "cannot start kiln's supervisor for `{program}`: {e}"
-            ))
+        let mut child = cmd.spawn().map_err(|source| ProcessError::Supervisor {
+            program: program.clone(),
+            source,
         })?;
         let pgid = child.id().map(|p| p as i32);
         if let Some(p) = pgid {
@@ -190,8 +203,8 @@ impl Spawner {
         };
         let outcome = tokio::select! {
             status = child.wait() => Ok(status),
-            _ = sleep => Err(StepError::TimedOut(self.deadline.map(|d| d.1).unwrap_or_default())),
-            _ = cancel.wait_for(|c| *c) => Err(StepError::Cancelled),
+            _ = sleep => Err(ProcessError::TimedOut(self.deadline.map(|d| d.1).unwrap_or_default())),
+            _ = cancel.wait_for(|c| *c) => Err(ProcessError::Cancelled),
         };
         if outcome.is_err()
             && let Some(p) = pgid
@@ -201,7 +214,7 @@ impl Spawner {
             unsafe {
                 libc::kill(-p, libc::SIGTERM);
             }
-            let grace = super::supervise::GRACE + Duration::from_secs(5);
+            let grace = supervise::GRACE + Duration::from_secs(5);
             if tokio::time::timeout(grace, child.wait()).await.is_err() {
                 unsafe {
                     libc::kill(-p, libc::SIGKILL);
@@ -214,15 +227,15 @@ impl Spawner {
         if let Some(p) = pgid {
             self.procs.groups.lock().expect("proc table").remove(&p);
         }
-        let status =
-            outcome?.map_err(|e| StepError::Failed(format!("waiting for `{program}`: {e}")))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(StepError::Failed(match status.code() {
-                Some(c) => format!("`{program}` exited with status {c}"),
-                None => format!("`{program}` was killed by a signal"),
-            }))
+        let status = outcome?.map_err(|source| ProcessError::Wait {
+            program: program.clone(),
+            source,
+        })?;
+        let program = program.clone();
+        match status.code() {
+            _ if status.success() => Ok(()),
+            Some(code) => Err(ProcessError::Exited { program, code }),
+            None => Err(ProcessError::Killed { program }),
         }
     }
 

@@ -25,7 +25,8 @@ pub struct NodeLog {
     tail: Mutex<std::collections::VecDeque<String>>,
 }
 
-use super::report::TAIL_LINES;
+/// How many lines of a failed node's log the build output shows.
+pub const TAIL_LINES: usize = 20;
 
 /// The open file and a running digest of every byte written to it.
 struct Written {
