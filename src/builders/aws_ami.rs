@@ -14,10 +14,65 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 
-use super::StepError;
 use super::cloud::{self, bounded, http_err};
-use super::{Checked, Claim, StepCtx, StepOutput};
+use super::{
+    Builder, Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput, one_by_one,
+};
+use crate::config::BuilderKind;
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
 use crate::plan::DirtyReason;
+
+/// What a `aws-ami` step takes: its parameters, and the provider inputs it receives.
+pub static SPEC: BuilderSpec = BuilderSpec {
+    kind: BuilderKind::AwsAmi,
+    params: &[
+        ParamSpec::new(
+            "regions",
+            ParamType::List,
+            true,
+            "regions the AMI is copied to",
+        ),
+        ParamSpec::new(
+            "public",
+            ParamType::Bool,
+            false,
+            "make the AMI and its snapshots public",
+        ),
+        ParamSpec::new(
+            "endpoint",
+            ParamType::Str,
+            false,
+            "the EC2 endpoint for every region (default https://ec2.<region>.amazonaws.com)",
+        ),
+    ],
+    consumes: Consumes {
+        vars: false,
+        patches: false,
+        files: false,
+        secrets: true,
+        image_builder: false,
+    },
+};
+
+pub struct AwsAmi;
+
+impl Builder for AwsAmi {
+    fn spec(&self) -> &'static BuilderSpec {
+        &SPEC
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
+        Box::pin(run(ctx))
+    }
+
+    fn makes_claims(&self) -> bool {
+        true
+    }
+
+    fn refresh<'a>(&'a self, claims: &'a [&'a Claim]) -> RefreshFuture<'a> {
+        one_by_one(claims, refresh)
+    }
+}
 
 const VERSION: &str = "2016-11-15";
 const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
@@ -292,7 +347,7 @@ async fn publish_region(
     Ok(())
 }
 
-pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let regions = cloud::list_param(ctx, "regions");
     if regions.is_empty() {
         return Err(StepError::Failed(
@@ -345,7 +400,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
 
 /// Refresh: every region's AMI still exists, is available, and is public when it was published
 /// public (one DescribeImages per region).
-pub async fn refresh(c: &Claim) -> Checked {
+async fn refresh(c: &Claim) -> Checked {
     let ctx = &c.ctx;
     let amis: Vec<(&str, &str)> = c
         .facts

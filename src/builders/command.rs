@@ -1,12 +1,87 @@
 //! `command`: any argv, run in a work directory holding the shipped files. Variables and
 //! secrets arrive as environment variables; declared outputs are collected.
 
-use super::StepError;
-use super::{StepCtx, StepOutput, copy_into, copy_upstream, io_err};
+use super::{
+    Builder, StepCtx, StepError, StepFuture, StepOutput, copy_into, copy_upstream, io_err,
+};
+use crate::config::BuilderKind;
 use crate::config::Value;
-use crate::graph::FileRole;
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::graph::{FileRole, Node};
+use crate::imagebuilder::Install;
 
-pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+/// What a `command` step takes: its parameters, and the provider inputs it receives.
+pub static SPEC: BuilderSpec = BuilderSpec {
+    kind: BuilderKind::Command,
+    params: &[
+        ParamSpec::new(
+            "argv",
+            ParamType::List,
+            true,
+            "the program and its arguments",
+        ),
+        ParamSpec::new(
+            "outputs",
+            ParamType::List,
+            false,
+            "files the command writes, relative to its work directory",
+        ),
+        ParamSpec::new(
+            "debug-env",
+            ParamType::List,
+            false,
+            "NAME=VALUE pairs set on retries",
+        ),
+    ],
+    consumes: Consumes {
+        vars: true,
+        patches: false,
+        files: true,
+        secrets: true,
+        image_builder: false,
+    },
+};
+
+pub struct Command;
+
+impl Builder for Command {
+    fn spec(&self) -> &'static BuilderSpec {
+        &SPEC
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
+        Box::pin(run(ctx))
+    }
+
+    /// The step's `debug-env` pairs.
+    fn debug_env(&self, node: &Node) -> Vec<String> {
+        debug_env(node)
+    }
+
+    /// Its program, when it is looked up on `PATH`.
+    fn programs(&self, node: &Node, _install: &Install) -> Vec<(String, String)> {
+        match node.recipe.params.get("argv").map(Value::as_list) {
+            Some(argv) if argv.first().is_some_and(|p| !p.contains('/')) => {
+                vec![(argv[0].clone(), "the command step runs it".into())]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The `NAME=VALUE` pairs of the step's `debug-env`.
+fn debug_env(node: &Node) -> Vec<String> {
+    node.recipe
+        .params
+        .get("debug-env")
+        .map(Value::as_list)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pair| pair.contains('='))
+        .collect()
+}
+
+async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let p = &ctx.node.recipe.params;
     let argv = p.get("argv").map(Value::as_list).unwrap_or_default();
     for f in ctx.node.recipe.files.iter() {
@@ -35,7 +110,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     env.push(("KILN_NODE".into(), ctx.node.id.clone()));
     env.push(("KILN_ATTEMPT".into(), ctx.attempt.to_string()));
     if ctx.debug() {
-        for pair in super::debug_settings(&ctx.node) {
+        for pair in debug_env(&ctx.node) {
             if let Some((k, v)) = pair.split_once('=') {
                 env.push((k.to_string(), v.to_string()));
             }

@@ -15,10 +15,87 @@
 
 use std::io::Write;
 
-use super::StepError;
 use super::cloud;
-use super::{Checked, Claim, StepCtx, StepOutput, io_err};
+use super::{
+    Builder, Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput, io_err,
+    one_by_one,
+};
+use crate::config::BuilderKind;
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::graph::Node;
+use crate::imagebuilder::Install;
 use crate::plan::DirtyReason;
+
+/// What a `gcp-image` step takes: its parameters, and the provider inputs it receives.
+pub static SPEC: BuilderSpec = BuilderSpec {
+    kind: BuilderKind::GcpImage,
+    params: &[
+        ParamSpec::new(
+            "member",
+            ParamType::Str,
+            true,
+            "e.g. \"allAuthenticatedUsers\"",
+        ),
+        ParamSpec::new(
+            "role",
+            ParamType::Str,
+            true,
+            "e.g. \"roles/compute.imageUser\"",
+        ),
+        ParamSpec::new(
+            "project",
+            ParamType::Str,
+            true,
+            "the project holding the image",
+        ),
+        ParamSpec::new(
+            "image",
+            ParamType::Str,
+            false,
+            "the image name, when the build records none",
+        ),
+        ParamSpec::new(
+            "family",
+            ParamType::Str,
+            false,
+            "otherwise: share the newest image of this family",
+        ),
+    ],
+    consumes: Consumes {
+        vars: false,
+        patches: false,
+        files: false,
+        secrets: true,
+        image_builder: false,
+    },
+};
+
+pub struct GcpImage;
+
+impl Builder for GcpImage {
+    fn spec(&self) -> &'static BuilderSpec {
+        &SPEC
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
+        Box::pin(run(ctx))
+    }
+
+    fn makes_claims(&self) -> bool {
+        true
+    }
+
+    fn refresh<'a>(&'a self, claims: &'a [&'a Claim]) -> RefreshFuture<'a> {
+        one_by_one(claims, refresh)
+    }
+
+    fn programs(&self, _node: &Node, _install: &Install) -> Vec<(String, String)> {
+        vec![(
+            "gcloud".into(),
+            "install the Google Cloud CLI, which the gcp-image step shares images with".into(),
+        )]
+    }
+}
 
 pub const KEY_SECRET: &str = "GOOGLE_APPLICATION_CREDENTIALS_JSON";
 
@@ -129,7 +206,7 @@ fn key_env(ctx: &StepCtx) -> Result<(Env, Option<tempfile::NamedTempFile>), Step
 
 /// Refresh: the image still exists and its IAM policy still grants the recorded role to the
 /// recorded member (`gcloud compute images get-iam-policy`).
-pub async fn refresh(c: &Claim) -> Checked {
+async fn refresh(c: &Claim) -> Checked {
     let ctx = &c.ctx;
     let facts = &c.facts;
     let (Some(image), Some(project), Some(member), Some(role)) = (
@@ -218,7 +295,7 @@ fn required(ctx: &StepCtx, name: &str) -> Result<String, StepError> {
         .ok_or_else(|| StepError::Failed(format!("the step has no `{name}` parameter")))
 }
 
-pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let member = required(ctx, "member")?;
     let role = required(ctx, "role")?;
     let project = required(ctx, "project")?;

@@ -7,10 +7,59 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value as Json};
 
-use super::StepError;
 use super::cloud::{self, bounded, http_err};
-use super::{Checked, Claim, StepCtx, StepOutput};
+use super::{
+    Builder, Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput, one_by_one,
+};
+use crate::config::BuilderKind;
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
 use crate::plan::DirtyReason;
+
+/// What a `hcloud-snapshot` step takes: its parameters, and the provider inputs it receives.
+pub static SPEC: BuilderSpec = BuilderSpec {
+    kind: BuilderKind::HcloudSnapshot,
+    params: &[
+        ParamSpec::new(
+            "labels",
+            ParamType::List,
+            false,
+            "KEY=VALUE labels put on the snapshot",
+        ),
+        ParamSpec::new(
+            "endpoint",
+            ParamType::Str,
+            false,
+            "the API endpoint (default https://api.hetzner.cloud/v1)",
+        ),
+    ],
+    consumes: Consumes {
+        vars: false,
+        patches: false,
+        files: false,
+        secrets: true,
+        image_builder: false,
+    },
+};
+
+pub struct HcloudSnapshot;
+
+impl Builder for HcloudSnapshot {
+    fn spec(&self) -> &'static BuilderSpec {
+        &SPEC
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
+        Box::pin(run(ctx))
+    }
+
+    fn makes_claims(&self) -> bool {
+        true
+    }
+
+    fn refresh<'a>(&'a self, claims: &'a [&'a Claim]) -> RefreshFuture<'a> {
+        one_by_one(claims, refresh)
+    }
+}
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
 
@@ -60,7 +109,7 @@ fn labels_of(doc: &Json) -> Map<String, Json> {
         .unwrap_or_default()
 }
 
-pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let labels = parse_labels(&cloud::list_param(ctx, "labels")).map_err(StepError::Failed)?;
     let id = cloud::upstream_fact(ctx, "snapshot")
         .or_else(|| cloud::upstream_fact(ctx, "image"))
@@ -130,7 +179,7 @@ pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
 }
 
 /// Refresh: the snapshot still exists (`GET /images/{id}`) and still has its labels.
-pub async fn refresh(c: &Claim) -> Checked {
+async fn refresh(c: &Claim) -> Checked {
     let ctx = &c.ctx;
     let Some(id) = c.facts.get("snapshot") else {
         return Checked::Unknown("its cached result records no `snapshot`".into());

@@ -1,8 +1,9 @@
-//! `template-patch` and `image-builder`: kubernetes-sigs/image-builder, from a local checkout
+//! `image-builder`: kubernetes-sigs/image-builder, from a local checkout
 //! (`make -C …/images/capi TARGET`) or from its container image pinned by digest (`docker run` /
 //! `podman run`), with the same inputs either way:
 //!
-//! - the patched packer template (the `template-patch` node's `template.json`) in place of
+//! - the patched packer template (the `template-patch` node's `template.json`, see
+//!   [`super::template_patch`]) in place of
 //!   `packer/<provider>/packer.json`;
 //! - shipped files and directories at their `to=` path under `images/capi` (in the container,
 //!   `/home/imagebuilder`);
@@ -20,41 +21,43 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::StepError;
-use super::{StepCtx, StepOutput, copy_into, io_err, local::IMAGE};
-use crate::config::{StepKind, Value};
+use super::template_patch::TEMPLATE;
+use super::{
+    Builder, Explanation, StepCtx, StepError, StepFuture, StepOutput, copy_into, io_err,
+    local::IMAGE,
+};
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::{BuilderKind, StepKind, Value};
 use crate::graph::{FileRole, Node};
 
 /// What a retry adds to image-builder's environment: packer's debug log.
 pub const DEBUG_ENV: &str = "PACKER_LOG=1";
 use crate::imagebuilder::{self, Engine, FLAG_PREFIX, Install};
 
-/// The patched template a `template-patch` node outputs.
-pub const TEMPLATE: &str = "template.json";
 /// image-builder's home in its container image.
 const HOME: &str = "/home/imagebuilder";
 
-fn engine(install: &Install) -> Result<Engine, StepError> {
+pub(super) fn engine(install: &Install) -> Result<Engine, StepError> {
     install
         .engine()
         .ok_or_else(|| StepError::Failed(imagebuilder::NOT_SET_UP.into()))
 }
 
-fn source(install: &Install) -> Result<&Path, StepError> {
+pub(super) fn source(install: &Install) -> Result<&Path, StepError> {
     install
         .source
         .as_deref()
         .ok_or_else(|| StepError::Failed(imagebuilder::NO_SOURCE.into()))
 }
 
-fn image(install: &Install) -> Result<&str, StepError> {
+pub(super) fn image(install: &Install) -> Result<&str, StepError> {
     install
         .image
         .as_deref()
         .ok_or_else(|| StepError::Failed(imagebuilder::NO_IMAGE.into()))
 }
 
-fn param(ctx: &StepCtx, name: &str) -> Result<String, StepError> {
+pub(super) fn param(ctx: &StepCtx, name: &str) -> Result<String, StepError> {
     ctx.node
         .recipe
         .params
@@ -63,52 +66,126 @@ fn param(ctx: &StepCtx, name: &str) -> Result<String, StepError> {
         .ok_or_else(|| StepError::Failed(format!("the step has no `{name}` parameter")))
 }
 
-/// `template-patch`: reads `images/capi/<template>` from the checkout or the image, applies the
-/// provider's patches in order and outputs the result as `template.json`.
-pub async fn patch(ctx: &StepCtx) -> Result<StepOutput, StepError> {
-    let template = param(ctx, "template")?;
-    let install = &*ctx.image_builder;
-    let text = match engine(install)? {
-        Engine::Make => {
-            let path = source(install)?.join("images/capi").join(&template);
-            std::fs::read_to_string(&path).map_err(|e| {
-                StepError::Failed(format!(
-                    "cannot read {}: {e}; source= must be a checkout of kubernetes-sigs/image-builder (the directory holding images/capi)",
-                    path.display()
-                ))
-            })?
-        }
-        Engine::Docker | Engine::Podman => {
-            let stock = ctx.work.join("stock.json");
-            copy_out_of_image(ctx, install, &[(template.clone(), stock.clone())], true).await?;
-            std::fs::read_to_string(&stock).map_err(io_err("reading the template"))?
-        }
-    };
-    let mut doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| StepError::Failed(format!("{template} is not JSON: {e}")))?;
-    for f in ctx.node.recipe.files.iter() {
-        let FileRole::Patch(op) = f.role else {
-            continue;
-        };
-        let patch_text = std::fs::read_to_string(&f.path).map_err(io_err(&f.rel))?;
-        let p: serde_json::Value = serde_json::from_str(&patch_text)
-            .map_err(|e| StepError::Failed(format!("{} is not JSON: {e}", f.rel)))?;
-        imagebuilder::apply_patch(&mut doc, &p, op)
-            .map_err(|e| StepError::Failed(format!("{} (op={}): {e}", f.rel, op.as_str())))?;
-        ctx.spawner.log.line(&format!(
-            "applied {} (op={}) to {template}",
-            f.rel,
-            op.as_str()
-        ));
+/// What a `image-builder` step takes: its parameters, and the provider inputs it receives.
+pub static SPEC: BuilderSpec = BuilderSpec {
+    kind: BuilderKind::ImageBuilder,
+    params: &[ParamSpec::new(
+        "target",
+        ParamType::Str,
+        true,
+        "the make target, e.g. \"build-ami-{os}\"",
+    )],
+    consumes: Consumes {
+        vars: true,
+        patches: false,
+        files: true,
+        secrets: true,
+        image_builder: true,
+    },
+};
+
+pub struct ImageBuilder;
+
+impl Builder for ImageBuilder {
+    fn spec(&self) -> &'static BuilderSpec {
+        &SPEC
     }
-    let out = ctx.work.join(TEMPLATE);
-    let mut pretty = serde_json::to_string_pretty(&doc).expect("JSON serializes");
-    pretty.push('\n');
-    std::fs::write(&out, pretty).map_err(io_err("writing the patched template"))?;
-    let mut result = StepOutput::default();
-    result.outputs.push((TEMPLATE.into(), out));
-    result.facts.insert("template".into(), template);
-    Ok(result)
+
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
+        Box::pin(run(ctx))
+    }
+
+    fn debug_env(&self, _node: &Node) -> Vec<String> {
+        vec![DEBUG_ENV.to_string()]
+    }
+
+    fn programs(&self, _node: &Node, install: &Install) -> Vec<(String, String)> {
+        match install.engine() {
+            Some(Engine::Make) => vec![(
+                "make".into(),
+                "install make, which runs image-builder's Makefile".into(),
+            )],
+            _ => engine_program(install).into_iter().collect(),
+        }
+    }
+
+    /// The exact command the node runs, its environment, the files it is given and its var
+    /// file, in a work directory shown as `<work>`.
+    fn explain(&self, node: &Node, upstream: &[&Node], install: &Install) -> Option<Explanation> {
+        // The patched template comes from the cell's patch node, upstream of validate and build.
+        let template = upstream
+            .iter()
+            .find(|d| d.step == StepKind::Patch)
+            .and_then(|d| d.recipe.params.get("template"))
+            .map(Value::render);
+        let inv = invocation(node, install, Path::new("<work>"), template.as_deref(), 1);
+        let mut shown = Explanation::default();
+        shown
+            .json
+            .insert("invocation".into(), invocation_json(&inv));
+        shown.text = match inv {
+            Ok(inv) => describe(&inv),
+            Err(e) => format!("command   (cannot run here: {e})\n"),
+        };
+        Some(shown)
+    }
+}
+
+/// The container engine, when image-builder runs in its image: the program a node runs.
+pub(super) fn engine_program(install: &Install) -> Option<(String, String)> {
+    match install.engine() {
+        Some(e @ (Engine::Docker | Engine::Podman)) => Some((
+            e.as_str().into(),
+            format!(
+                "install {0}, which engine \"{0}\" runs image-builder's image with",
+                e.as_str()
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// What `kiln explain` prints of an invocation.
+fn describe(inv: &Invocation) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("command   {}\n", inv.argv.join(" ")));
+    for (k, v) in &inv.env {
+        out.push_str(&format!("env       {k}={v}\n"));
+    }
+    for name in &inv.secrets {
+        out.push_str(&format!("env       {name}=*** (secret)\n"));
+    }
+    if !inv.env.iter().any(|(k, _)| k == "PACKER_LOG") {
+        out.push_str("env       PACKER_LOG=1 (on retries)\n");
+    }
+    for (from, to) in &inv.files {
+        out.push_str(&format!("file      {} → {to}\n", from.display()));
+    }
+    let vars = serde_json::to_string_pretty(&inv.vars).unwrap_or_default();
+    out.push_str("var file\n");
+    for line in vars.lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out
+}
+
+/// What `kiln explain --json` prints of an invocation (or why there is none here).
+fn invocation_json(inv: &Result<Invocation, StepError>) -> serde_json::Value {
+    match inv {
+        Ok(inv) => serde_json::json!({
+            "argv": inv.argv,
+            "env": inv.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "secrets": inv.secrets,
+            "debug_env_on_retry": DEBUG_ENV,
+            "files": inv
+                .files
+                .iter()
+                .map(|(from, to)| serde_json::json!({ "from": from.display().to_string(), "to": to }))
+                .collect::<Vec<_>>(),
+            "vars": inv.vars,
+        }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
 }
 
 /// Quotes a word for the shell that `make` hands PACKER_FLAGS to.
@@ -342,7 +419,7 @@ pub fn invocation(
 
 /// Copies files or directories out of the container image: (path under images/capi, where to).
 /// One container is created for all of them and removed afterwards.
-async fn copy_out_of_image(
+pub(super) async fn copy_out_of_image(
     ctx: &StepCtx,
     install: &Install,
     paths: &[(String, PathBuf)],
@@ -495,7 +572,7 @@ impl Drop for KeyFile {
 /// `image-builder`: `make TARGET` (a `validate-…` or `build-…` target) in a staged checkout or
 /// in the container; a build's packer manifest becomes facts, a qemu build's disk image its
 /// `image.qcow2` output.
-pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let install = &*ctx.image_builder;
     let template = patched_template(ctx)?;
     let inv = invocation(

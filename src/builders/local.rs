@@ -4,10 +4,59 @@
 
 use std::path::{Path, PathBuf};
 
-use super::StepError;
-use super::{StepCtx, StepOutput, copy_into, io_err};
-use crate::config::Value;
-use crate::graph::FileRole;
+use super::{Builder, StepCtx, StepError, StepFuture, StepOutput, copy_into, io_err};
+use crate::config::BuilderKind;
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::{StepKind, Value};
+use crate::graph::{FileRole, Node};
+use crate::imagebuilder::Install;
+
+/// What a `local` step takes: its parameters, and the provider inputs it receives.
+pub static SPEC: BuilderSpec = BuilderSpec {
+    kind: BuilderKind::Local,
+    params: &[
+        ParamSpec::new(
+            "size",
+            ParamType::Str,
+            false,
+            "the filesystem size, e.g. \"64M\"",
+        ),
+        ParamSpec::new("label", ParamType::Str, false, "the filesystem label"),
+        ParamSpec::new(
+            "mirrors",
+            ParamType::List,
+            false,
+            "registry mirrors written as containerd hosts.toml files",
+        ),
+    ],
+    consumes: Consumes {
+        vars: true,
+        patches: false,
+        files: true,
+        secrets: false,
+        image_builder: false,
+    },
+};
+
+pub struct Local;
+
+impl Builder for Local {
+    fn spec(&self) -> &'static BuilderSpec {
+        &SPEC
+    }
+
+    /// A validate step checks the image its build made; any other step builds one.
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
+        match ctx.node.step {
+            StepKind::Validate => Box::pin(validate(ctx)),
+            _ => Box::pin(build(ctx)),
+        }
+    }
+
+    fn programs(&self, _node: &Node, _install: &Install) -> Vec<(String, String)> {
+        vec![("qemu-img".into(), "install the qemu-utils package".into())]
+    }
+}
 
 pub const IMAGE: &str = "image.qcow2";
 const RELEASE_FILE: &str = "etc/image-release";
@@ -134,7 +183,7 @@ fn uuid_for(ctx: &StepCtx) -> String {
     )
 }
 
-pub async fn build(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn build(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let mke2fs = find_tool("mke2fs")?;
     let qemu_img = find_tool("qemu-img")?;
     let tree = ctx.work.join("rootfs");
@@ -197,7 +246,7 @@ pub async fn build(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     Ok(out)
 }
 
-pub async fn validate(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn validate(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let qemu_img = find_tool("qemu-img")?;
     let debugfs = find_tool("debugfs")?;
     // qemu-img and debugfs get a copy: nothing they do reaches the stored image.

@@ -1,287 +1,185 @@
-//! The runners behind builders. A step gets a [`StepCtx`] and returns its output files and
-//! facts; the executor stores them. Tests swap the runner through the [`Runner`] trait.
+//! The builders: what a step's `builder=` names. Each is one [`Builder`] implementation in a file
+//! of its own, which owns everything about it: its [`BuilderSpec`] (the parameter table and the
+//! provider inputs it consumes, which config checks steps against), how a step of it runs, the
+//! programs it needs, how a publish builder refreshes its claims, and what `kiln explain` shows
+//! of it. [`builder`] finds the one for a [`BuilderKind`].
+//!
+//! The executor runs steps through the [`Runner`] trait ([`Builtin`] dispatches to the builders;
+//! tests swap in a fake). Builders run programs through [`crate::process`], never through the
+//! executor.
 
-mod aws_ami;
+pub mod aws_ami;
+mod claim;
 mod cloud;
-mod command;
-mod gcp_image;
-mod hcloud;
+pub mod command;
+mod context;
+pub mod gcp_image;
+pub mod hcloud;
 pub mod image_builder;
-mod local;
+pub mod local;
 pub mod preflight;
-mod upload;
+pub mod template_patch;
+pub mod upload;
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 
-use crate::config::{BuilderKind, StepKind};
+use crate::config::BuilderKind;
+use crate::config::step::BuilderSpec;
 use crate::graph::Node;
-use crate::process::{ProcessError, Spawner};
-use crate::store::{ActionResult, LocalStore};
+use crate::imagebuilder::Install;
 
-/// Why a step stopped without success.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepError {
-    Failed(String),
-    TimedOut(std::time::Duration),
-    Cancelled,
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StepError::Failed(m) => f.write_str(m),
-            StepError::TimedOut(d) => {
-                write!(f, "timed out after {}", humantime::format_duration(*d))
-            }
-            StepError::Cancelled => f.write_str("cancelled"),
-        }
-    }
-}
-
-impl From<ProcessError> for StepError {
-    fn from(e: ProcessError) -> StepError {
-        match e {
-            ProcessError::TimedOut(d) => StepError::TimedOut(d),
-            ProcessError::Cancelled => StepError::Cancelled,
-            e => StepError::Failed(e.to_string()),
-        }
-    }
-}
-
-/// Everything a step may use while it runs.
-pub struct StepCtx {
-    pub node: Node,
-    /// An empty directory for this attempt, emptied afterwards (after the outputs are stored)
-    /// and reused by later attempts of any node.
-    pub work: PathBuf,
-    /// The config root: relative bucket paths resolve against it.
-    pub root: PathBuf,
-    /// Where image-builder is: a checkout, a container image, and the engine to run it with.
-    pub image_builder: Arc<crate::imagebuilder::Install>,
-    /// Results of every upstream node, nearest first.
-    pub upstream: Vec<(StepKind, ActionResult)>,
-    pub store: Arc<LocalStore>,
-    /// Secret values by the name the step sees. Never logged or stored.
-    pub secrets: Vec<(String, String)>,
-    /// 1 for the first run; retries run with the step's debug settings.
-    pub attempt: u32,
-    pub spawner: Spawner,
-}
-
-impl StepCtx {
-    /// Whether this attempt runs with the step's debug settings (see [`debug_on`]).
-    pub fn debug(&self) -> bool {
-        debug_on(&self.node, self.attempt)
-    }
-
-    /// The stored file of an upstream output, by output name, verified: the blob itself, for
-    /// kiln to read in process. A path handed to a spawned process comes from
-    /// [`StepCtx::upstream_copy`] instead.
-    pub fn upstream_file(&self, name: &str) -> Result<PathBuf, StepError> {
-        for (_, r) in &self.upstream {
-            if let Some(o) = r.outputs.iter().find(|o| o.name == name) {
-                return match self.store.blob_path(&o.digest) {
-                    Ok(Some(p)) => Ok(p),
-                    _ => Err(StepError::Failed(format!(
-                        "the output `{name}` of {} is missing from the cache; run `kiln cache verify --repair` and build again",
-                        r.id
-                    ))),
-                };
-            }
-        }
-        Err(StepError::Failed(format!(
-            "no upstream step produced `{name}`"
-        )))
-    }
-
-    /// The step's own copy of an upstream output, by output name, under `upstream/<name>` of the
-    /// work directory: for a path given to a spawned process, which could otherwise write to
-    /// the blob.
-    pub fn upstream_copy(&self, name: &str) -> Result<PathBuf, StepError> {
-        for (_, r) in &self.upstream {
-            if let Some(o) = r.outputs.iter().find(|o| o.name == name) {
-                let dest = self.work.join("upstream").join(name);
-                copy_upstream(self, r, o, &dest)?;
-                return Ok(dest);
-            }
-        }
-        Err(StepError::Failed(format!(
-            "no upstream step produced `{name}`"
-        )))
-    }
-}
-
-/// Gives the step its own copy (a reflink where the file system has them) of the output `o` of
-/// the upstream result `r` at `dest`, so nothing the step does reaches the stored blob. A blob
-/// that is missing or damaged fails the step, naming the node and the output.
-pub fn copy_upstream(
-    ctx: &StepCtx,
-    r: &ActionResult,
-    o: &crate::store::Output,
-    dest: &std::path::Path,
-) -> Result<(), StepError> {
-    if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err("copying upstream outputs"))?;
-    }
-    match ctx.store.copy_blob_to(&o.digest, dest) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(StepError::Failed(format!(
-            "the output `{}` of {} ({}) is missing from the cache or damaged; run `kiln cache verify --repair` and build again",
-            o.name,
-            r.id,
-            o.digest.short()
-        ))),
-        Err(e) => Err(StepError::Failed(format!(
-            "copying the output `{}` of {}: {e}",
-            o.name, r.id
-        ))),
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct StepOutput {
-    /// Output name → file written by the step (stored in the content store afterwards).
-    pub outputs: Vec<(String, PathBuf)>,
-    pub facts: BTreeMap<String, String>,
-    /// For a publish step: evidence of what it left in the world (see [`Checked::Held`]).
-    pub witness: Option<String>,
-}
-
-/// A cached publish result to check against the world before it is trusted.
-pub struct Claim {
-    /// The node as it would run (parameters, secrets), with an empty work directory.
-    pub ctx: StepCtx,
-    /// The facts of the result to check: the claim.
-    pub facts: BTreeMap<String, String>,
-    /// What the last refresh (or the publish) left as evidence, if it applies to this claim.
-    pub witness: Option<String>,
-}
-
-/// What a refresh found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Checked {
-    /// Everything claimed is there as claimed. The witness lets the next refresh confirm an
-    /// unchanged target cheaply (e.g. the stat of a `file://` object).
-    Held { witness: Option<String> },
-    /// Something claimed is missing or different: reasons to publish again.
-    Drift(Vec<crate::plan::DirtyReason>),
-    /// The check could not run (no credentials, the network is down, ...).
-    Unknown(String),
-}
+pub use claim::{Checked, Claim};
+use context::io_err;
+pub use context::{StepCtx, StepError, StepOutput, copy_into, copy_upstream, debug_on};
 
 pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<StepOutput, StepError>> + Send + 'a>>;
 pub type RefreshFuture<'a> = Pin<Box<dyn Future<Output = Vec<Checked>> + Send + 'a>>;
 
-pub trait Runner: Send + Sync {
-    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a>;
-
-    /// Checks cached publish claims against their targets: one verdict per claim, in order. All
-    /// come in one call so that a builder can answer many with one request (an S3 LIST).
-    fn refresh<'a>(&'a self, claims: &'a [Claim]) -> RefreshFuture<'a>;
+/// What `kiln explain` shows of a node beyond what every node has: lines of text, and the same
+/// facts as fields of its `--json` object.
+#[derive(Debug, Default)]
+pub struct Explanation {
+    pub text: String,
+    pub json: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The environment a retry of the node runs with on top of its own, as `NAME=value`: a
-/// `command` step's `debug-env`, `PACKER_LOG=1` for image-builder; none for the others.
-pub fn debug_settings(node: &Node) -> Vec<String> {
-    match node.builder {
-        BuilderKind::Command => node
-            .recipe
-            .params
-            .get("debug-env")
-            .map(crate::config::Value::as_list)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|pair| pair.contains('='))
-            .collect(),
-        BuilderKind::ImageBuilder => vec![image_builder::DEBUG_ENV.to_string()],
-        _ => Vec::new(),
+/// One builder. Its futures are boxed so that builders are trait objects: [`builder`] maps each
+/// [`BuilderKind`] to a `&'static dyn Builder`, and a step allocates one future per attempt.
+pub trait Builder: Send + Sync {
+    /// Its parameters and the provider inputs it consumes.
+    fn spec(&self) -> &'static BuilderSpec;
+
+    /// Runs one attempt of a step: its outputs and facts, which the executor stores.
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a>;
+
+    /// Whether its results are claims about something outside kiln, checked by [`Builder::refresh`].
+    fn makes_claims(&self) -> bool {
+        false
+    }
+
+    /// Checks cached claims of its steps against their targets: one verdict per claim, in order.
+    /// All come in one call so that a builder can answer many with one request (an S3 LIST).
+    fn refresh<'a>(&'a self, claims: &'a [&'a Claim]) -> RefreshFuture<'a> {
+        let why = format!("the {} builder makes no claim to check", self.spec().kind);
+        Box::pin(async move { vec![Checked::Unknown(why); claims.len()] })
+    }
+
+    /// The environment a retry of the node runs with on top of its own, as `NAME=value`.
+    fn debug_env(&self, _node: &Node) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The programs a node of it runs, each with how to get it: what preflight looks for on
+    /// `PATH` before a build starts.
+    fn programs(&self, _node: &Node, _install: &Install) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// What `kiln explain` shows of `node`, given its upstream nodes (nearest first).
+    fn explain(
+        &self,
+        _node: &Node,
+        _upstream: &[&Node],
+        _install: &Install,
+    ) -> Option<Explanation> {
+        None
     }
 }
 
-/// Whether an attempt runs with the node's debug settings: every retry, and every attempt of a
-/// node with `debug #true` (or of any node under `kiln build --debug`).
-pub fn debug_on(node: &Node, attempt: u32) -> bool {
-    attempt > 1 || node.policy.debug == Some(true)
+/// The builder of a kind.
+pub fn builder(kind: BuilderKind) -> &'static dyn Builder {
+    match kind {
+        BuilderKind::TemplatePatch => &template_patch::TemplatePatch,
+        BuilderKind::ImageBuilder => &image_builder::ImageBuilder,
+        BuilderKind::Command => &command::Command,
+        BuilderKind::Local => &local::Local,
+        BuilderKind::Upload => &upload::Upload,
+        BuilderKind::AwsAmi => &aws_ami::AwsAmi,
+        BuilderKind::GcpImage => &gcp_image::GcpImage,
+        BuilderKind::HcloudSnapshot => &hcloud::HcloudSnapshot,
+    }
+}
+
+/// The environment a retry of the node runs with on top of its own (see [`Builder::debug_env`]).
+pub fn debug_settings(node: &Node) -> Vec<String> {
+    builder(node.builder).debug_env(node)
 }
 
 /// Whether a builder's results are claims about something outside kiln, checked by a refresh.
-pub fn makes_claims(builder: BuilderKind) -> bool {
-    matches!(
-        builder,
-        BuilderKind::Upload
-            | BuilderKind::AwsAmi
-            | BuilderKind::GcpImage
-            | BuilderKind::HcloudSnapshot
-    )
+pub fn makes_claims(kind: BuilderKind) -> bool {
+    builder(kind).makes_claims()
 }
 
-/// The runners this version of kiln ships.
+/// A refresh that checks its claims one after another.
+fn one_by_one<'a, F>(
+    claims: &'a [&'a Claim],
+    check: impl Fn(&'a Claim) -> F + Send + 'a,
+) -> RefreshFuture<'a>
+where
+    F: Future<Output = Checked> + Send + 'a,
+{
+    Box::pin(async move {
+        let mut verdicts = Vec::with_capacity(claims.len());
+        for c in claims {
+            verdicts.push(check(c).await);
+        }
+        verdicts
+    })
+}
+
+/// What the executor runs steps and refreshes through.
+pub trait Runner: Send + Sync {
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a>;
+
+    /// Checks cached publish claims against their targets: one verdict per claim, in order.
+    fn refresh<'a>(&'a self, claims: &'a [Claim]) -> RefreshFuture<'a>;
+}
+
+/// The builders this version of kiln ships.
 pub struct Builtin;
 
 impl Runner for Builtin {
     fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
-        Box::pin(async move {
-            match (ctx.node.builder, ctx.node.step) {
-                (BuilderKind::Command, _) => command::run(ctx).await,
-                (BuilderKind::Local, StepKind::Validate) => local::validate(ctx).await,
-                (BuilderKind::Local, _) => local::build(ctx).await,
-                (BuilderKind::Upload, _) => upload::run(ctx).await,
-                (BuilderKind::TemplatePatch, _) => image_builder::patch(ctx).await,
-                (BuilderKind::ImageBuilder, _) => image_builder::run(ctx).await,
-                (BuilderKind::AwsAmi, _) => aws_ami::run(ctx).await,
-                (BuilderKind::GcpImage, _) => gcp_image::run(ctx).await,
-                (BuilderKind::HcloudSnapshot, _) => hcloud::run(ctx).await,
-            }
-        })
+        builder(ctx.node.builder).run(ctx)
     }
 
+    /// Each builder gets all of its claims at once.
     fn refresh<'a>(&'a self, claims: &'a [Claim]) -> RefreshFuture<'a> {
         Box::pin(async move {
-            let mut verdicts: Vec<Option<Checked>> = vec![None; claims.len()];
-            let uploads: Vec<usize> = (0..claims.len())
-                .filter(|i| claims[*i].ctx.node.builder == BuilderKind::Upload)
-                .collect();
-            let batch: Vec<&Claim> = uploads.iter().map(|i| &claims[*i]).collect();
-            for (i, v) in uploads.iter().zip(upload::refresh(&batch).await) {
-                verdicts[*i] = Some(v);
-            }
+            let mut by_kind: std::collections::BTreeMap<BuilderKind, Vec<usize>> =
+                Default::default();
             for (i, c) in claims.iter().enumerate() {
-                if verdicts[i].is_some() {
-                    continue;
-                }
-                verdicts[i] = Some(match c.ctx.node.builder {
-                    BuilderKind::AwsAmi => aws_ami::refresh(c).await,
-                    BuilderKind::HcloudSnapshot => hcloud::refresh(c).await,
-                    BuilderKind::GcpImage => gcp_image::refresh(c).await,
-                    b => Checked::Unknown(format!("the {b} builder makes no claim to check")),
-                });
+                by_kind.entry(c.ctx.node.builder).or_default().push(i);
             }
-            verdicts.into_iter().flatten().collect()
+            let mut verdicts: Vec<Option<Checked>> = vec![None; claims.len()];
+            for (kind, indices) in by_kind {
+                let batch: Vec<&Claim> = indices.iter().map(|&i| &claims[i]).collect();
+                let found = builder(kind).refresh(&batch).await;
+                for (&i, v) in indices.iter().zip(found) {
+                    verdicts[i] = Some(v);
+                }
+            }
+            verdicts
+                .into_iter()
+                .map(|v| {
+                    v.unwrap_or_else(|| Checked::Unknown("the builder gave no verdict".into()))
+                })
+                .collect()
         })
     }
 }
 
-/// Copies a shipped file or directory into `dest`.
-pub fn copy_into(src: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
-    if src.is_dir() {
-        std::fs::create_dir_all(dest)?;
-        for e in std::fs::read_dir(src)? {
-            let e = e?;
-            copy_into(&e.path(), &dest.join(e.file_name()))?;
-        }
-        Ok(())
-    } else {
-        if let Some(p) = dest.parent() {
-            std::fs::create_dir_all(p)?;
-        }
-        std::fs::copy(src, dest).map(|_| ())
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn io_err(what: &str) -> impl Fn(std::io::Error) -> StepError + '_ {
-    move |e| StepError::Failed(format!("{what}: {e}"))
+    #[test]
+    fn every_kind_has_its_builder_and_config_reads_the_same_spec() {
+        for kind in BuilderKind::ALL {
+            let b = builder(kind);
+            assert_eq!(b.spec().kind, kind);
+            assert!(std::ptr::eq(b.spec(), kind.spec()), "{kind}");
+        }
+    }
 }

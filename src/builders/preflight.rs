@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{BuilderKind, Value};
+use crate::config::BuilderKind;
 use crate::graph::Node;
 use crate::imagebuilder::{self, Engine, Install};
 
@@ -54,7 +54,7 @@ pub fn check<'a>(
                 );
             }
         }
-        for (program, why) in programs(node, install) {
+        for (program, why) in super::builder(node.builder).programs(node, install) {
             if !on_path(&program, path) {
                 add(
                     "kiln::preflight::tool",
@@ -102,40 +102,6 @@ fn image_builder_problem(node: &Node, install: &Install) -> Option<(String, Stri
             .image
             .is_none()
             .then(|| (imagebuilder::NO_IMAGE.into(), help)),
-    }
-}
-
-/// The programs a node runs, with what they are for.
-fn programs(node: &Node, install: &Install) -> Vec<(String, String)> {
-    match node.builder {
-        BuilderKind::ImageBuilder | BuilderKind::TemplatePatch => match install.engine() {
-            Some(Engine::Make) if node.builder == BuilderKind::ImageBuilder => {
-                vec![(
-                    "make".into(),
-                    "install make, which runs image-builder's Makefile".into(),
-                )]
-            }
-            Some(e @ (Engine::Docker | Engine::Podman)) => vec![(
-                e.as_str().into(),
-                format!(
-                    "install {0}, which engine \"{0}\" runs image-builder's image with",
-                    e.as_str()
-                ),
-            )],
-            _ => Vec::new(),
-        },
-        BuilderKind::GcpImage => vec![(
-            "gcloud".into(),
-            "install the Google Cloud CLI, which the gcp-image step shares images with".into(),
-        )],
-        BuilderKind::Local => vec![("qemu-img".into(), "install the qemu-utils package".into())],
-        BuilderKind::Command => match node.recipe.params.get("argv").map(Value::as_list) {
-            Some(argv) if argv.first().is_some_and(|p| !p.contains('/')) => {
-                vec![(argv[0].clone(), "the command step runs it".into())]
-            }
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
     }
 }
 

@@ -18,9 +18,13 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest as _, Sha256};
 
-use super::StepError;
-use super::{Checked, Claim, StepCtx, StepOutput, io_err, local::IMAGE};
+use super::{
+    Builder, Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput, io_err,
+    local::IMAGE,
+};
+use crate::config::BuilderKind;
 use crate::config::Value;
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
 use crate::plan::DirtyReason;
 use crate::store::remote::client::{self, PART_SIZE};
 
@@ -28,6 +32,76 @@ use crate::store::remote::client::{self, PART_SIZE};
 pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+
+/// What a `upload` step takes: its parameters, and the provider inputs it receives.
+pub static SPEC: BuilderSpec = BuilderSpec {
+    kind: BuilderKind::Upload,
+    params: &[
+        ParamSpec::new(
+            "bucket",
+            ParamType::Str,
+            true,
+            "where to upload: file:///dir or s3://bucket/prefix",
+        ),
+        ParamSpec::new(
+            "checksum",
+            ParamType::Bool,
+            false,
+            "also upload a .sha256 file (default #true)",
+        ),
+        ParamSpec::new(
+            "object",
+            ParamType::Str,
+            false,
+            "the object name (default: the cell name + .qcow2)",
+        ),
+        ParamSpec::new(
+            "endpoint",
+            ParamType::Str,
+            false,
+            "s3:// buckets: the S3-compatible endpoint URL (default: AWS)",
+        ),
+        ParamSpec::new(
+            "region",
+            ParamType::Str,
+            false,
+            "s3:// buckets: the region (default \"us-east-1\")",
+        ),
+        ParamSpec::new(
+            "path-style",
+            ParamType::Bool,
+            false,
+            "s3:// buckets: path-style requests (default #true; #false for virtual-hosted style)",
+        ),
+    ],
+    consumes: Consumes {
+        vars: false,
+        patches: false,
+        files: false,
+        secrets: true,
+        image_builder: false,
+    },
+};
+
+pub struct Upload;
+
+impl Builder for Upload {
+    fn spec(&self) -> &'static BuilderSpec {
+        &SPEC
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
+        Box::pin(run(ctx))
+    }
+
+    fn makes_claims(&self) -> bool {
+        true
+    }
+
+    fn refresh<'a>(&'a self, claims: &'a [&'a Claim]) -> RefreshFuture<'a> {
+        Box::pin(refresh(claims))
+    }
+}
 
 fn sha256_file(p: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(p)?;
@@ -148,7 +222,7 @@ fn param(ctx: &StepCtx, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-pub async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let p = &ctx.node.recipe.params;
     let bucket = param(ctx, "bucket").unwrap_or_default();
     let checksum = !matches!(p.get("checksum"), Some(Value::Bool(false)));
@@ -467,7 +541,7 @@ impl Claimed {
     }
 }
 
-pub async fn refresh(claims: &[&Claim]) -> Vec<Checked> {
+async fn refresh(claims: &[&Claim]) -> Vec<Checked> {
     let mut verdicts: Vec<Option<Checked>> = vec![None; claims.len()];
     // S3 claims by bucket, prefix and client settings: one LIST answers them all.
     type Group = (String, String, Vec<Option<String>>);

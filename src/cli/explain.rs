@@ -56,8 +56,8 @@ pub fn run(cli: &Cli, id: &str, json: bool) -> Result<(), CliError> {
             ),
         );
     }
-    if n.builder == crate::config::BuilderKind::ImageBuilder {
-        describe_invocation(&graph, ix, &install, &mut out);
+    if let Some(shown) = builder_explanation(&graph, ix, &install) {
+        out.push_str(&shown.text);
     }
     out.push_str("inputs\n");
     let manifest = n.manifest_labels();
@@ -132,86 +132,38 @@ fn explain_json(
         "plan": plan.action(ix),
         "last_key": view.last(&n.id).map(|l| l.key),
     });
-    if n.builder == crate::config::BuilderKind::ImageBuilder {
-        v["invocation"] = match image_builder_invocation(graph, ix, install) {
-            Ok(inv) => serde_json::json!({
-                "argv": inv.argv,
-                "env": inv.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-                "secrets": inv.secrets,
-                "debug_env_on_retry": crate::builders::image_builder::DEBUG_ENV,
-                "files": inv
-                    .files
-                    .iter()
-                    .map(|(from, to)| serde_json::json!({ "from": from.display().to_string(), "to": to }))
-                    .collect::<Vec<_>>(),
-                "vars": inv.vars,
-            }),
-            Err(e) => serde_json::json!({ "error": e.to_string() }),
-        };
+    if let Some(shown) = builder_explanation(graph, ix, install)
+        && let Some(fields) = v.as_object_mut()
+    {
+        fields.extend(shown.json);
     }
     v
 }
 
-/// The invocation of an image-builder node, in a work directory shown as `<work>`: the patched
-/// template comes from the cell's patch node, upstream of validate and build.
-fn image_builder_invocation(
+/// The upstream nodes of `ix`, nearest first, each once: what its builder's explanation may
+/// draw on (an image-builder step's patched template comes from its cell's patch node).
+fn upstream(
     graph: &crate::graph::Graph,
     ix: petgraph::graph::NodeIndex,
-    install: &crate::imagebuilder::Install,
-) -> Result<crate::builders::image_builder::Invocation, crate::builders::StepError> {
-    use crate::builders::image_builder::invocation;
-    let n = graph.node(ix);
-    let mut upstream: Vec<_> = graph.deps(ix).collect();
-    let mut template = None;
-    while let Some(d) = upstream.pop() {
-        let dep = graph.node(d);
-        if dep.step == crate::config::StepKind::Patch {
-            template = dep
-                .recipe
-                .params
-                .get("template")
-                .map(crate::config::Value::render);
-            break;
+) -> Vec<&crate::graph::Node> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut stack: Vec<_> = graph.deps(ix).collect();
+    while let Some(d) = stack.pop() {
+        if seen.insert(d) {
+            out.push(graph.node(d));
+            stack.extend(graph.deps(d));
         }
-        upstream.extend(graph.deps(d));
     }
-    invocation(
-        n,
-        install,
-        std::path::Path::new("<work>"),
-        template.as_deref(),
-        1,
-    )
+    out
 }
 
-/// The exact command an image-builder node runs, in a work directory shown as `<work>`.
-fn describe_invocation(
+/// What the node's builder shows of it (the exact command of an image-builder step).
+fn builder_explanation(
     graph: &crate::graph::Graph,
     ix: petgraph::graph::NodeIndex,
     install: &crate::imagebuilder::Install,
-    out: &mut String,
-) {
-    match image_builder_invocation(graph, ix, install) {
-        Ok(inv) => {
-            out.push_str(&format!("command   {}\n", inv.argv.join(" ")));
-            for (k, v) in &inv.env {
-                out.push_str(&format!("env       {k}={v}\n"));
-            }
-            for name in &inv.secrets {
-                out.push_str(&format!("env       {name}=*** (secret)\n"));
-            }
-            if !inv.env.iter().any(|(k, _)| k == "PACKER_LOG") {
-                out.push_str("env       PACKER_LOG=1 (on retries)\n");
-            }
-            for (from, to) in &inv.files {
-                out.push_str(&format!("file      {} → {to}\n", from.display()));
-            }
-            let vars = serde_json::to_string_pretty(&inv.vars).unwrap_or_default();
-            out.push_str("var file\n");
-            for line in vars.lines() {
-                out.push_str(&format!("  {line}\n"));
-            }
-        }
-        Err(e) => out.push_str(&format!("command   (cannot run here: {e})\n")),
-    }
+) -> Option<crate::builders::Explanation> {
+    let n = graph.node(ix);
+    crate::builders::builder(n.builder).explain(n, &upstream(graph, ix), install)
 }

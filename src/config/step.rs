@@ -1,5 +1,6 @@
-//! Step kinds and the builders that run them: what a module may name, and which parameters each
-//! builder takes. Pure data; the runners live in `crate::builders`.
+//! Step kinds and the builders that run them: what a module may name, and the shape of what each
+//! builder declares about itself (its parameters, the inputs it consumes). Pure data; each
+//! builder's table lives beside its runner in `crate::builders`.
 
 use std::fmt;
 
@@ -94,12 +95,19 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
-const fn p(name: &'static str, ty: ParamType, required: bool, doc: &'static str) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        required,
-        doc,
+impl ParamSpec {
+    pub const fn new(
+        name: &'static str,
+        ty: ParamType,
+        required: bool,
+        doc: &'static str,
+    ) -> ParamSpec {
+        ParamSpec {
+            name,
+            ty,
+            required,
+            doc,
+        }
     }
 }
 
@@ -114,157 +122,14 @@ pub struct Consumes {
     pub image_builder: bool,
 }
 
-const TEMPLATE_PATCH_PARAMS: &[ParamSpec] = &[p(
-    "template",
-    ParamType::Str,
-    true,
-    "the packer template to patch, relative to image-builder's images/capi",
-)];
-const IMAGE_BUILDER_PARAMS: &[ParamSpec] = &[p(
-    "target",
-    ParamType::Str,
-    true,
-    "the make target, e.g. \"build-ami-{os}\"",
-)];
-const COMMAND_PARAMS: &[ParamSpec] = &[
-    p(
-        "argv",
-        ParamType::List,
-        true,
-        "the program and its arguments",
-    ),
-    p(
-        "outputs",
-        ParamType::List,
-        false,
-        "files the command writes, relative to its work directory",
-    ),
-    p(
-        "debug-env",
-        ParamType::List,
-        false,
-        "NAME=VALUE pairs set on retries",
-    ),
-];
-const LOCAL_PARAMS: &[ParamSpec] = &[
-    p(
-        "size",
-        ParamType::Str,
-        false,
-        "the filesystem size, e.g. \"64M\"",
-    ),
-    p("label", ParamType::Str, false, "the filesystem label"),
-    p(
-        "mirrors",
-        ParamType::List,
-        false,
-        "registry mirrors written as containerd hosts.toml files",
-    ),
-];
-const UPLOAD_PARAMS: &[ParamSpec] = &[
-    p(
-        "bucket",
-        ParamType::Str,
-        true,
-        "where to upload: file:///dir or s3://bucket/prefix",
-    ),
-    p(
-        "checksum",
-        ParamType::Bool,
-        false,
-        "also upload a .sha256 file (default #true)",
-    ),
-    p(
-        "object",
-        ParamType::Str,
-        false,
-        "the object name (default: the cell name + .qcow2)",
-    ),
-    p(
-        "endpoint",
-        ParamType::Str,
-        false,
-        "s3:// buckets: the S3-compatible endpoint URL (default: AWS)",
-    ),
-    p(
-        "region",
-        ParamType::Str,
-        false,
-        "s3:// buckets: the region (default \"us-east-1\")",
-    ),
-    p(
-        "path-style",
-        ParamType::Bool,
-        false,
-        "s3:// buckets: path-style requests (default #true; #false for virtual-hosted style)",
-    ),
-];
-const AWS_AMI_PARAMS: &[ParamSpec] = &[
-    p(
-        "regions",
-        ParamType::List,
-        true,
-        "regions the AMI is copied to",
-    ),
-    p(
-        "public",
-        ParamType::Bool,
-        false,
-        "make the AMI and its snapshots public",
-    ),
-    p(
-        "endpoint",
-        ParamType::Str,
-        false,
-        "the EC2 endpoint for every region (default https://ec2.<region>.amazonaws.com)",
-    ),
-];
-const GCP_IMAGE_PARAMS: &[ParamSpec] = &[
-    p(
-        "member",
-        ParamType::Str,
-        true,
-        "e.g. \"allAuthenticatedUsers\"",
-    ),
-    p(
-        "role",
-        ParamType::Str,
-        true,
-        "e.g. \"roles/compute.imageUser\"",
-    ),
-    p(
-        "project",
-        ParamType::Str,
-        true,
-        "the project holding the image",
-    ),
-    p(
-        "image",
-        ParamType::Str,
-        false,
-        "the image name, when the build records none",
-    ),
-    p(
-        "family",
-        ParamType::Str,
-        false,
-        "otherwise: share the newest image of this family",
-    ),
-];
-const HCLOUD_SNAPSHOT_PARAMS: &[ParamSpec] = &[
-    p(
-        "labels",
-        ParamType::List,
-        false,
-        "KEY=VALUE labels put on the snapshot",
-    ),
-    p(
-        "endpoint",
-        ParamType::Str,
-        false,
-        "the API endpoint (default https://api.hetzner.cloud/v1)",
-    ),
-];
+/// What config knows of a builder: the parameters a step of it takes and the provider inputs
+/// it receives. Pure data: each builder declares its own as a `SPEC` constant in its file under
+/// `crate::builders`, and config reads only those constants, never the code that runs a step.
+pub struct BuilderSpec {
+    pub kind: BuilderKind,
+    pub params: &'static [ParamSpec],
+    pub consumes: Consumes,
+}
 
 impl BuilderKind {
     pub const ALL: [BuilderKind; 8] = [
@@ -299,47 +164,29 @@ impl BuilderKind {
         BuilderKind::ALL.iter().map(|b| b.as_str()).collect()
     }
 
-    pub fn params(self) -> &'static [ParamSpec] {
+    /// The builder's own description (see [`BuilderSpec`]).
+    pub fn spec(self) -> &'static BuilderSpec {
+        use crate::builders::{
+            aws_ami, command, gcp_image, hcloud, image_builder, local, template_patch, upload,
+        };
         match self {
-            BuilderKind::TemplatePatch => TEMPLATE_PATCH_PARAMS,
-            BuilderKind::ImageBuilder => IMAGE_BUILDER_PARAMS,
-            BuilderKind::Command => COMMAND_PARAMS,
-            BuilderKind::Local => LOCAL_PARAMS,
-            BuilderKind::Upload => UPLOAD_PARAMS,
-            BuilderKind::AwsAmi => AWS_AMI_PARAMS,
-            BuilderKind::GcpImage => GCP_IMAGE_PARAMS,
-            BuilderKind::HcloudSnapshot => HCLOUD_SNAPSHOT_PARAMS,
+            BuilderKind::TemplatePatch => &template_patch::SPEC,
+            BuilderKind::ImageBuilder => &image_builder::SPEC,
+            BuilderKind::Command => &command::SPEC,
+            BuilderKind::Local => &local::SPEC,
+            BuilderKind::Upload => &upload::SPEC,
+            BuilderKind::AwsAmi => &aws_ami::SPEC,
+            BuilderKind::GcpImage => &gcp_image::SPEC,
+            BuilderKind::HcloudSnapshot => &hcloud::SPEC,
         }
     }
 
+    pub fn params(self) -> &'static [ParamSpec] {
+        self.spec().params
+    }
+
     pub fn consumes(self) -> Consumes {
-        match self {
-            BuilderKind::TemplatePatch => Consumes {
-                patches: true,
-                image_builder: true,
-                ..Consumes::default()
-            },
-            BuilderKind::ImageBuilder => Consumes {
-                vars: true,
-                files: true,
-                secrets: true,
-                image_builder: true,
-                ..Consumes::default()
-            },
-            BuilderKind::Command | BuilderKind::Local => Consumes {
-                vars: true,
-                files: true,
-                secrets: self == BuilderKind::Command,
-                ..Consumes::default()
-            },
-            BuilderKind::Upload
-            | BuilderKind::AwsAmi
-            | BuilderKind::GcpImage
-            | BuilderKind::HcloudSnapshot => Consumes {
-                secrets: true,
-                ..Consumes::default()
-            },
-        }
+        self.spec().consumes
     }
 }
 
