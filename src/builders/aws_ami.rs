@@ -16,7 +16,8 @@ use aws_sigv4::sign::v4;
 
 use super::cloud::{self, bounded, http_err};
 use super::{
-    Builder, Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput, one_by_one,
+    Builder, BuilderError, Checked, Claim, RefreshFuture, StepCtx, StepFuture, StepOutput,
+    one_by_one,
 };
 use crate::config::BuilderKind;
 use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
@@ -55,6 +56,59 @@ pub static SPEC: BuilderSpec = BuilderSpec {
 };
 
 pub struct AwsAmi;
+
+/// How an `aws-ami` step fails.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsAmiError {
+    #[error("`regions` names no region to publish to")]
+    NoRegions,
+    /// The build's facts have no AMI for a region to publish to (`known`: the ones they have).
+    #[error(
+        "the build recorded no AMI for region {region} (its facts have {known}); add {region} to the build's ami_regions"
+    )]
+    NoAmi { region: String, known: String },
+    #[error("signing {action}: {message}")]
+    Signing { action: String, message: String },
+    /// EC2 answered with an error.
+    #[error("EC2 {action} in {region} failed: {code}: {message}")]
+    Api {
+        action: String,
+        region: String,
+        code: String,
+        message: String,
+    },
+    #[error("AMI {ami} does not exist in {region} ({code}: {message})")]
+    NoSuchAmi {
+        ami: String,
+        region: String,
+        code: String,
+        message: String,
+    },
+    /// DescribeImages answered without the AMI.
+    #[error("AMI {ami} does not exist in {region}")]
+    NotListed { ami: String, region: String },
+    #[error("AMI {ami} in {region} is {state}, not available")]
+    NotAvailable {
+        ami: String,
+        region: String,
+        state: String,
+    },
+    #[error("{0} (encrypted snapshots cannot be made public: build with encrypted=false)")]
+    SnapshotNotShared(Box<BuilderError>),
+    #[error("AMI {ami} in {region} is still not public after ModifyImageAttribute")]
+    StillPrivate { ami: String, region: String },
+}
+
+impl AwsAmiError {
+    fn api(action: &str, region: &str, e: ApiError) -> AwsAmiError {
+        AwsAmiError::Api {
+            action: action.to_string(),
+            region: region.to_string(),
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
 
 impl Builder for AwsAmi {
     fn spec(&self) -> &'static BuilderSpec {
@@ -196,12 +250,15 @@ impl Ec2 {
         region: &str,
         action: &str,
         params: &[(&str, &str)],
-    ) -> Result<Result<String, ApiError>, StepError> {
+    ) -> Result<Result<String, ApiError>, BuilderError> {
         let url = self.url(region);
         let body = form(action, params);
         let headers = self
             .sign(region, &url, &body)
-            .map_err(|e| StepError::Failed(format!("signing {action}: {e}")))?;
+            .map_err(|message| AwsAmiError::Signing {
+                action: action.to_string(),
+                message,
+            })?;
         let mut req = self
             .client
             .post(&url)
@@ -231,13 +288,10 @@ impl Ec2 {
         region: &str,
         action: &str,
         params: &[(&str, &str)],
-    ) -> Result<String, StepError> {
-        self.call(region, action, params).await?.map_err(|e| {
-            StepError::Failed(format!(
-                "EC2 {action} in {region} failed: {}: {}",
-                e.code, e.message
-            ))
-        })
+    ) -> Result<String, BuilderError> {
+        self.call(region, action, params)
+            .await?
+            .map_err(|e| AwsAmiError::api(action, region, e).into())
     }
 }
 
@@ -248,7 +302,7 @@ async fn publish_region(
     region: &str,
     ami: &str,
     public: bool,
-) -> Result<(), StepError> {
+) -> Result<(), BuilderError> {
     let log = &ctx.spawner.log;
     let described = match ec2
         .call(region, "DescribeImages", &[("ImageId.1", ami)])
@@ -256,29 +310,32 @@ async fn publish_region(
     {
         Ok(xml) => xml,
         Err(e) if e.code.starts_with("InvalidAMIID") => {
-            return Err(StepError::Failed(format!(
-                "AMI {ami} does not exist in {region} ({}: {})",
-                e.code, e.message
-            )));
+            return Err(AwsAmiError::NoSuchAmi {
+                ami: ami.to_string(),
+                region: region.to_string(),
+                code: e.code,
+                message: e.message,
+            }
+            .into());
         }
-        Err(e) => {
-            return Err(StepError::Failed(format!(
-                "EC2 DescribeImages in {region} failed: {}: {}",
-                e.code, e.message
-            )));
-        }
+        Err(e) => return Err(AwsAmiError::api("DescribeImages", region, e).into()),
     };
     let images = first(&described, "imagesSet").unwrap_or("");
     if !tag_texts(images, "imageId").contains(&ami) {
-        return Err(StepError::Failed(format!(
-            "AMI {ami} does not exist in {region}"
-        )));
+        return Err(AwsAmiError::NotListed {
+            ami: ami.to_string(),
+            region: region.to_string(),
+        }
+        .into());
     }
     let state = first(images, "imageState").unwrap_or("unknown");
     if state != "available" {
-        return Err(StepError::Failed(format!(
-            "AMI {ami} in {region} is {state}, not available"
-        )));
+        return Err(AwsAmiError::NotAvailable {
+            ami: ami.to_string(),
+            region: region.to_string(),
+            state: state.to_string(),
+        }
+        .into());
     }
     if !public {
         log.line(&format!("{region}: {ami} is available"));
@@ -322,11 +379,7 @@ async fn publish_region(
             ],
         )
         .await
-        .map_err(|e| {
-            StepError::Failed(format!(
-                "{e} (encrypted snapshots cannot be made public: build with encrypted=false)"
-            ))
-        })?;
+        .map_err(|e| AwsAmiError::SnapshotNotShared(Box::new(e)))?;
         log.line(&format!(
             "{region}: gave group all create-volume permission on {snap}"
         ));
@@ -339,20 +392,20 @@ async fn publish_region(
         )
         .await?;
     if !tag_texts(&perms, "group").contains(&"all") {
-        return Err(StepError::Failed(format!(
-            "AMI {ami} in {region} is still not public after ModifyImageAttribute"
-        )));
+        return Err(AwsAmiError::StillPrivate {
+            ami: ami.to_string(),
+            region: region.to_string(),
+        }
+        .into());
     }
     log.line(&format!("{region}: {ami} is public"));
     Ok(())
 }
 
-async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     let regions = cloud::list_param(ctx, "regions");
     if regions.is_empty() {
-        return Err(StepError::Failed(
-            "`regions` names no region to publish to".into(),
-        ));
+        return Err(AwsAmiError::NoRegions.into());
     }
     let public = matches!(
         ctx.node.recipe.params.get("public"),
@@ -370,14 +423,15 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
                     .filter(|k| k.starts_with("ami."))
                     .cloned()
                     .collect();
-                return Err(StepError::Failed(format!(
-                    "the build recorded no AMI for region {region} (its facts have {}); add {region} to the build's ami_regions",
-                    if known.is_empty() {
+                return Err(AwsAmiError::NoAmi {
+                    region: region.clone(),
+                    known: if known.is_empty() {
                         "no ami.<region>".to_string()
                     } else {
                         known.join(", ")
-                    }
-                )));
+                    },
+                }
+                .into());
             }
         }
     }
@@ -412,7 +466,7 @@ async fn refresh(c: &Claim) -> Checked {
     }
     let public = c.facts.get("public").map(String::as_str) == Some("true");
     let ec2 = match (|| {
-        Ok::<_, StepError>(Ec2 {
+        Ok::<_, BuilderError>(Ec2 {
             client: cloud::client()?,
             endpoint: cloud::str_param(ctx, "endpoint"),
             key_id: cloud::required_secret(ctx, "AWS_ACCESS_KEY_ID")?.to_string(),
@@ -436,10 +490,7 @@ async fn refresh(c: &Claim) -> Checked {
                 continue;
             }
             Ok(Err(e)) => {
-                return Checked::Unknown(format!(
-                    "EC2 DescribeImages in {region} failed: {}: {}",
-                    e.code, e.message
-                ));
+                return Checked::Unknown(AwsAmiError::api("DescribeImages", region, e).to_string());
             }
             Err(e) => return Checked::Unknown(e.to_string()),
         };

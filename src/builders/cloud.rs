@@ -4,8 +4,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::BuilderError;
 use super::StepCtx;
-use super::StepError;
 use crate::config::Value;
 
 /// A secret the step received, by the name it sees.
@@ -17,12 +17,10 @@ pub fn secret<'a>(ctx: &'a StepCtx, name: &str) -> Option<&'a str> {
 }
 
 /// A secret the step needs.
-pub fn required_secret<'a>(ctx: &'a StepCtx, name: &str) -> Result<&'a str, StepError> {
-    secret(ctx, name).ok_or_else(|| {
-        StepError::Failed(format!(
-            "the `{}` builder needs the secret `{name}`: declare `secret \"{name}\"` in the provider",
-            ctx.node.builder
-        ))
+pub fn required_secret<'a>(ctx: &'a StepCtx, name: &str) -> Result<&'a str, BuilderError> {
+    secret(ctx, name).ok_or_else(|| BuilderError::MissingSecret {
+        builder: ctx.node.builder,
+        name: name.to_string(),
     })
 }
 
@@ -62,21 +60,21 @@ pub fn list_param(ctx: &StepCtx, name: &str) -> Vec<String> {
 
 /// The HTTP client of the publish builders: rustls, bounded connect and request times, no
 /// proxies from the environment (requests carry credentials).
-pub fn client() -> Result<reqwest::Client, StepError> {
+pub fn client() -> Result<reqwest::Client, BuilderError> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
         .timeout(Duration::from_secs(120))
         .no_proxy()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| StepError::Failed(format!("cannot set up the HTTP client: {e}")))
+        .map_err(BuilderError::HttpClient)
 }
 
 /// Runs `fut` unless the step times out or is cancelled first.
 pub async fn bounded<T>(
     ctx: &StepCtx,
-    fut: impl Future<Output = Result<T, StepError>>,
-) -> Result<T, StepError> {
+    fut: impl Future<Output = Result<T, BuilderError>>,
+) -> Result<T, BuilderError> {
     let mut cancel = ctx.spawner.cancel.clone();
     let deadline = ctx.spawner.deadline;
     let sleep = async {
@@ -87,14 +85,14 @@ pub async fn bounded<T>(
     };
     tokio::select! {
         r = fut => r,
-        _ = sleep => Err(StepError::TimedOut(deadline.map(|d| d.1).unwrap_or_default())),
-        _ = cancel.wait_for(|c| *c) => Err(StepError::Cancelled),
+        _ = sleep => Err(BuilderError::TimedOut(deadline.map(|d| d.1).unwrap_or_default())),
+        _ = cancel.wait_for(|c| *c) => Err(BuilderError::Cancelled),
     }
 }
 
 /// An HTTP error without the URL's query (which may carry signed parameters).
-pub fn http_err(what: &str) -> impl Fn(reqwest::Error) -> StepError + '_ {
-    move |e| StepError::Failed(format!("{what}: {}", e.without_url()))
+pub fn http_err(what: &str) -> impl Fn(reqwest::Error) -> BuilderError + '_ {
+    BuilderError::http(what)
 }
 
 /// Logs every fact as `fact NAME=VALUE`, as the image-builder runner does.

@@ -2,7 +2,7 @@
 //! secrets arrive as environment variables; declared outputs are collected.
 
 use super::{
-    Builder, StepCtx, StepError, StepFuture, StepOutput, copy_into, copy_upstream, io_err,
+    Builder, BuilderError, StepCtx, StepFuture, StepOutput, copy_into, copy_upstream, io_err,
 };
 use crate::config::BuilderKind;
 use crate::config::Value;
@@ -44,6 +44,13 @@ pub static SPEC: BuilderSpec = BuilderSpec {
 
 pub struct Command;
 
+/// How a `command` step fails beyond its program's exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the command did not write its declared output `{0}`")]
+    OutputMissing(String),
+}
+
 impl Builder for Command {
     fn spec(&self) -> &'static BuilderSpec {
         &SPEC
@@ -81,7 +88,7 @@ fn debug_env(node: &Node) -> Vec<String> {
         .collect()
 }
 
-async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     let p = &ctx.node.recipe.params;
     let argv = p.get("argv").map(Value::as_list).unwrap_or_default();
     for f in ctx.node.recipe.files.iter() {
@@ -123,9 +130,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         confined(&name, "an output")?;
         let path = ctx.work.join(&name);
         if !path.is_file() {
-            return Err(StepError::Failed(format!(
-                "the command did not write its declared output `{name}`"
-            )));
+            return Err(CommandError::OutputMissing(name).into());
         }
 
         out.outputs.push((name, path));
@@ -135,11 +140,13 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
 
 /// A path from the recipe that must stay inside the directory it is joined to (`kiln check`
 /// refuses others; this guards a step run from a plan made elsewhere).
-pub(super) fn confined(path: &str, what: &str) -> Result<(), StepError> {
+pub(super) fn confined(path: &str, what: &str) -> Result<(), BuilderError> {
     match crate::config::files::unsafe_relative(path) {
-        Some(why) => Err(StepError::Failed(format!(
-            "{what} `{path}` is not a path inside its directory: {why}"
-        ))),
+        Some(why) => Err(BuilderError::NotConfined {
+            what: what.to_string(),
+            path: path.to_string(),
+            why: why.to_string(),
+        }),
         None => Ok(()),
     }
 }

@@ -4,40 +4,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::BuilderError;
 use crate::config::StepKind;
 use crate::graph::Node;
-use crate::process::{ProcessError, Spawner};
+use crate::process::Spawner;
 use crate::store::{ActionResult, LocalStore};
-
-/// Why a step stopped without success.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepError {
-    Failed(String),
-    TimedOut(std::time::Duration),
-    Cancelled,
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StepError::Failed(m) => f.write_str(m),
-            StepError::TimedOut(d) => {
-                write!(f, "timed out after {}", humantime::format_duration(*d))
-            }
-            StepError::Cancelled => f.write_str("cancelled"),
-        }
-    }
-}
-
-impl From<ProcessError> for StepError {
-    fn from(e: ProcessError) -> StepError {
-        match e {
-            ProcessError::TimedOut(d) => StepError::TimedOut(d),
-            ProcessError::Cancelled => StepError::Cancelled,
-            e => StepError::Failed(e.to_string()),
-        }
-    }
-}
 
 /// Everything a step may use while it runs.
 pub struct StepCtx {
@@ -68,27 +39,25 @@ impl StepCtx {
     /// The stored file of an upstream output, by output name, verified: the blob itself, for
     /// kiln to read in process. A path handed to a spawned process comes from
     /// [`StepCtx::upstream_copy`] instead.
-    pub fn upstream_file(&self, name: &str) -> Result<PathBuf, StepError> {
+    pub fn upstream_file(&self, name: &str) -> Result<PathBuf, BuilderError> {
         for (_, r) in &self.upstream {
             if let Some(o) = r.outputs.iter().find(|o| o.name == name) {
                 return match self.store.blob_path(&o.digest) {
                     Ok(Some(p)) => Ok(p),
-                    _ => Err(StepError::Failed(format!(
-                        "the output `{name}` of {} is missing from the cache; run `kiln cache verify --repair` and build again",
-                        r.id
-                    ))),
+                    _ => Err(BuilderError::UpstreamMissing {
+                        output: name.to_string(),
+                        node: r.id.clone(),
+                    }),
                 };
             }
         }
-        Err(StepError::Failed(format!(
-            "no upstream step produced `{name}`"
-        )))
+        Err(BuilderError::NoUpstream(name.to_string()))
     }
 
     /// The step's own copy of an upstream output, by output name, under `upstream/<name>` of the
     /// work directory: for a path given to a spawned process, which could otherwise write to
     /// the blob.
-    pub fn upstream_copy(&self, name: &str) -> Result<PathBuf, StepError> {
+    pub fn upstream_copy(&self, name: &str) -> Result<PathBuf, BuilderError> {
         for (_, r) in &self.upstream {
             if let Some(o) = r.outputs.iter().find(|o| o.name == name) {
                 let dest = self.work.join("upstream").join(name);
@@ -96,9 +65,7 @@ impl StepCtx {
                 return Ok(dest);
             }
         }
-        Err(StepError::Failed(format!(
-            "no upstream step produced `{name}`"
-        )))
+        Err(BuilderError::NoUpstream(name.to_string()))
     }
 }
 
@@ -110,22 +77,22 @@ pub fn copy_upstream(
     r: &ActionResult,
     o: &crate::store::Output,
     dest: &std::path::Path,
-) -> Result<(), StepError> {
+) -> Result<(), BuilderError> {
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("copying upstream outputs"))?;
     }
     match ctx.store.copy_blob_to(&o.digest, dest) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(StepError::Failed(format!(
-            "the output `{}` of {} ({}) is missing from the cache or damaged; run `kiln cache verify --repair` and build again",
-            o.name,
-            r.id,
-            o.digest.short()
-        ))),
-        Err(e) => Err(StepError::Failed(format!(
-            "copying the output `{}` of {}: {e}",
-            o.name, r.id
-        ))),
+        Ok(false) => Err(BuilderError::UpstreamDamaged {
+            output: o.name.clone(),
+            node: r.id.clone(),
+            digest: o.digest.short(),
+        }),
+        Err(source) => Err(BuilderError::UpstreamCopy {
+            output: o.name.clone(),
+            node: r.id.clone(),
+            source,
+        }),
     }
 }
 
@@ -161,6 +128,6 @@ pub fn copy_into(src: &std::path::Path, dest: &std::path::Path) -> std::io::Resu
     }
 }
 
-pub(super) fn io_err(what: &str) -> impl Fn(std::io::Error) -> StepError + '_ {
-    move |e| StepError::Failed(format!("{what}: {e}"))
+pub(super) fn io_err(what: &str) -> impl Fn(std::io::Error) -> BuilderError + '_ {
+    BuilderError::io(what)
 }

@@ -17,7 +17,7 @@ use std::io::Write;
 
 use super::cloud;
 use super::{
-    Builder, Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput, io_err,
+    Builder, BuilderError, Checked, Claim, RefreshFuture, StepCtx, StepFuture, StepOutput, io_err,
     one_by_one,
 };
 use crate::config::BuilderKind;
@@ -72,6 +72,28 @@ pub static SPEC: BuilderSpec = BuilderSpec {
 
 pub struct GcpImage;
 
+/// How a `gcp-image` step fails beyond gcloud's exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum GcpImageError {
+    #[error("`gcloud` is not installed or not on PATH")]
+    NotInstalled,
+    #[error("cannot start `gcloud`: {0}")]
+    Start(std::io::Error),
+    /// `status`: what `gcloud compute images describe-from-family` did instead.
+    #[error(
+        "found no image of family {family} in project {project} (`gcloud compute images describe-from-family` {status})"
+    )]
+    NoFamilyImage {
+        family: String,
+        project: String,
+        status: String,
+    },
+    #[error(
+        "the build recorded no `image` fact: give the step `image \"NAME\"` or `family \"FAMILY\"`"
+    )]
+    NoImage,
+}
+
 impl Builder for GcpImage {
     fn spec(&self) -> &'static BuilderSpec {
         &SPEC
@@ -118,7 +140,7 @@ async fn gcloud_output(
     ctx: &StepCtx,
     argv: &[String],
     env: &[(String, String)],
-) -> Result<std::process::Output, StepError> {
+) -> Result<std::process::Output, BuilderError> {
     ctx.spawner.log.line(&format!("$ {}", argv.join(" ")));
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -128,9 +150,9 @@ async fn gcloud_output(
         .kill_on_drop(true);
     let out = cloud::bounded(ctx, async {
         cmd.output().await.map_err(|e| {
-            StepError::Failed(match e.kind() {
-                std::io::ErrorKind::NotFound => "`gcloud` is not installed or not on PATH".into(),
-                _ => format!("cannot start `gcloud`: {e}"),
+            BuilderError::from(match e.kind() {
+                std::io::ErrorKind::NotFound => GcpImageError::NotInstalled,
+                _ => GcpImageError::Start(e),
             })
         })
     })
@@ -155,7 +177,7 @@ async fn from_family(
     family: &str,
     project: &str,
     env: &[(String, String)],
-) -> Result<String, StepError> {
+) -> Result<String, BuilderError> {
     let argv = [
         "gcloud".to_string(),
         "compute".into(),
@@ -169,10 +191,12 @@ async fn from_family(
     let out = gcloud_output(ctx, &argv, env).await?;
     let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() || name.is_empty() {
-        return Err(StepError::Failed(format!(
-            "found no image of family {family} in project {project} (`gcloud compute images describe-from-family` {})",
-            status_text(out.status)
-        )));
+        return Err(GcpImageError::NoFamilyImage {
+            family: family.to_string(),
+            project: project.to_string(),
+            status: status_text(out.status),
+        }
+        .into());
     }
     Ok(name)
 }
@@ -181,7 +205,7 @@ type Env = Vec<(String, String)>;
 
 /// The environment that points gcloud at the step's service-account key, written to a 0600 file
 /// in the work directory that is removed when the returned file is dropped.
-fn key_env(ctx: &StepCtx) -> Result<(Env, Option<tempfile::NamedTempFile>), StepError> {
+fn key_env(ctx: &StepCtx) -> Result<(Env, Option<tempfile::NamedTempFile>), BuilderError> {
     let mut env: Vec<(String, String)> = vec![("CLOUDSDK_CORE_DISABLE_PROMPTS".into(), "1".into())];
     let Some(json) = cloud::secret(ctx, KEY_SECRET) else {
         return Ok((env, None));
@@ -290,12 +314,11 @@ pub fn argv(image: &str, project: &str, member: &str, role: &str) -> Vec<String>
     ]
 }
 
-fn required(ctx: &StepCtx, name: &str) -> Result<String, StepError> {
-    cloud::str_param(ctx, name)
-        .ok_or_else(|| StepError::Failed(format!("the step has no `{name}` parameter")))
+fn required(ctx: &StepCtx, name: &str) -> Result<String, BuilderError> {
+    cloud::str_param(ctx, name).ok_or_else(|| BuilderError::MissingParam(name.to_string()))
 }
 
-async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     let member = required(ctx, "member")?;
     let role = required(ctx, "role")?;
     let project = required(ctx, "project")?;
@@ -303,9 +326,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     let named = fact.or_else(|| cloud::str_param(ctx, "image"));
     let family = cloud::str_param(ctx, "family").map(|f| clean_resource_name(&f));
     if named.is_none() && family.is_none() {
-        return Err(StepError::Failed(
-            "the build recorded no `image` fact: give the step `image \"NAME\"` or `family \"FAMILY\"`".into(),
-        ));
+        return Err(GcpImageError::NoImage.into());
     }
     let (env, key) = key_env(ctx)?;
     let result = async {
@@ -317,7 +338,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         ctx.spawner
             .run(&argv(&image, &project, &member, &role), &env, &ctx.work)
             .await?;
-        Ok::<_, StepError>(image)
+        Ok::<_, BuilderError>(image)
     }
     .await;
     if let Some(f) = key {

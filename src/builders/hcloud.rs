@@ -9,7 +9,8 @@ use serde_json::{Map, Value as Json};
 
 use super::cloud::{self, bounded, http_err};
 use super::{
-    Builder, Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput, one_by_one,
+    Builder, BuilderError, Checked, Claim, RefreshFuture, StepCtx, StepFuture, StepOutput,
+    one_by_one,
 };
 use crate::config::BuilderKind;
 use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
@@ -43,6 +44,35 @@ pub static SPEC: BuilderSpec = BuilderSpec {
 
 pub struct HcloudSnapshot;
 
+/// How an `hcloud-snapshot` step fails.
+#[derive(Debug, thiserror::Error)]
+pub enum HcloudError {
+    #[error("label `{0}` is not KEY=VALUE")]
+    NotKeyValue(String),
+    #[error("label `{0}` has an empty key")]
+    EmptyKey(String),
+    #[error(
+        "the build recorded no `snapshot` fact: is the build step an hcloud image-builder build?"
+    )]
+    NoSnapshot,
+    #[error("`{0}` is not an hcloud image id")]
+    BadId(String),
+    /// The API answered with an error (`HTTP 404 Not Found: not_found: …`).
+    #[error("{what} failed: {error}")]
+    Api { what: String, error: String },
+    #[error("{what}: the answer is not JSON: {source}")]
+    NotJson {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("hcloud image {id} does not have the label {key}={value} after the update")]
+    LabelNotSet {
+        id: String,
+        key: String,
+        value: String,
+    },
+}
+
 impl Builder for HcloudSnapshot {
     fn spec(&self) -> &'static BuilderSpec {
         &SPEC
@@ -64,14 +94,14 @@ impl Builder for HcloudSnapshot {
 pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
 
 /// `KEY=VALUE` items → labels.
-pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, HcloudError> {
     let mut out = BTreeMap::new();
     for item in items {
         let (k, v) = item
             .split_once('=')
-            .ok_or_else(|| format!("label `{item}` is not KEY=VALUE"))?;
+            .ok_or_else(|| HcloudError::NotKeyValue(item.clone()))?;
         if k.is_empty() {
-            return Err(format!("label `{item}` has an empty key"));
+            return Err(HcloudError::EmptyKey(item.clone()));
         }
         out.insert(k.to_string(), v.to_string());
     }
@@ -88,18 +118,24 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> String {
     }
 }
 
-async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<Json, StepError> {
+async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<Json, BuilderError> {
     let resp = req.send().await.map_err(http_err(what))?;
     let status = resp.status();
     let text = resp.text().await.map_err(http_err(what))?;
     if !status.is_success() {
-        return Err(StepError::Failed(format!(
-            "{what} failed: {}",
-            api_error(status, &text)
-        )));
+        return Err(HcloudError::Api {
+            what: what.to_string(),
+            error: api_error(status, &text),
+        }
+        .into());
     }
-    serde_json::from_str(&text)
-        .map_err(|e| StepError::Failed(format!("{what}: the answer is not JSON: {e}")))
+    serde_json::from_str(&text).map_err(|source| {
+        HcloudError::NotJson {
+            what: what.to_string(),
+            source,
+        }
+        .into()
+    })
 }
 
 fn labels_of(doc: &Json) -> Map<String, Json> {
@@ -109,20 +145,14 @@ fn labels_of(doc: &Json) -> Map<String, Json> {
         .unwrap_or_default()
 }
 
-async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
-    let labels = parse_labels(&cloud::list_param(ctx, "labels")).map_err(StepError::Failed)?;
+async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
+    let labels = parse_labels(&cloud::list_param(ctx, "labels"))?;
     let id = cloud::upstream_fact(ctx, "snapshot")
         .or_else(|| cloud::upstream_fact(ctx, "image"))
-        .ok_or_else(|| {
-            StepError::Failed(
-                "the build recorded no `snapshot` fact: is the build step an hcloud image-builder build?".into(),
-            )
-        })?
+        .ok_or(HcloudError::NoSnapshot)?
         .to_string();
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(StepError::Failed(format!(
-            "`{id}` is not an hcloud image id"
-        )));
+        return Err(HcloudError::BadId(id).into());
     }
     let token = cloud::required_secret(ctx, "HCLOUD_TOKEN")?;
     let endpoint = cloud::str_param(ctx, "endpoint").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
@@ -159,9 +189,12 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         let now = labels_of(&updated);
         for (k, v) in &labels {
             if now.get(k).and_then(Json::as_str) != Some(v.as_str()) {
-                return Err(StepError::Failed(format!(
-                    "hcloud image {id} does not have the label {k}={v} after the update"
-                )));
+                return Err(HcloudError::LabelNotSet {
+                    id: id.clone(),
+                    key: k.clone(),
+                    value: v.clone(),
+                }
+                .into());
             }
         }
         let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use super::template_patch::TEMPLATE;
 use super::{
-    Builder, Explanation, StepCtx, StepError, StepFuture, StepOutput, copy_into, io_err,
+    Builder, BuilderError, Explanation, StepCtx, StepFuture, StepOutput, copy_into, io_err,
     local::IMAGE,
 };
 use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
@@ -37,33 +37,33 @@ use crate::imagebuilder::{self, Engine, FLAG_PREFIX, Install};
 /// image-builder's home in its container image.
 const HOME: &str = "/home/imagebuilder";
 
-pub(super) fn engine(install: &Install) -> Result<Engine, StepError> {
+pub(super) fn engine(install: &Install) -> Result<Engine, BuilderError> {
     install
         .engine()
-        .ok_or_else(|| StepError::Failed(imagebuilder::NOT_SET_UP.into()))
+        .ok_or(BuilderError::ImageBuilder(ImageBuilderError::NotSetUp))
 }
 
-pub(super) fn source(install: &Install) -> Result<&Path, StepError> {
+pub(super) fn source(install: &Install) -> Result<&Path, BuilderError> {
     install
         .source
         .as_deref()
-        .ok_or_else(|| StepError::Failed(imagebuilder::NO_SOURCE.into()))
+        .ok_or(BuilderError::ImageBuilder(ImageBuilderError::NoSource))
 }
 
-pub(super) fn image(install: &Install) -> Result<&str, StepError> {
+pub(super) fn image(install: &Install) -> Result<&str, BuilderError> {
     install
         .image
         .as_deref()
-        .ok_or_else(|| StepError::Failed(imagebuilder::NO_IMAGE.into()))
+        .ok_or(BuilderError::ImageBuilder(ImageBuilderError::NoImage))
 }
 
-pub(super) fn param(ctx: &StepCtx, name: &str) -> Result<String, StepError> {
+pub(super) fn param(ctx: &StepCtx, name: &str) -> Result<String, BuilderError> {
     ctx.node
         .recipe
         .params
         .get(name)
         .map(Value::render)
-        .ok_or_else(|| StepError::Failed(format!("the step has no `{name}` parameter")))
+        .ok_or_else(|| BuilderError::MissingParam(name.to_string()))
 }
 
 /// What a `image-builder` step takes: its parameters, and the provider inputs it receives.
@@ -85,6 +85,41 @@ pub static SPEC: BuilderSpec = BuilderSpec {
 };
 
 pub struct ImageBuilder;
+
+/// How an `image-builder` step fails beyond its program's exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageBuilderError {
+    #[error("{}", imagebuilder::NOT_SET_UP)]
+    NotSetUp,
+    #[error("{}", imagebuilder::NO_SOURCE)]
+    NoSource,
+    #[error("{}", imagebuilder::NO_IMAGE)]
+    NoImage,
+    /// The checkout has no `images/capi`.
+    #[error(
+        "{} does not exist; source= must be a checkout of kubernetes-sigs/image-builder (the directory holding images/capi)",
+        .0.display()
+    )]
+    NoCheckout(PathBuf),
+    #[error(transparent)]
+    Manifest(imagebuilder::ManifestError),
+    /// The build succeeded without the manifest its template writes.
+    #[error(
+        "`{target}` succeeded but packer's manifest post-processor wrote no manifest (manifest_output={manifest_output}); nothing is recorded"
+    )]
+    NoManifest {
+        target: String,
+        manifest_output: String,
+    },
+    /// A googlecompute build without the secret its key file is written from.
+    #[error(
+        "the secret {0} (the service-account key packer's googlecompute builder reads) is not set"
+    )]
+    NoKey(&'static str),
+    /// A qemu build succeeded without its disk image: where it was looked for.
+    #[error("the qemu build succeeded but left no disk image: {0}; nothing is recorded")]
+    NoDisk(String),
+}
 
 impl Builder for ImageBuilder {
     fn spec(&self) -> &'static BuilderSpec {
@@ -170,7 +205,7 @@ fn describe(inv: &Invocation) -> String {
 }
 
 /// What `kiln explain --json` prints of an invocation (or why there is none here).
-fn invocation_json(inv: &Result<Invocation, StepError>) -> serde_json::Value {
+fn invocation_json(inv: &Result<Invocation, BuilderError>) -> serde_json::Value {
     match inv {
         Ok(inv) => serde_json::json!({
             "argv": inv.argv,
@@ -270,13 +305,13 @@ pub fn invocation(
     work: &Path,
     template_rel: Option<&str>,
     attempt: u32,
-) -> Result<Invocation, StepError> {
+) -> Result<Invocation, BuilderError> {
     let target = node
         .recipe
         .params
         .get("target")
         .map(Value::render)
-        .ok_or_else(|| StepError::Failed("the step has no `target` parameter".into()))?;
+        .ok_or_else(|| BuilderError::MissingParam("target".into()))?;
     let engine = engine(install)?;
     let version = node
         .recipe
@@ -424,7 +459,7 @@ pub(super) async fn copy_out_of_image(
     install: &Install,
     paths: &[(String, PathBuf)],
     required: bool,
-) -> Result<Vec<bool>, StepError> {
+) -> Result<Vec<bool>, BuilderError> {
     let image = image(install)?;
     let bin = engine(install)?.as_str().to_string();
     let name = format!(
@@ -480,7 +515,7 @@ async fn stage_merged(
     ctx: &StepCtx,
     install: &Install,
     merged: &[String],
-) -> Result<(), StepError> {
+) -> Result<(), BuilderError> {
     if merged.is_empty() {
         return Ok(());
     }
@@ -513,7 +548,7 @@ async fn stage_merged(
 }
 
 /// The `template-patch` output upstream, with the template path it replaces.
-fn patched_template(ctx: &StepCtx) -> Result<Option<(PathBuf, String)>, StepError> {
+fn patched_template(ctx: &StepCtx) -> Result<Option<(PathBuf, String)>, BuilderError> {
     for (step, r) in &ctx.upstream {
         if *step == StepKind::Patch
             && r.outputs.iter().any(|o| o.name == TEMPLATE)
@@ -525,7 +560,7 @@ fn patched_template(ctx: &StepCtx) -> Result<Option<(PathBuf, String)>, StepErro
     Ok(None)
 }
 
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), StepError> {
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), BuilderError> {
     let mut text = serde_json::to_string_pretty(value).expect("JSON serializes");
     text.push('\n');
     std::fs::write(path, text).map_err(io_err("writing the var file"))
@@ -536,15 +571,13 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), StepErro
 struct KeyFile(Option<PathBuf>);
 
 impl KeyFile {
-    fn write(ctx: &StepCtx, path: Option<&Path>) -> Result<KeyFile, StepError> {
+    fn write(ctx: &StepCtx, path: Option<&Path>) -> Result<KeyFile, BuilderError> {
         let Some(path) = path else {
             return Ok(KeyFile(None));
         };
         let key = super::gcp_image::KEY_SECRET;
         let Some((_, json)) = ctx.secrets.iter().find(|(k, _)| k == key) else {
-            return Err(StepError::Failed(format!(
-                "the secret {key} (the service-account key packer's googlecompute builder reads) is not set"
-            )));
+            return Err(ImageBuilderError::NoKey(key).into());
         };
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -572,7 +605,7 @@ impl Drop for KeyFile {
 /// `image-builder`: `make TARGET` (a `validate-…` or `build-…` target) in a staged checkout or
 /// in the container; a build's packer manifest becomes facts, a qemu build's disk image its
 /// `image.qcow2` output.
-async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     let install = &*ctx.image_builder;
     let template = patched_template(ctx)?;
     let inv = invocation(
@@ -608,10 +641,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     } else {
         let src = source(install)?.join("images/capi");
         if !src.is_dir() {
-            return Err(StepError::Failed(format!(
-                "{} does not exist; source= must be a checkout of kubernetes-sigs/image-builder (the directory holding images/capi)",
-                src.display()
-            )));
+            return Err(ImageBuilderError::NoCheckout(src).into());
         }
         let capi = ctx.work.join("capi");
         copy_into(&src, &capi).map_err(io_err("staging the image-builder checkout"))?;
@@ -646,17 +676,17 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     };
     if manifest.is_file() {
         let text = std::fs::read_to_string(&manifest).map_err(io_err("reading manifest.json"))?;
-        out.facts =
-            imagebuilder::manifest_facts(&text).map_err(|e| StepError::Failed(e.to_string()))?;
+        out.facts = imagebuilder::manifest_facts(&text).map_err(ImageBuilderError::Manifest)?;
     } else if inv.produces.manifest {
-        return Err(StepError::Failed(format!(
-            "`{}` succeeded but packer's manifest post-processor wrote no manifest (manifest_output={}); nothing is recorded",
-            inv.argv.last().map(String::as_str).unwrap_or("the build"),
-            inv.vars
-                .get("manifest_output")
-                .map(String::as_str)
-                .unwrap_or("")
-        )));
+        return Err(ImageBuilderError::NoManifest {
+            target: inv
+                .argv
+                .last()
+                .cloned()
+                .unwrap_or_else(|| "the build".into()),
+            manifest_output: inv.vars.get("manifest_output").cloned().unwrap_or_default(),
+        }
+        .into());
     }
     let semver = inv
         .vars
@@ -669,9 +699,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
             out.outputs.push((IMAGE.into(), path));
         }
         Err(why) if inv.produces.disk => {
-            return Err(StepError::Failed(format!(
-                "the qemu build succeeded but left no disk image: {why}; nothing is recorded"
-            )));
+            return Err(ImageBuilderError::NoDisk(why).into());
         }
         Err(_) => {}
     }

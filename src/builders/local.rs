@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Builder, StepCtx, StepError, StepFuture, StepOutput, copy_into, io_err};
+use super::{Builder, BuilderError, StepCtx, StepFuture, StepOutput, copy_into, io_err};
 use crate::config::BuilderKind;
 use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
 use crate::config::{StepKind, Value};
@@ -40,6 +40,19 @@ pub static SPEC: BuilderSpec = BuilderSpec {
 
 pub struct Local;
 
+/// How a `local` step fails beyond its programs' exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("`{tool}` is not installed: install the {package} package (apt-get install {package})")]
+    ToolMissing { tool: String, package: &'static str },
+    #[error("mirror `{0}` is not HOST=URL (e.g. docker.io=https://mirror.example)")]
+    BadMirror(String),
+    #[error("the image has no /{}", RELEASE_FILE)]
+    NoReleaseFile,
+    #[error("/{} in the image does not match the declared versions", RELEASE_FILE)]
+    ReleaseMismatch,
+}
+
 impl Builder for Local {
     fn spec(&self) -> &'static BuilderSpec {
         &SPEC
@@ -71,7 +84,7 @@ const TOOLS: [(&str, &str); 3] = [
     ("qemu-img", "qemu-utils"),
 ];
 
-fn find_tool(name: &str) -> Result<String, StepError> {
+fn find_tool(name: &str) -> Result<String, BuilderError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(PathBuf::from));
     for d in dirs {
@@ -83,10 +96,12 @@ fn find_tool(name: &str) -> Result<String, StepError> {
     let pkg = TOOLS
         .iter()
         .find(|(t, _)| *t == name)
-        .map_or("it", |(_, p)| p);
-    Err(StepError::Failed(format!(
-        "`{name}` is not installed: install the {pkg} package (apt-get install {pkg})"
-    )))
+        .map_or("it", |(_, p)| *p);
+    Err(LocalError::ToolMissing {
+        tool: name.to_string(),
+        package: pkg,
+    }
+    .into())
 }
 
 /// `/etc/image-release`: one `name=value` line per variable, sorted.
@@ -105,7 +120,7 @@ fn hosts_toml(host: &str, mirror: &str) -> String {
     )
 }
 
-fn stage_tree(ctx: &StepCtx, tree: &Path) -> Result<(), StepError> {
+fn stage_tree(ctx: &StepCtx, tree: &Path) -> Result<(), BuilderError> {
     let err = io_err("staging the root filesystem");
     std::fs::create_dir_all(tree.join("etc")).map_err(&err)?;
     std::fs::write(tree.join(RELEASE_FILE), release_file(ctx)).map_err(&err)?;
@@ -122,9 +137,7 @@ fn stage_tree(ctx: &StepCtx, tree: &Path) -> Result<(), StepError> {
         .filter(|m| !m.is_empty())
     {
         let Some((host, url)) = m.split_once('=') else {
-            return Err(StepError::Failed(format!(
-                "mirror `{m}` is not HOST=URL (e.g. docker.io=https://mirror.example)"
-            )));
+            return Err(LocalError::BadMirror(m.to_string()).into());
         };
         let dir = tree.join("etc/containerd/certs.d").join(host);
         std::fs::create_dir_all(&dir).map_err(&err)?;
@@ -183,7 +196,7 @@ fn uuid_for(ctx: &StepCtx) -> String {
     )
 }
 
-async fn build(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn build(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     let mke2fs = find_tool("mke2fs")?;
     let qemu_img = find_tool("qemu-img")?;
     let tree = ctx.work.join("rootfs");
@@ -246,7 +259,7 @@ async fn build(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     Ok(out)
 }
 
-async fn validate(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn validate(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     let qemu_img = find_tool("qemu-img")?;
     let debugfs = find_tool("debugfs")?;
     // qemu-img and debugfs get a copy: nothing they do reaches the stored image.
@@ -280,8 +293,7 @@ async fn validate(ctx: &StepCtx) -> Result<StepOutput, StepError> {
     ctx.spawner
         .run(&[debugfs, s("-R"), cmd, path(&raw)], &[], &ctx.work)
         .await?;
-    let found = std::fs::read_to_string(&dumped)
-        .map_err(|_| StepError::Failed(format!("the image has no /{RELEASE_FILE}")))?;
+    let found = std::fs::read_to_string(&dumped).map_err(|_| LocalError::NoReleaseFile)?;
     let expected = release_file(ctx);
     if found != expected {
         for (want, got) in expected
@@ -294,9 +306,7 @@ async fn validate(ctx: &StepCtx) -> Result<StepOutput, StepError> {
                     .line(&format!("mismatch: expected `{want}`, image has `{got}`"));
             }
         }
-        return Err(StepError::Failed(format!(
-            "/{RELEASE_FILE} in the image does not match the declared versions"
-        )));
+        return Err(LocalError::ReleaseMismatch.into());
     }
     ctx.spawner
         .log

@@ -13,6 +13,7 @@ mod claim;
 mod cloud;
 pub mod command;
 mod context;
+mod error;
 pub mod gcp_image;
 pub mod hcloud;
 pub mod image_builder;
@@ -31,9 +32,11 @@ use crate::imagebuilder::Install;
 
 pub use claim::{Checked, Claim};
 use context::io_err;
-pub use context::{StepCtx, StepError, StepOutput, copy_into, copy_upstream, debug_on};
+pub use context::{StepCtx, StepOutput, copy_into, copy_upstream, debug_on};
+pub use error::BuilderError;
 
-pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<StepOutput, StepError>> + Send + 'a>>;
+pub type StepFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<StepOutput, BuilderError>> + Send + 'a>>;
 pub type RefreshFuture<'a> = Pin<Box<dyn Future<Output = Vec<Checked>> + Send + 'a>>;
 
 /// What `kiln explain` shows of a node beyond what every node has: lines of text, and the same

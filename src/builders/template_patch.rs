@@ -3,7 +3,7 @@
 //! `template.json`, which the cell's image-builder steps use in place of the stock template.
 
 use super::image_builder::{copy_out_of_image, engine, param, source};
-use super::{Builder, StepCtx, StepError, StepFuture, StepOutput, io_err};
+use super::{Builder, BuilderError, StepCtx, StepFuture, StepOutput, io_err};
 use crate::config::BuilderKind;
 use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
 use crate::graph::{FileRole, Node};
@@ -32,6 +32,30 @@ pub static SPEC: BuilderSpec = BuilderSpec {
 
 pub struct TemplatePatch;
 
+/// How a `template-patch` step fails.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplatePatchError {
+    #[error(
+        "cannot read {}: {source}; source= must be a checkout of kubernetes-sigs/image-builder (the directory holding images/capi)",
+        path.display()
+    )]
+    NoTemplate {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file} is not JSON: {source}")]
+    NotJson {
+        file: String,
+        source: serde_json::Error,
+    },
+    #[error("{file} (op={op}): {source}")]
+    Patch {
+        file: String,
+        op: &'static str,
+        source: imagebuilder::PatchError,
+    },
+}
+
 impl Builder for TemplatePatch {
     fn spec(&self) -> &'static BuilderSpec {
         &SPEC
@@ -51,18 +75,14 @@ impl Builder for TemplatePatch {
 
 /// `template-patch`: reads `images/capi/<template>` from the checkout or the image, applies the
 /// provider's patches in order and outputs the result as `template.json`.
-async fn patch(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn patch(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     let template = param(ctx, "template")?;
     let install = &*ctx.image_builder;
     let text = match engine(install)? {
         Engine::Make => {
             let path = source(install)?.join("images/capi").join(&template);
-            std::fs::read_to_string(&path).map_err(|e| {
-                StepError::Failed(format!(
-                    "cannot read {}: {e}; source= must be a checkout of kubernetes-sigs/image-builder (the directory holding images/capi)",
-                    path.display()
-                ))
-            })?
+            std::fs::read_to_string(&path)
+                .map_err(|source| TemplatePatchError::NoTemplate { path, source })?
         }
         Engine::Docker | Engine::Podman => {
             let stock = ctx.work.join("stock.json");
@@ -70,17 +90,28 @@ async fn patch(ctx: &StepCtx) -> Result<StepOutput, StepError> {
             std::fs::read_to_string(&stock).map_err(io_err("reading the template"))?
         }
     };
-    let mut doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| StepError::Failed(format!("{template} is not JSON: {e}")))?;
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| TemplatePatchError::NotJson {
+            file: template.clone(),
+            source,
+        })?;
     for f in ctx.node.recipe.files.iter() {
         let FileRole::Patch(op) = f.role else {
             continue;
         };
         let patch_text = std::fs::read_to_string(&f.path).map_err(io_err(&f.rel))?;
-        let p: serde_json::Value = serde_json::from_str(&patch_text)
-            .map_err(|e| StepError::Failed(format!("{} is not JSON: {e}", f.rel)))?;
-        imagebuilder::apply_patch(&mut doc, &p, op)
-            .map_err(|e| StepError::Failed(format!("{} (op={}): {e}", f.rel, op.as_str())))?;
+        let p: serde_json::Value =
+            serde_json::from_str(&patch_text).map_err(|source| TemplatePatchError::NotJson {
+                file: f.rel.clone(),
+                source,
+            })?;
+        imagebuilder::apply_patch(&mut doc, &p, op).map_err(|source| {
+            TemplatePatchError::Patch {
+                file: f.rel.clone(),
+                op: op.as_str(),
+                source,
+            }
+        })?;
         ctx.spawner.log.line(&format!(
             "applied {} (op={}) to {template}",
             f.rel,

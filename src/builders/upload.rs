@@ -19,7 +19,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    Builder, Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput, io_err,
+    Builder, BuilderError, Checked, Claim, RefreshFuture, StepCtx, StepFuture, StepOutput, io_err,
     local::IMAGE,
 };
 use crate::config::BuilderKind;
@@ -84,6 +84,18 @@ pub static SPEC: BuilderSpec = BuilderSpec {
 };
 
 pub struct Upload;
+
+/// How an `upload` step fails beyond reading the image and writing a `file://` bucket.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("bucket `{0}` names no bucket: write s3://BUCKET or s3://BUCKET/PREFIX")]
+    NoBucketName(String),
+    #[error("bucket `{0}`: kiln uploads to file:///dir and s3://bucket/prefix buckets")]
+    Scheme(String),
+    /// What went wrong with an `s3://` bucket, secrets redacted.
+    #[error("{0}")]
+    S3(String),
+}
 
 impl Builder for Upload {
     fn spec(&self) -> &'static BuilderSpec {
@@ -177,7 +189,7 @@ enum Bucket {
     S3 { name: String, prefix: String },
 }
 
-fn parse_bucket(root: &Path, bucket: &str) -> Result<Bucket, StepError> {
+fn parse_bucket(root: &Path, bucket: &str) -> Result<Bucket, BuilderError> {
     if let Some(p) = bucket.strip_prefix("file://") {
         return Ok(Bucket::Dir(if Path::new(p).is_absolute() {
             PathBuf::from(p)
@@ -188,18 +200,14 @@ fn parse_bucket(root: &Path, bucket: &str) -> Result<Bucket, StepError> {
     if let Some(rest) = bucket.strip_prefix("s3://") {
         let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if name.is_empty() {
-            return Err(StepError::Failed(format!(
-                "bucket `{bucket}` names no bucket: write s3://BUCKET or s3://BUCKET/PREFIX"
-            )));
+            return Err(UploadError::NoBucketName(bucket.to_string()).into());
         }
         return Ok(Bucket::S3 {
             name: name.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
         });
     }
-    Err(StepError::Failed(format!(
-        "bucket `{bucket}`: kiln uploads to file:///dir and s3://bucket/prefix buckets"
-    )))
+    Err(UploadError::Scheme(bucket.to_string()).into())
 }
 
 /// What one upload is about: the image, its digest and where it goes.
@@ -222,7 +230,7 @@ fn param(ctx: &StepCtx, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
+async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     let p = &ctx.node.recipe.params;
     let bucket = param(ctx, "bucket").unwrap_or_default();
     let checksum = !matches!(p.get("checksum"), Some(Value::Bool(false)));
@@ -258,7 +266,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
         Bucket::S3 { name, prefix } => {
             let (skipped, witness) = to_s3(ctx, name, prefix, &art)
                 .await
-                .map_err(|e| StepError::Failed(redact(ctx, &e)))?;
+                .map_err(|e| UploadError::S3(redact(ctx, &e)))?;
             if let Some(tag) = witness.as_deref().and_then(|w| w.split(' ').next()) {
                 out.facts.insert("etag".into(), tag.to_string());
             }
@@ -286,7 +294,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, StepError> {
 }
 
 /// Publishes into a directory; returns whether the same digest was there already.
-fn to_dir(dir: &Path, art: &Artifact) -> Result<bool, StepError> {
+fn to_dir(dir: &Path, art: &Artifact) -> Result<bool, BuilderError> {
     let dest = dir.join(&art.name);
     let sum_path = dir.join(format!("{}.sha256", art.name));
     let old_line = std::fs::read_to_string(&sum_path).ok();

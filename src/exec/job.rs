@@ -14,7 +14,7 @@ use super::commit::Committer;
 use super::progress::Progress;
 use super::report::Outcome;
 use super::workdir::WorkDirs;
-use crate::builders::{Runner, StepCtx, StepError};
+use crate::builders::{BuilderError, Runner, StepCtx};
 use crate::config::StepKind;
 use crate::graph::Node;
 use crate::hash::Digest;
@@ -330,6 +330,23 @@ async fn adopt(sh: &Shared, remote: &Remote, r: ActionResult) -> JobOutcome {
     }
 }
 
+/// Why the attempts of a step ended without a result: where a builder's error becomes the
+/// node's outcome.
+enum Stopped {
+    Cancelled,
+    Failed(String),
+}
+
+impl From<BuilderError> for Stopped {
+    fn from(e: BuilderError) -> Stopped {
+        if e.is_cancelled() {
+            Stopped::Cancelled
+        } else {
+            Stopped::Failed(e.to_string())
+        }
+    }
+}
+
 /// Runs the step with its retries, and stores and commits what it made.
 async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutcome {
     let node = &job.node;
@@ -353,13 +370,13 @@ async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutco
     let tries = node.policy.retries.unwrap_or(0) + 1;
     let started = now_unix_ms();
     let t0 = Instant::now();
-    let mut last_err = StepError::Failed("not run".into());
+    let mut last_err = Stopped::Failed("not run".into());
     let mut attempts = 0;
     let mut retries = Vec::new();
     for attempt in 1..=tries {
         attempts = attempt;
         if *sh.cancel.borrow() {
-            last_err = StepError::Cancelled;
+            last_err = Stopped::Cancelled;
             break;
         }
         if attempt > 1 {
@@ -379,7 +396,7 @@ async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutco
         let work = match sh.work_dirs.take() {
             Ok(w) => w,
             Err(e) => {
-                last_err = StepError::Failed(format!(
+                last_err = Stopped::Failed(format!(
                     "cannot create a work directory in {}: {e}",
                     sh.store.tmp_dir().display()
                 ));
@@ -476,24 +493,23 @@ async fn run_steps(sh: &Arc<Shared>, job: &Arc<Job>, slot: StepSlot) -> JobOutco
             Err(e) => {
                 sh.work_dirs.release(work);
                 log.line(&format!("== attempt {attempt} failed: {e}"));
-                let stop = matches!(e, StepError::Cancelled);
-                last_err = e;
-                if stop {
+                last_err = Stopped::from(e);
+                if matches!(last_err, Stopped::Cancelled) {
                     break;
                 }
             }
         }
     }
     match last_err {
-        StepError::Cancelled => JobOutcome {
+        Stopped::Cancelled => JobOutcome {
             retries,
             ..ended(Outcome::Cancelled, attempts, Some(log_file), None)
         },
-        e => JobOutcome {
+        Stopped::Failed(e) => JobOutcome {
             retries,
             tail: log.tail(),
             ..ended(
-                Outcome::Failed(log.redact(&e.to_string())),
+                Outcome::Failed(log.redact(&e)),
                 attempts,
                 Some(log_file),
                 None,

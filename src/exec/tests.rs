@@ -8,10 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::builders::{Checked, Claim, RefreshFuture, StepCtx, StepError, StepFuture, StepOutput};
+use crate::builders::{
+    BuilderError, Checked, Claim, RefreshFuture, StepCtx, StepFuture, StepOutput,
+};
 use crate::graph::Graph;
 use crate::hash::Digest;
 use crate::plan::{CacheView, LastResult};
+use crate::process::ProcessError;
 
 #[derive(Default)]
 struct Fake {
@@ -41,7 +44,11 @@ impl Runner for Fake {
             *self.running.lock().unwrap() -= 1;
             self.events.lock().unwrap().push(format!("end {id}"));
             if self.fail.contains(&id) {
-                return Err(StepError::Failed(format!("{id} was told to fail")));
+                // As a program the step ran that exited with a failure.
+                return Err(BuilderError::Process(ProcessError::Exited {
+                    program: format!("{id} was told to fail"),
+                    code: 1,
+                }));
             }
             let mut out = StepOutput::default();
             if id.ends_with("/build") {
