@@ -20,7 +20,8 @@ use super::{
     one_by_one,
 };
 use crate::config::BuilderKind;
-use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType, SecretUse};
+use crate::imagebuilder::AWS_SECRETS;
 use crate::plan::DirtyReason;
 
 /// What a `aws-ami` step takes: its parameters, and the provider inputs it receives.
@@ -53,6 +54,7 @@ pub static SPEC: BuilderSpec = BuilderSpec {
         secrets: true,
         image_builder: false,
     },
+    secrets: SecretUse::Named(AWS_SECRETS),
 };
 
 pub struct AwsAmi;

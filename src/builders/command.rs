@@ -6,7 +6,7 @@ use super::{
 };
 use crate::config::BuilderKind;
 use crate::config::Value;
-use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType, SecretUse};
 use crate::graph::{FileRole, Node};
 use crate::imagebuilder::Install;
 
@@ -25,7 +25,8 @@ pub static SPEC: BuilderSpec = BuilderSpec {
             ParamType::List,
             false,
             "files the command writes, relative to its work directory",
-        ),
+        )
+        .inside("the work directory"),
         ParamSpec::new(
             "debug-env",
             ParamType::List,
@@ -40,6 +41,7 @@ pub static SPEC: BuilderSpec = BuilderSpec {
         secrets: true,
         image_builder: false,
     },
+    secrets: SecretUse::Every,
 };
 
 pub struct Command;
@@ -63,6 +65,15 @@ impl Builder for Command {
     /// The step's `debug-env` pairs.
     fn debug_env(&self, node: &Node) -> Vec<String> {
         debug_env(node)
+    }
+
+    /// Its declared `outputs`.
+    fn produces(&self, node: &Node) -> Vec<String> {
+        node.recipe
+            .params
+            .get("outputs")
+            .map(Value::as_list)
+            .unwrap_or_default()
     }
 
     /// Its program, when it is looked up on `PATH`.

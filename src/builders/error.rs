@@ -76,6 +76,12 @@ pub enum BuilderError {
         what: String,
         source: reqwest::Error,
     },
+    /// A step that succeeded without an output its builder promised.
+    #[error("the {builder} step succeeded but left no `{output}`; nothing is recorded")]
+    NotProduced {
+        builder: BuilderKind,
+        output: String,
+    },
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error(transparent)]

@@ -21,7 +21,7 @@ use super::{
     one_by_one,
 };
 use crate::config::BuilderKind;
-use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType, SecretUse};
 use crate::graph::Node;
 use crate::imagebuilder::Install;
 use crate::plan::DirtyReason;
@@ -68,6 +68,7 @@ pub static SPEC: BuilderSpec = BuilderSpec {
         secrets: true,
         image_builder: false,
     },
+    secrets: SecretUse::Named(&[KEY_SECRET]),
 };
 
 pub struct GcpImage;

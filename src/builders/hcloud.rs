@@ -13,7 +13,7 @@ use super::{
     one_by_one,
 };
 use crate::config::BuilderKind;
-use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType, SecretUse};
 use crate::plan::DirtyReason;
 
 /// What a `hcloud-snapshot` step takes: its parameters, and the provider inputs it receives.
@@ -40,6 +40,7 @@ pub static SPEC: BuilderSpec = BuilderSpec {
         secrets: true,
         image_builder: false,
     },
+    secrets: SecretUse::Named(&[TOKEN]),
 };
 
 pub struct HcloudSnapshot;
@@ -90,6 +91,9 @@ impl Builder for HcloudSnapshot {
         one_by_one(claims, refresh)
     }
 }
+
+/// The secret the API token is read from.
+pub const TOKEN: &str = "HCLOUD_TOKEN";
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
 
@@ -154,7 +158,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
         return Err(HcloudError::BadId(id).into());
     }
-    let token = cloud::required_secret(ctx, "HCLOUD_TOKEN")?;
+    let token = cloud::required_secret(ctx, TOKEN)?;
     let endpoint = cloud::str_param(ctx, "endpoint").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
     let url = format!("{}/images/{id}", endpoint.trim_end_matches('/'));
     let client = cloud::client()?;
@@ -217,7 +221,7 @@ async fn refresh(c: &Claim) -> Checked {
     let Some(id) = c.facts.get("snapshot") else {
         return Checked::Unknown("its cached result records no `snapshot`".into());
     };
-    let token = match cloud::required_secret(ctx, "HCLOUD_TOKEN") {
+    let token = match cloud::required_secret(ctx, TOKEN) {
         Ok(t) => t,
         Err(e) => return Checked::Unknown(e.to_string()),
     };

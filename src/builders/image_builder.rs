@@ -26,7 +26,7 @@ use super::{
     Builder, BuilderError, Explanation, StepCtx, StepFuture, StepOutput, copy_into, io_err,
     local::IMAGE,
 };
-use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType, SecretUse};
 use crate::config::{BuilderKind, StepKind, Value};
 use crate::graph::{FileRole, Node};
 
@@ -82,6 +82,7 @@ pub static SPEC: BuilderSpec = BuilderSpec {
         secrets: true,
         image_builder: true,
     },
+    secrets: SecretUse::Packer,
 };
 
 pub struct ImageBuilder;
@@ -134,6 +135,10 @@ impl Builder for ImageBuilder {
         vec![DEBUG_ENV.to_string()]
     }
 
+    fn setup_problem(&self, install: &Install) -> Option<(String, String)> {
+        install_problem(install)
+    }
+
     fn programs(&self, _node: &Node, install: &Install) -> Vec<(String, String)> {
         match install.engine() {
             Some(Engine::Make) => vec![(
@@ -163,6 +168,31 @@ impl Builder for ImageBuilder {
             Err(e) => format!("command   (cannot run here: {e})\n"),
         };
         Some(shown)
+    }
+}
+
+/// Why image-builder cannot be reached with `install`, if so, and how to fix it: the message
+/// and help preflight reports.
+pub(super) fn install_problem(install: &Install) -> Option<(String, String)> {
+    let help = "see `tool \"image-builder\"` in docs/config.md".to_string();
+    match install.engine() {
+        None => Some((imagebuilder::NOT_SET_UP.into(), help)),
+        Some(Engine::Make) => match &install.source {
+            None => Some((imagebuilder::NO_SOURCE.into(), help)),
+            Some(src) if !src.join("images/capi").is_dir() => Some((
+                format!(
+                    "{} holds no images/capi: the image-builder source must be a checkout of kubernetes-sigs/image-builder",
+                    src.display()
+                ),
+                "point source= (or --image-builder-source) at the directory holding images/capi"
+                    .into(),
+            )),
+            Some(_) => None,
+        },
+        Some(Engine::Docker | Engine::Podman) => install
+            .image
+            .is_none()
+            .then(|| (imagebuilder::NO_IMAGE.into(), help)),
     }
 }
 

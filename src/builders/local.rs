@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Builder, BuilderError, StepCtx, StepFuture, StepOutput, copy_into, io_err};
 use crate::config::BuilderKind;
-use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType, SecretUse};
 use crate::config::{StepKind, Value};
 use crate::graph::{FileRole, Node};
 use crate::imagebuilder::Install;
@@ -36,6 +36,7 @@ pub static SPEC: BuilderSpec = BuilderSpec {
         secrets: false,
         image_builder: false,
     },
+    secrets: SecretUse::None,
 };
 
 pub struct Local;
@@ -63,6 +64,14 @@ impl Builder for Local {
         match ctx.node.step {
             StepKind::Validate => Box::pin(validate(ctx)),
             _ => Box::pin(build(ctx)),
+        }
+    }
+
+    /// A build step's image.
+    fn produces(&self, node: &Node) -> Vec<String> {
+        match node.step {
+            StepKind::Validate => Vec::new(),
+            _ => vec![IMAGE.into()],
         }
     }
 

@@ -56,6 +56,13 @@ pub trait Builder: Send + Sync {
     /// Runs one attempt of a step: its outputs and facts, which the executor stores.
     fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a>;
 
+    /// The outputs a successful step of it always leaves, by name: a success without one of them
+    /// is a failure. (A builder may check more itself: an image-builder build checks the manifest
+    /// and disk image its template writes.)
+    fn produces(&self, _node: &Node) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Whether its results are claims about something outside kiln, checked by [`Builder::refresh`].
     fn makes_claims(&self) -> bool {
         false
@@ -77,6 +84,12 @@ pub trait Builder: Send + Sync {
     /// `PATH` before a build starts.
     fn programs(&self, _node: &Node, _install: &Install) -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    /// Why the builder cannot run any step with this image-builder installation, if so: the
+    /// message and help preflight reports.
+    fn setup_problem(&self, _install: &Install) -> Option<(String, String)> {
+        None
     }
 
     /// What `kiln explain` shows of `node`, given its upstream nodes (nearest first).
@@ -131,6 +144,24 @@ where
     })
 }
 
+/// Fails a step's output that lacks one of the outputs its builder promised.
+fn check_produced(
+    kind: BuilderKind,
+    promised: &[String],
+    out: &StepOutput,
+) -> Result<(), BuilderError> {
+    match promised
+        .iter()
+        .find(|name| !out.outputs.iter().any(|(n, _)| n == *name))
+    {
+        Some(name) => Err(BuilderError::NotProduced {
+            builder: kind,
+            output: name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// What the executor runs steps and refreshes through.
 pub trait Runner: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a>;
@@ -143,8 +174,14 @@ pub trait Runner: Send + Sync {
 pub struct Builtin;
 
 impl Runner for Builtin {
+    /// Runs the node's builder, and fails a success that lacks an output it promised.
     fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
-        builder(ctx.node.builder).run(ctx)
+        let b = builder(ctx.node.builder);
+        Box::pin(async move {
+            let out = b.run(ctx).await?;
+            check_produced(ctx.node.builder, &b.produces(&ctx.node), &out)?;
+            Ok(out)
+        })
     }
 
     /// Each builder gets all of its claims at once.
@@ -184,5 +221,22 @@ mod tests {
             assert_eq!(b.spec().kind, kind);
             assert!(std::ptr::eq(b.spec(), kind.spec()), "{kind}");
         }
+    }
+
+    #[test]
+    fn a_success_without_a_promised_output_fails() {
+        let mut out = StepOutput::default();
+        out.outputs.push((
+            "image.qcow2".into(),
+            std::path::PathBuf::from("image.qcow2"),
+        ));
+        let promised = ["image.qcow2".to_string()];
+        assert!(check_produced(BuilderKind::Local, &promised, &out).is_ok());
+        assert!(check_produced(BuilderKind::Local, &[], &StepOutput::default()).is_ok());
+        let e = check_produced(BuilderKind::Local, &promised, &StepOutput::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the local step succeeded but left no `image.qcow2`; nothing is recorded"
+        );
     }
 }

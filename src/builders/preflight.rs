@@ -7,9 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::BuilderKind;
 use crate::graph::Node;
-use crate::imagebuilder::{self, Engine, Install};
+use crate::imagebuilder::Install;
 
 /// One problem, and the nodes it stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,45 +63,11 @@ pub fn check<'a>(
                 );
             }
         }
-        if let Some((message, help)) = image_builder_problem(node, install) {
+        if let Some((message, help)) = super::builder(node.builder).setup_problem(install) {
             add("kiln::preflight::image-builder", message, help, &node.id);
         }
     }
     found
-}
-
-fn runs_image_builder(node: &Node) -> bool {
-    matches!(
-        node.builder,
-        BuilderKind::ImageBuilder | BuilderKind::TemplatePatch
-    )
-}
-
-/// Whether image-builder can be reached for an image-builder node.
-fn image_builder_problem(node: &Node, install: &Install) -> Option<(String, String)> {
-    if !runs_image_builder(node) {
-        return None;
-    }
-    let help = "see `tool \"image-builder\"` in docs/config.md".to_string();
-    match install.engine() {
-        None => Some((imagebuilder::NOT_SET_UP.into(), help)),
-        Some(Engine::Make) => match &install.source {
-            None => Some((imagebuilder::NO_SOURCE.into(), help)),
-            Some(src) if !src.join("images/capi").is_dir() => Some((
-                format!(
-                    "{} holds no images/capi: the image-builder source must be a checkout of kubernetes-sigs/image-builder",
-                    src.display()
-                ),
-                "point source= (or --image-builder-source) at the directory holding images/capi"
-                    .into(),
-            )),
-            Some(_) => None,
-        },
-        Some(Engine::Docker | Engine::Podman) => install
-            .image
-            .is_none()
-            .then(|| (imagebuilder::NO_IMAGE.into(), help)),
-    }
 }
 
 /// Whether `program` is an executable file in a directory of `path`.

@@ -5,7 +5,7 @@
 use super::image_builder::{copy_out_of_image, engine, param, source};
 use super::{Builder, BuilderError, StepCtx, StepFuture, StepOutput, io_err};
 use crate::config::BuilderKind;
-use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType, SecretUse};
 use crate::graph::{FileRole, Node};
 use crate::imagebuilder::{self, Engine, Install};
 
@@ -28,6 +28,7 @@ pub static SPEC: BuilderSpec = BuilderSpec {
         secrets: false,
         image_builder: true,
     },
+    secrets: SecretUse::None,
 };
 
 pub struct TemplatePatch;
@@ -63,6 +64,14 @@ impl Builder for TemplatePatch {
 
     fn run<'a>(&'a self, ctx: &'a StepCtx) -> StepFuture<'a> {
         Box::pin(patch(ctx))
+    }
+
+    fn produces(&self, _node: &Node) -> Vec<String> {
+        vec![TEMPLATE.into()]
+    }
+
+    fn setup_problem(&self, install: &Install) -> Option<(String, String)> {
+        super::image_builder::install_problem(install)
     }
 
     /// In a container, the stock template is copied out of the image.

@@ -24,7 +24,8 @@ use super::{
 };
 use crate::config::BuilderKind;
 use crate::config::Value;
-use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType};
+use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType, SecretUse};
+use crate::imagebuilder::AWS_SECRETS;
 use crate::plan::DirtyReason;
 use crate::store::remote::client::{self, PART_SIZE};
 
@@ -54,7 +55,8 @@ pub static SPEC: BuilderSpec = BuilderSpec {
             ParamType::Str,
             false,
             "the object name (default: the cell name + .qcow2)",
-        ),
+        )
+        .inside("the bucket"),
         ParamSpec::new(
             "endpoint",
             ParamType::Str,
@@ -81,6 +83,7 @@ pub static SPEC: BuilderSpec = BuilderSpec {
         secrets: true,
         image_builder: false,
     },
+    secrets: SecretUse::Named(AWS_SECRETS),
 };
 
 pub struct Upload;

@@ -93,6 +93,8 @@ pub struct ParamSpec {
     pub ty: ParamType,
     pub required: bool,
     pub doc: &'static str,
+    /// For a path relative to a directory: the directory it must stay inside ("the bucket").
+    pub inside: Option<&'static str>,
 }
 
 impl ParamSpec {
@@ -107,6 +109,16 @@ impl ParamSpec {
             ty,
             required,
             doc,
+            inside: None,
+        }
+    }
+
+    /// The parameter is a path (or paths) that must stay inside `dir` once placeholders are
+    /// filled.
+    pub const fn inside(self, dir: &'static str) -> ParamSpec {
+        ParamSpec {
+            inside: Some(dir),
+            ..self
         }
     }
 }
@@ -122,13 +134,29 @@ pub struct Consumes {
     pub image_builder: bool,
 }
 
+/// Which of a provider's secrets a step of a builder gets when its module does not list them
+/// with `secrets "NAME" …` (see [`crate::imagebuilder::step_secrets`]).
+#[derive(Debug, Clone, Copy)]
+pub enum SecretUse {
+    /// None.
+    None,
+    /// Every one: the program it runs may read any.
+    Every,
+    /// Those packer's builder for the step's template directory reads, and those no builder
+    /// knows (which only the user's template patches can use).
+    Packer,
+    /// The ones it reads, by name.
+    Named(&'static [&'static str]),
+}
+
 /// What config knows of a builder: the parameters a step of it takes and the provider inputs
-/// it receives. Pure data: each builder declares its own as a `SPEC` constant in its file under
+/// (and secrets) it receives. Pure data: each builder declares its own as a `SPEC` constant in its file under
 /// `crate::builders`, and config reads only those constants, never the code that runs a step.
 pub struct BuilderSpec {
     pub kind: BuilderKind,
     pub params: &'static [ParamSpec],
     pub consumes: Consumes,
+    pub secrets: SecretUse,
 }
 
 impl BuilderKind {

@@ -469,18 +469,28 @@ fn unset_optional(v: &Value, module: &Module, settings: &BTreeMap<String, Value>
         .is_some_and(|d| !d.required && d.default.is_none() && !settings.contains_key(name))
 }
 
-/// Paths a step writes or reads relative to a directory stay inside it: a `command` step's
-/// `outputs` inside its work directory, an `upload` step's `object` inside its bucket.
+/// Paths a step writes or reads relative to a directory stay inside it (the parameters its
+/// builder's table marks so): a `command` step's `outputs` inside its work directory, an
+/// `upload` step's `object` inside its bucket.
 fn check_confined(
     step: &crate::config::StepDecl,
     params: &Table,
     problems: &mut Vec<TemplateProblem>,
 ) {
-    let (name, inside) = match step.builder {
-        BuilderKind::Command => ("outputs", "the work directory"),
-        BuilderKind::Upload => ("object", "the bucket"),
-        _ => return,
-    };
+    for spec in step.builder.params() {
+        if let Some(inside) = spec.inside {
+            check_inside(step, params, spec.name, inside, problems);
+        }
+    }
+}
+
+fn check_inside(
+    step: &crate::config::StepDecl,
+    params: &Table,
+    name: &str,
+    inside: &str,
+    problems: &mut Vec<TemplateProblem>,
+) {
     let (Some(value), Some(written)) = (params.get(name), step.params.get(name)) else {
         return;
     };
@@ -685,14 +695,10 @@ pub fn lower(
     let mut diags = Diags::default();
     let version = tool.map_or(DEFAULT_IMAGE_BUILDER, |t| t.version.as_str());
     let image_builder = imagebuilder::data(version);
-    let uses_image_builder = config.modules.values().any(|m| {
-        m.steps.iter().any(|s| {
-            matches!(
-                s.builder,
-                BuilderKind::ImageBuilder | BuilderKind::TemplatePatch
-            )
-        })
-    });
+    let uses_image_builder = config
+        .modules
+        .values()
+        .any(|m| m.steps.iter().any(|s| s.builder.consumes().image_builder));
     if image_builder.is_none() && uses_image_builder {
         let known = imagebuilder::versions();
         let help = match crate::config::diag::suggest(version, known.iter().copied()) {

@@ -16,7 +16,7 @@ pub use env::{ENV_PREFIX, builds_flatcar, check_env_name, escape_for_make, ib_ve
 pub use install::{Engine, Install, NO_IMAGE, NO_SOURCE, NOT_SET_UP};
 pub use manifest::{ManifestError, manifest_facts};
 pub use patch::{PatchError, append, apply_patch, merge_patch};
-pub use secrets::step_secrets;
+pub use secrets::{AWS_SECRETS, step_secrets};
 
 /// The data shipped for one image-builder version.
 #[derive(Debug)]

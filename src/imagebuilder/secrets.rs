@@ -2,16 +2,19 @@
 //! `secrets "NAME" …`: a step gets only the secrets it uses. Pure.
 //!
 //! - a publish builder (`upload`, `aws-ami`, `gcp-image`, `hcloud-snapshot`) gets the names it
-//!   reads;
+//!   reads (its [`SecretUse::Named`], in its file under `crate::builders`);
 //! - an `image-builder` step gets the names packer's builder for its template directory reads
 //!   (`packer/ami` the AWS ones, `packer/hcloud` HCLOUD_TOKEN, `packer/qemu` none), plus every
 //!   secret no builder knows, which only the user's template patches can use (a registry
 //!   password); a directory kiln has no table for gets every secret;
 //! - a `command` step gets every secret.
 
+use crate::config::step::SecretUse;
 use crate::config::{BuilderKind, Secret};
 
-const AWS: &[&str] = &[
+/// The environment variables AWS credentials are read from: packer's `amazon-ebs` builder and
+/// kiln's `upload` (to `s3://`) and `aws-ami` steps.
+pub const AWS_SECRETS: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -20,7 +23,7 @@ const AWS: &[&str] = &[
 
 /// Per packer directory: the environment variables its packer builder reads (`NAME*`: a prefix).
 const PACKER: &[(&str, &[&str])] = &[
-    ("ami", AWS),
+    ("ami", AWS_SECRETS),
     ("hcloud", &["HCLOUD_TOKEN"]),
     (
         "gce",
@@ -36,12 +39,10 @@ const PACKER: &[(&str, &[&str])] = &[
     ("raw", &[]),
 ];
 
-/// The names a publish builder reads.
-fn publish(builder: BuilderKind) -> Option<&'static [&'static str]> {
-    match builder {
-        BuilderKind::Upload | BuilderKind::AwsAmi => Some(AWS),
-        BuilderKind::GcpImage => Some(&["GOOGLE_APPLICATION_CREDENTIALS_JSON"]),
-        BuilderKind::HcloudSnapshot => Some(&["HCLOUD_TOKEN"]),
+/// The names a builder reads, when it names them (see [`SecretUse::Named`]).
+fn named(builder: BuilderKind) -> Option<&'static [&'static str]> {
+    match builder.spec().secrets {
+        SecretUse::Named(names) => Some(names),
         _ => None,
     }
 }
@@ -56,14 +57,10 @@ fn matches(patterns: &[&str], name: &str) -> bool {
 /// Whether some builder of kiln knows `name` as its own.
 fn known(name: &str) -> bool {
     PACKER.iter().any(|(_, p)| matches(p, name))
-        || [
-            BuilderKind::Upload,
-            BuilderKind::GcpImage,
-            BuilderKind::HcloudSnapshot,
-        ]
-        .into_iter()
-        .filter_map(publish)
-        .any(|p| matches(p, name))
+        || BuilderKind::ALL
+            .into_iter()
+            .filter_map(named)
+            .any(|p| matches(p, name))
 }
 
 /// The secrets of `all` (the provider's) that a step of `builder` gets: those `listed` when the
@@ -79,15 +76,14 @@ pub fn step_secrets(
         if let Some(list) = listed {
             return list.contains(&s.name);
         }
-        match builder {
-            BuilderKind::ImageBuilder => {
-                match dir.and_then(|d| PACKER.iter().find(|(k, _)| *k == d)) {
-                    Some((_, p)) => matches(p, &s.name) || !known(&s.name),
-                    None => true,
-                }
-            }
-            BuilderKind::Command => true,
-            b => publish(b).is_some_and(|p| matches(p, &s.name)),
+        match builder.spec().secrets {
+            SecretUse::Packer => match dir.and_then(|d| PACKER.iter().find(|(k, _)| *k == d)) {
+                Some((_, p)) => matches(p, &s.name) || !known(&s.name),
+                None => true,
+            },
+            SecretUse::Every => true,
+            SecretUse::Named(names) => matches(names, &s.name),
+            SecretUse::None => false,
         }
     };
     all.iter().filter(|s| keep(s)).cloned().collect()
