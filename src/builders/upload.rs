@@ -612,40 +612,55 @@ fn client_settings(ctx: &StepCtx) -> Vec<Option<String>> {
     v
 }
 
-/// `ino:size:mtime_ns:ctime_ns` of a file, or `-` when there is none. The ctime changes on every
-/// write, rename onto it or `touch`, and cannot be set back.
-fn stat_witness(path: &Path) -> String {
-    std::fs::symlink_metadata(path).map_or_else(|_| "-".into(), |m| meta_witness(&m))
+/// Appends `ino:size:mtime.nsec:ctime.nsec` of the file at `path`, or `-` when there is none.
+/// The ctime changes on every write, rename onto it or `touch`, and cannot be set back.
+fn push_stat(out: &mut String, path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => push_meta(out, &m),
+        Err(_) => out.push('-'),
+    }
 }
 
-fn meta_witness(m: &std::fs::Metadata) -> String {
+/// Appends the witness of one file's metadata (see [`push_stat`]). A refresh formats one per
+/// claimed file, thousands per plan: numbers are written without `format!`.
+fn push_meta(out: &mut String, m: &std::fs::Metadata) {
     use std::os::unix::fs::MetadataExt;
-    format!(
-        "{}:{}:{}.{}:{}.{}",
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec()
-    )
+    let mut b = itoa::Buffer::new();
+    out.push_str(b.format(m.ino()));
+    out.push(':');
+    out.push_str(b.format(m.size()));
+    out.push(':');
+    out.push_str(b.format(m.mtime()));
+    out.push('.');
+    out.push_str(b.format(m.mtime_nsec()));
+    out.push(':');
+    out.push_str(b.format(m.ctime()));
+    out.push('.');
+    out.push_str(b.format(m.ctime_nsec()));
 }
 
 /// The evidence a `file://` upload leaves: the stat of the image (`image`, when the caller has
-/// it already) and of its `.sha256`.
+/// it already) and of its `.sha256`, as `IMAGE SUM` (`-` for a file there is none of).
 fn dir_witness(
     dir: &Path,
     name: &str,
     checksum: bool,
     image: Option<&std::fs::Metadata>,
 ) -> String {
-    let sum = if checksum {
-        stat_witness(&dir.join(format!("{name}.sha256")))
+    let mut out = String::with_capacity(112);
+    let mut path = dir.join(name);
+    match image {
+        Some(m) => push_meta(&mut out, m),
+        None => push_stat(&mut out, &path),
+    }
+    out.push(' ');
+    if checksum {
+        path.as_mut_os_string().push(".sha256");
+        push_stat(&mut out, &path);
     } else {
-        "-".into()
-    };
-    let image = image.map_or_else(|| stat_witness(&dir.join(name)), meta_witness);
-    format!("{image} {sum}")
+        out.push('-');
+    }
+    out
 }
 
 /// A `file://` claim: a stat of the image and its `.sha256` against the witness; only when one
@@ -800,6 +815,47 @@ async fn refresh_s3(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_dir_witness_is_the_stat_of_the_image_and_its_sum() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("x.qcow2"), "image").unwrap();
+        let m = std::fs::metadata(d.path().join("x.qcow2")).unwrap();
+        let stat = format!(
+            "{}:{}:{}.{}:{}.{}",
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        );
+        assert_eq!(
+            dir_witness(d.path(), "x.qcow2", false, None),
+            format!("{stat} -")
+        );
+        assert_eq!(
+            dir_witness(d.path(), "x.qcow2", true, Some(&m)),
+            format!("{stat} -")
+        );
+        std::fs::write(d.path().join("x.qcow2.sha256"), "sum").unwrap();
+        let s = std::fs::metadata(d.path().join("x.qcow2.sha256")).unwrap();
+        let sum = format!(
+            "{}:{}:{}.{}:{}.{}",
+            s.ino(),
+            s.size(),
+            s.mtime(),
+            s.mtime_nsec(),
+            s.ctime(),
+            s.ctime_nsec()
+        );
+        assert_eq!(
+            dir_witness(d.path(), "x.qcow2", true, None),
+            format!("{stat} {sum}")
+        );
+    }
+
     use super::*;
 
     #[test]
