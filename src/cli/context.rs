@@ -124,9 +124,13 @@ fn filter(config: &Config, cells: &[Cell], s: &Select) -> Result<Vec<Cell>, CliE
     Ok(out)
 }
 
-/// The cache directory: --cache-dir, or `cache/` beside the config.
+/// The cache directory: --cache-dir (made absolute against the working directory, since steps
+/// run in directories of their own), or `cache/` beside the config.
 pub fn cache_dir(config: &Config, flag: &Option<PathBuf>) -> PathBuf {
-    flag.clone().unwrap_or_else(|| config.root.join("cache"))
+    match flag {
+        Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+        None => config.root.join("cache"),
+    }
 }
 
 /// Digests every input file (through the stat cache under `cache`) and lowers the cells.

@@ -447,6 +447,27 @@ fn local_example_builds_real_images() {
         p.read("examples/local/images/local-ubuntu-2404-k8s-1.31.qcow2.sha256"),
         before
     );
+    // A relative --cache-dir is the working directory's, also for the steps (which run in
+    // directories of their own): the same image, from a cache of its own.
+    let other = p.kiln(&[
+        "-f",
+        "examples/local/images.kdl",
+        "build",
+        "--quiet",
+        "--cache-dir",
+        "other-cache",
+        "--os",
+        "ubuntu-2404",
+        "--kubernetes",
+        "1.31",
+    ]);
+    other.expect_code(0);
+    assert_eq!(other.stdout.trim(), "3 built, 0 cached");
+    assert!(p.path().join("other-cache/records.log").is_file());
+    assert_eq!(
+        p.read("examples/local/images/local-ubuntu-2404-k8s-1.31.qcow2.sha256"),
+        before
+    );
 }
 
 /// `kiln images` lists each cell's published image, with the sha256 its `.sha256` file holds
