@@ -38,6 +38,20 @@ pub enum StoreError {
     )]
     SourceChanged { path: PathBuf },
 
+    #[error("{url}: cannot {op} {path}: {source}")]
+    Remote {
+        url: String,
+        op: &'static str,
+        path: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
+    #[error(
+        "{url}: this runner holds no signing key, so it writes nothing there; pass --signing-key FILE or set KILN_SIGNING_KEY"
+    )]
+    ReadOnly { url: String },
+
     #[error("cannot encode {what} for the cache: {source}")]
     Encode {
         what: String,

@@ -24,6 +24,7 @@ mod report;
 mod run;
 mod s3;
 mod serve;
+mod store;
 mod support;
 mod truth;
 mod update;

@@ -210,7 +210,7 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn store(&self) -> object_store::aws::AmazonS3 {
+    pub(crate) fn store(&self) -> object_store::aws::AmazonS3 {
         AmazonS3Builder::new()
             .with_bucket_name(BUCKET)
             .with_region("us-east-1")

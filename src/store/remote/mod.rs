@@ -94,7 +94,7 @@ pub struct UrlError {
 }
 
 /// The object store and path prefix a URL names.
-fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, String), String> {
+pub(crate) fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, String), String> {
     let parsed = url::Url::parse(url).map_err(|e| {
         format!("not a URL ({e}); write s3://BUCKET/PREFIX, gs://…, az://… or file:///PATH")
     })?;
@@ -505,7 +505,7 @@ impl Remote {
 
 /// Whether `e` says only that one object is absent. A missing bucket is a 404 too, but it is
 /// the remote failing, not a miss.
-fn is_miss(e: &object_store::Error) -> bool {
+pub(crate) fn is_miss(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. }) && !e.to_string().contains("NoSuchBucket")
 }
 

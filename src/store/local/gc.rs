@@ -214,7 +214,7 @@ fn tree_len(dir: &std::path::Path) -> u64 {
 }
 
 /// The keys gc keeps, per `policy`.
-fn roots(history: &[super::Record], policy: &GcPolicy) -> HashSet<Digest> {
+fn roots(history: &[crate::store::Record], policy: &GcPolicy) -> HashSet<Digest> {
     // Per id, its distinct keys newest first, each with the time it was last recorded.
     let mut by_id: HashMap<&str, Vec<(Digest, u64)>> = HashMap::new();
     for r in history.iter().rev() {

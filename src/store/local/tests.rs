@@ -9,6 +9,7 @@ use tempfile::TempDir;
 
 use super::*;
 use crate::hash::Digest;
+use crate::store::{ActionResult, Output, Record, now_unix_ms};
 
 fn store() -> (TempDir, LocalStore) {
     let dir = TempDir::new().unwrap();
