@@ -1,9 +1,10 @@
-//! File and directory digests through a stat cache: (path, size, mtime, inode) → digest, kept in
-//! the cache directory, so a re-plan with nothing changed reads no file contents.
+//! File and directory digests through a stat cache: (path, size, mtime, inode) → digest, kept by
+//! the store (a [`crate::store::Memo::StatCache`]), so a re-plan with nothing changed reads no
+//! file contents.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -38,7 +39,6 @@ impl Stamp {
 }
 
 pub struct StatCache {
-    file: Option<PathBuf>,
     entries: Mutex<HashMap<PathBuf, (Stamp, Digest)>>,
     dirty: AtomicBool,
     hashed: std::sync::atomic::AtomicUsize,
@@ -67,17 +67,16 @@ fn parse_line(line: &str) -> Option<(PathBuf, (Stamp, Digest))> {
 }
 
 impl StatCache {
-    /// Loads the cache kept at `file` (missing or unreadable: start empty).
-    pub fn load(file: Option<PathBuf>) -> StatCache {
+    /// The cache saved as `saved` by [`StatCache::encode`] (missing or unreadable: start empty).
+    pub fn decode(saved: Option<&[u8]>) -> StatCache {
         let mut entries = HashMap::new();
-        if let Some(text) = file.as_ref().and_then(|f| fs::read_to_string(f).ok()) {
+        if let Some(text) = saved.and_then(|b| std::str::from_utf8(b).ok()) {
             let mut lines = text.lines();
             if lines.next() == Some(HEADER) {
                 entries.extend(lines.filter_map(parse_line));
             }
         }
         StatCache {
-            file,
             entries: Mutex::new(entries),
             dirty: AtomicBool::new(false),
             hashed: Default::default(),
@@ -161,12 +160,10 @@ impl StatCache {
     }
 
     /// Writes the cache back atomically, if anything was hashed.
-    pub fn save(&self) -> io::Result<()> {
-        let Some(file) = &self.file else {
-            return Ok(());
-        };
+    /// The cache to save, `None` when nothing changed since it was decoded.
+    pub fn encode(&self) -> Option<Vec<u8>> {
         if !self.dirty.load(Ordering::Relaxed) {
-            return Ok(());
+            return None;
         }
         let entries = self.entries.lock().expect("stat cache lock");
         let mut text = String::with_capacity(entries.len() * 120);
@@ -181,13 +178,7 @@ impl StatCache {
                 s.size, s.mtime_ns, s.ctime_ns, s.ino
             ));
         }
-        let dir = file.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(text.as_bytes())?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(file).map_err(|e| e.error)?;
-        Ok(())
+        Some(text.into_bytes())
     }
 }
 
@@ -200,13 +191,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a.sh");
         fs::write(&f, "echo 1\n").unwrap();
-        let cache_file = dir.path().join("statcache");
-        let c = StatCache::load(Some(cache_file.clone()));
+        let c = StatCache::decode(None);
         let d1 = c.file(&f).unwrap();
         assert_eq!(d1, Digest::of_bytes(b"echo 1\n"));
-        c.save().unwrap();
+        let saved = c.encode().unwrap();
 
-        let c2 = StatCache::load(Some(cache_file.clone()));
+        let c2 = StatCache::decode(Some(&saved));
         assert_eq!(c2.file(&f).unwrap(), d1);
         assert_eq!(
             c2.files_hashed(),
@@ -215,7 +205,8 @@ mod tests {
         );
 
         fs::write(&f, "echo 22\n").unwrap();
-        let c3 = StatCache::load(Some(cache_file));
+        assert!(c2.encode().is_none(), "nothing changed, nothing to save");
+        let c3 = StatCache::decode(Some(&saved));
         assert_eq!(c3.file(&f).unwrap(), Digest::of_bytes(b"echo 22\n"));
         assert_eq!(c3.files_hashed(), 1);
     }
@@ -228,7 +219,7 @@ mod tests {
         fs::write(d.join("b.sh"), "b").unwrap();
         fs::write(d.join("sub/a.sh"), "a").unwrap();
         fs::set_permissions(d.join("b.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-        let c = StatCache::load(None);
+        let c = StatCache::decode(None);
         let listing = c.dir(&d).unwrap();
         let names: Vec<(&str, bool)> = listing.iter().map(|e| (e.rel.as_str(), e.exec)).collect();
         assert_eq!(names, [("b.sh", true), ("sub/a.sh", false)]);

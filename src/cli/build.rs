@@ -119,7 +119,7 @@ pub(super) fn plan_to_run(
     remote: Option<Arc<Remote>>,
     forced: &BTreeSet<String>,
 ) -> Result<(StoreView, Plan), CliError> {
-    let mut view = StoreView::open(cache.dir.clone(), graph, remote)?;
+    let mut view = StoreView::with_store(cache.store.clone(), graph, remote);
     let mut plan = plan::plan(graph, &view, forced);
     // A publish node is skipped only when its claim still holds.
     super::refresh::refresh_plan(loaded, graph, &mut view, &mut plan, forced)?;

@@ -9,6 +9,7 @@ use crate::graph::{self, Graph};
 use crate::hash::Digest;
 use crate::matrix::Cell;
 use crate::statcache::StatCache;
+use crate::store::{Memo, Memos};
 
 pub struct Loaded {
     pub config: Config,
@@ -162,14 +163,16 @@ pub fn lower_keyed(
     loaded: &Loaded,
     cache: Option<&Path>,
 ) -> Result<(Graph, Option<Digest>), CliError> {
-    let stat = StatCache::load(cache.map(|c| c.join("statcache")));
+    let memos = cache.map(Memos::at);
+    let saved = memos.as_ref().and_then(|m| m.read(Memo::StatCache));
+    let stat = StatCache::decode(saved.as_deref());
     let paths = graph::input_paths(&loaded.config);
     let digests = stat
         .digest_all(&paths)
         .map_err(|(p, e)| CliError::Failed(format!("cannot read {}: {e}", p.display())))?;
     // Failing to save the stat cache costs speed next time, never correctness.
-    if cache.is_some_and(Path::exists) {
-        let _ = stat.save();
+    if let (Some(m), Some(bytes)) = (&memos, stat.encode()) {
+        m.save(Memo::StatCache, &bytes);
     }
     let key = build_id().map(|b| {
         graph::snapshot::snapshot_key(
@@ -179,11 +182,7 @@ pub fn lower_keyed(
             b.as_str(),
         )
     });
-    let snapshot = key.zip(
-        cache
-            .filter(|c| c.exists())
-            .map(|c| c.join("graph.snapshot")),
-    );
+    let snapshot = key.zip(memos);
     let graph = lower_cached(loaded, snapshot, &digests)?;
     let graph = if loaded.whole {
         graph
@@ -195,41 +194,28 @@ pub fn lower_keyed(
     Ok((graph, key))
 }
 
-/// Lowers through the graph snapshot kept in the cache (`graph.snapshot`, valid for one key):
-/// when nothing lowering reads has changed since it was written, the graph is loaded instead of
-/// lowered again.
+/// Lowers through the graph snapshot kept in the cache ([`Memo::GraphSnapshot`], valid for one
+/// key): when nothing lowering reads has changed since it was written, the graph is loaded
+/// instead of lowered again.
 fn lower_cached(
     loaded: &Loaded,
-    snapshot: Option<(Digest, PathBuf)>,
+    snapshot: Option<(Digest, Memos)>,
     digests: &std::collections::HashMap<PathBuf, graph::Content>,
 ) -> Result<Graph, CliError> {
-    if let Some((key, file)) = &snapshot
-        && let Some(g) = crate::store::map_file(file)
+    if let Some((key, memos)) = &snapshot
+        && let Some(g) = memos
+            .map(Memo::GraphSnapshot)
             .and_then(|bytes| graph::snapshot::decode(&bytes, *key, loaded.all.clone()))
     {
         return Ok(g);
     }
     let g = graph::lower(&loaded.config, loaded.all.clone(), digests).map_err(CliError::Config)?;
-    if let Some((key, file)) = snapshot
+    if let Some((key, memos)) = snapshot
         && let Some(bytes) = graph::snapshot::encode(&g, key)
     {
-        save_memo(&file, &bytes);
+        memos.save(Memo::GraphSnapshot, &bytes);
     }
     Ok(g)
-}
-
-/// Replaces a file of the cache that only saves time (a snapshot, a memo) through a temp file in
-/// the cache's `tmp/` (where `kiln cache gc` removes what an interrupted write leaves) and a
-/// rename, so readers never see half of it. Failing costs time next run, never correctness.
-pub fn save_memo(file: &Path, bytes: &[u8]) {
-    let Some(cache) = file.parent() else { return };
-    let tmp_dir = cache.join("tmp");
-    let _ = std::fs::create_dir_all(&tmp_dir);
-    let name = file.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = tmp_dir.join(format!("{name}-{}", std::process::id()));
-    if std::fs::write(&tmp, bytes).is_err() || std::fs::rename(&tmp, file).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
 }
 
 /// Identifies this kiln binary: its version and the size, modification time and inode of its

@@ -22,6 +22,7 @@ mod serve;
 mod settings;
 mod share;
 mod update;
+mod view;
 mod watch;
 
 use std::path::PathBuf;

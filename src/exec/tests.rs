@@ -140,7 +140,7 @@ provider "q" module="m"
 fn lower(config: &crate::config::Config) -> Graph {
     let (cells, _) = crate::config::cells::expand_all(config).expect("cells");
     let paths = crate::graph::input_paths(config);
-    let digests = crate::statcache::StatCache::load(None)
+    let digests = crate::statcache::StatCache::decode(None)
         .digest_all(&paths)
         .expect("inputs");
     crate::graph::lower(config, cells.into(), &digests).expect("lowers")

@@ -290,7 +290,7 @@ mod tests {
         let (cells, _) = crate::config::cells::expand_all(&config).expect("cells");
         let cells: Arc<[Cell]> = cells.into();
         let paths = crate::graph::input_paths(&config);
-        let digests = crate::statcache::StatCache::load(None)
+        let digests = crate::statcache::StatCache::decode(None)
             .digest_all(&paths)
             .expect("inputs");
         let graph = crate::graph::lower(&config, cells.clone(), &digests).expect("lowers");

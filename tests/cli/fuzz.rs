@@ -29,7 +29,7 @@ fn pipeline(root: &Path) -> usize {
                 match kiln::config::cells::check_images(&config, &cells) {
                     Err(d) => d,
                     Ok(()) => {
-                        let stat = kiln::statcache::StatCache::load(None);
+                        let stat = kiln::statcache::StatCache::decode(None);
                         let paths = kiln::graph::input_paths(&config);
                         if let Ok(digests) = stat.digest_all(&paths)
                             && let Err(d) = kiln::graph::lower(&config, cells.into(), &digests)
