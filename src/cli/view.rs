@@ -88,7 +88,7 @@ impl StoreView {
             }
             if !ask.is_empty() {
                 let graph_digest = pack::graph_digest(&wanted);
-                let (entries, exact) = r.block_on(r.get_pack(&graph_digest)).unwrap_or_default();
+                let (entries, _) = r.block_on(r.get_pack(&graph_digest)).unwrap_or_default();
                 let listed: HashMap<Digest, Option<BTreeMap<String, String>>> =
                     entries.into_iter().map(|e| (e.key, e.facts)).collect();
                 ask.retain(|k| match listed.get(k) {
@@ -101,13 +101,12 @@ impl StoreView {
                     }
                     None => true,
                 });
-                // The pack of this very graph lists every result its signer had: what it does
-                // not list is taken as missing rather than asked for one by one.
-                if !exact {
-                    for v in r.block_on(r.get_actions(&ask)) {
-                        let _ = store.put_mirrored(&v.result, &v.signer);
-                        remote_keys.insert(v.result.key);
-                    }
+                // What a pack does not list (its signer had no result for it when it wrote the
+                // pack, or the pack is of another graph) is asked for by key: only those keys,
+                // so a graph whose pack lists everything costs one request.
+                for v in r.block_on(r.get_actions(&ask)) {
+                    let _ = store.put_mirrored(&v.result, &v.signer);
+                    remote_keys.insert(v.result.key);
                 }
             }
             keys.extend(remote_keys.iter().copied());

@@ -780,3 +780,68 @@ fn an_s3_remote_takes_credentials_from_the_aws_files() {
         plan.stderr
     );
 }
+
+/// A pack of this very graph that lacks some keys (its signer had no result for them when it
+/// wrote it; another runner pushed them since) is no verdict on those keys: B asks for their
+/// records one by one, and only for them. A listed key costs no request; a key neither listed
+/// nor in the remote costs one GET and plans to build.
+#[test]
+fn keys_a_pack_lacks_are_asked_for_one_by_one() {
+    use kiln::store::remote::keys::SecretKey;
+    use kiln::store::remote::pack;
+
+    let m = moto_without_auth().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut a = runner(&m, shared.path());
+    let (key, public) = keygen(&a, "ci-1");
+    a.set_env("KILN_SIGNING_KEY", &key);
+    a.kiln(&["-f", F, "build", "--quiet"]).expect_code(0);
+    let plan = plan_json(&a);
+    let lacked = key_of(&plan, "local/flatcar/1.31/build");
+    let gone = key_of(&plan, "local/ubuntu-2404/1.32/publish");
+    m.delete(&format!("{PREFIX}/ac/{gone}"));
+
+    // The pack re-signed by A's key without those two keys.
+    let sk = SecretKey::parse(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let packs = m.list(&format!("{PREFIX}/packs"));
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    for name in &packs {
+        let bytes = m.get(name).unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let graph: kiln::hash::Digest = text
+            .lines()
+            .find_map(|l| l.strip_prefix("graph "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut entries = pack::decode(&bytes, None, &[sk.public()]).unwrap();
+        let before = entries.len();
+        entries.retain(|e| e.key.to_hex() != lacked && e.key.to_hex() != gone);
+        assert_eq!(entries.len(), before - 2);
+        m.put(name, pack::encode(&graph, &entries, &sk));
+    }
+
+    let b = runner(&m, shared.path()).env("KILN_TRUSTED_KEYS", &public);
+    let json = plan_json(&b);
+    // The pack, the records of the two keys it lacks, and who claims the publish that runs.
+    assert_eq!(json["remote"]["requests"], 4, "{}", json["remote"]);
+    let node = |k: &str| {
+        json["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["key"] == k)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(node(&lacked)["source"], "remote", "{}", node(&lacked));
+    assert_eq!(node(&lacked)["action"], "cached", "{}", node(&lacked));
+    assert_ne!(node(&gone)["action"], "cached", "{}", node(&gone));
+    let cached_remote = json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["source"] == "remote")
+        .count();
+    assert_eq!(cached_remote, 11, "{json}");
+}
