@@ -265,6 +265,13 @@ pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOut
             };
         }
     }
+    // A runner that cannot record a publish in the remote does not publish: nobody would know.
+    if node.step == StepKind::Publish
+        && let Some(remote) = &sh.remote
+        && !remote.writes()
+    {
+        return ended(Outcome::Held, 0, None, None);
+    }
     // Of two runners reaching the same publish node, one publishes; the other takes its result.
     let mut claim = None;
     if node.step == StepKind::Publish

@@ -100,6 +100,7 @@ fn outcome_word(outcome: &Outcome) -> Option<(String, &'static str)> {
         Outcome::Cutoff => ("same  ".to_string(), "36"),
         Outcome::Failed(e) => (format!("FAILED: {e} —"), "31;1"),
         Outcome::Cancelled => ("cancelled".to_string(), "33"),
+        Outcome::Held => ("held  ".to_string(), "33"),
         Outcome::Cached | Outcome::Skipped { .. } | Outcome::NotStarted => return None,
     })
 }

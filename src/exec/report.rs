@@ -22,6 +22,9 @@ pub enum Outcome {
     /// Not started: `--fail-fast` stopped the build after another node failed.
     NotStarted,
     Cancelled,
+    /// A publish node not run: a remote cache is configured and this runner holds no signing
+    /// key, so no other runner could learn of its publish and the next one would publish again.
+    Held,
 }
 
 impl Outcome {
@@ -35,6 +38,7 @@ impl Outcome {
             Outcome::Skipped { .. } => "skipped",
             Outcome::NotStarted => "not started",
             Outcome::Cancelled => "cancelled",
+            Outcome::Held => "held",
         }
     }
 }
@@ -87,9 +91,13 @@ impl NodeReport {
             Outcome::Skipped { failed_dep } => format!("skipped: upstream {failed_dep} failed"),
             Outcome::NotStarted => "not started: --fail-fast stopped the build".into(),
             Outcome::Cancelled => "cancelled: the build was interrupted".into(),
+            Outcome::Held => HELD.into(),
         }
     }
 }
+
+/// Why a publish node is [`Outcome::Held`], and what to do about it.
+pub const HELD: &str = "held: not published, since this runner has no signing key for the remote cache: no other runner would see the publish, and the next one would publish again; publish from a runner with --signing-key FILE or KILN_SIGNING_KEY set";
 
 #[derive(Debug, Default)]
 pub struct BuildReport {
@@ -161,6 +169,7 @@ impl BuildReport {
                 "skipped": count(|o| matches!(o, Outcome::Skipped { .. })),
                 "not_started": count(|o| *o == Outcome::NotStarted),
                 "cancelled": count(|o| *o == Outcome::Cancelled),
+                "held": count(|o| *o == Outcome::Held),
             },
             "interrupted": self.cancelled,
             "ok": self.ok(),
@@ -193,6 +202,10 @@ impl BuildReport {
         let cancelled = self.count(|o| *o == Outcome::Cancelled);
         if cancelled > 0 {
             s.push_str(&format!(", {cancelled} cancelled"));
+        }
+        let held = self.count(|o| *o == Outcome::Held);
+        if held > 0 {
+            s.push_str(&format!(", {held} held (no signing key)"));
         }
         if self.cancelled {
             s.push_str(", interrupted");

@@ -129,12 +129,20 @@ fn runners_share_results_through_one_bucket() {
     let cache = b.path().join("examples/local/cache");
     assert_eq!(files_under(&cache.join("cas")), 0, "B downloaded a blob");
 
-    // C trusts A but cannot sign: it rebuilds a change and the bucket is as it was.
+    // C trusts A but cannot sign: it rebuilds and validates a change, publishes nothing (no
+    // other runner would see what it published), and the bucket is as it was.
     let c = runner(&m, shared.path()).env("KILN_TRUSTED_KEYS", &public);
     c.write("examples/local/files/motd", "changed on a pull request\n");
+    let images = files_under(shared.path());
     let out = c.kiln(&["-f", F, "build", "--quiet"]);
     out.expect_code(0);
-    assert_eq!(out.stdout.trim(), "12 built, 0 cached", "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "8 built, 0 cached, 4 held (no signing key)",
+        "{}",
+        out.stderr
+    );
+    assert_eq!(files_under(shared.path()), images, "C published");
     assert_eq!(m.list(PREFIX), objects, "a runner without a key wrote");
 }
 
@@ -368,6 +376,64 @@ fn two_runners_racing_on_one_publish_publish_once() {
     }
     let published = std::fs::read_to_string(&calls).unwrap();
     assert_eq!(published, "published\n", "both runners published");
+}
+
+/// Two runners without a signing key reach the same publish node: neither publishes (nor claims
+/// it), since neither could record the publish for the other or for the next runner; both
+/// builds succeed, and the summary says why each publish was held and how to publish.
+#[test]
+fn runners_without_a_key_hold_their_publishes() {
+    let m = moto().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let calls = shared.path().join("calls.log");
+    let first = race_project(&m, &calls);
+    let (_, public) = keygen(&first, "ci-1");
+    let runners: Vec<Project> = (0..2)
+        .map(|_| race_project(&m, &calls).env("KILN_TRUSTED_KEYS", &public))
+        .collect();
+    let children: Vec<_> = runners
+        .iter()
+        .map(|p| {
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(["build", "--quiet"])
+                .current_dir(p.path())
+                .env("NO_COLOR", "1")
+                .envs(p.env_vars())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{stderr}");
+        assert_eq!(
+            stdout.trim(),
+            "1 built, 0 cached, 1 held (no signing key)",
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("p/one/1.31/publish  held: not published, since this runner has no signing key for the remote cache")
+                && stderr.contains("--signing-key FILE or KILN_SIGNING_KEY"),
+            "{stderr}"
+        );
+    }
+    assert!(!calls.exists(), "a runner without a key published");
+
+    // A signing runner then publishes it, once.
+    let (key, _) = keygen(&first, "ci-1b");
+    let signer = race_project(&m, &calls)
+        .env("KILN_SIGNING_KEY", &key)
+        .env("KILN_TRUSTED_KEYS", &public);
+    let out = signer.kiln(&["build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "2 built, 0 cached", "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "published\n");
 }
 
 /// `kiln cache push` seeds a remote from a local cache, `kiln cache pull` hands it to another
