@@ -5,6 +5,7 @@
 #
 #   bench/remote.sh                # 1 GiB
 #   MIB=256 bench/remote.sh        # another size, in MiB
+#   RUNS=5 bench/remote.sh         # runs of the four transfers (default 3); medians are printed
 #   KEEP=1 bench/remote.sh         # keep the generated directory (moto is stopped anyway)
 #
 # kiln is driven as a user drives it: a one-step config whose `command` step writes MIB MiB of
@@ -120,39 +121,56 @@ timed() { # label command...
     echo "   $label: ${SECS[$label]} s, ${REQS[$label]} requests"
 }
 
-echo "== kiln cache push"
-timed "kiln push" sh -c "cd a && '$KILN' --remote-cache '$URL' --signing-key ../bench-1.key cache push"
-echo "== aws s3 cp (upload)"
-timed "aws upload" aws s3 cp --quiet "$BLOB" "s3://$BUCKET/aws/blob"
-echo "== kiln cache pull"
-timed "kiln pull" sh -c "cd b && KILN_TRUSTED_KEYS='$PUBLIC' '$KILN' --remote-cache '$URL' cache pull"
-echo "== aws s3 cp (download)"
-timed "aws download" aws s3 cp --quiet "s3://$BUCKET/aws/blob" aws-down.bin
+RUNS="${RUNS:-3}"
+KP=() AU=() KL=() AD=() KPR=() AUR=() KLR=() ADR=()
+for run in $(seq "$RUNS"); do
+    echo "== run $run of $RUNS"
+    # A fresh prefix and a fresh downloading project each run: every push sends the blob, every
+    # pull fetches it.
+    RURL="$URL/run-$run"
+    rm -rf b/cache
+    timed "kiln push" sh -c "cd a && '$KILN' --remote-cache '$RURL' --signing-key ../bench-1.key cache push"
+    KP+=("${SECS[kiln push]}") KPR+=("${REQS[kiln push]}")
+    timed "aws upload" aws s3 cp --quiet "$BLOB" "s3://$BUCKET/aws/blob-$run"
+    AU+=("${SECS[aws upload]}") AUR+=("${REQS[aws upload]}")
+    timed "kiln pull" sh -c "cd b && KILN_TRUSTED_KEYS='$PUBLIC' '$KILN' --remote-cache '$RURL' cache pull"
+    KL+=("${SECS[kiln pull]}") KLR+=("${REQS[kiln pull]}")
+    rm -f aws-down.bin
+    timed "aws download" aws s3 cp --quiet "s3://$BUCKET/aws/blob-$run" aws-down.bin
+    AD+=("${SECS[aws download]}") ADR+=("${REQS[aws download]}")
+    cmp -s "$BLOB" "$(find b/cache/cas -type f -size "${BYTES}c" | head -n 1)" || { echo "kiln pulled other bytes" >&2; exit 1; }
+    cmp -s "$BLOB" aws-down.bin || { echo "aws downloaded other bytes" >&2; exit 1; }
+    # moto keeps every object in memory or temp files: drop this run's.
+    aws s3 rm --quiet --recursive "s3://$BUCKET/aws/" >/dev/null
+    aws s3 rm --quiet --recursive "$RURL" >/dev/null
+done
+echo "== every download is byte for byte the blob"
 
-cmp -s "$BLOB" "$(find b/cache/cas -type f -size "${BYTES}c" | head -n 1)" || { echo "kiln pulled other bytes" >&2; exit 1; }
-cmp -s "$BLOB" aws-down.bin || { echo "aws downloaded other bytes" >&2; exit 1; }
-echo "== both downloads are byte for byte the blob"
-
-python3 - "$BYTES" \
-    "${SECS[kiln push]}" "${REQS[kiln push]}" "${SECS[aws upload]}" "${REQS[aws upload]}" \
-    "${SECS[kiln pull]}" "${REQS[kiln pull]}" "${SECS[aws download]}" "${REQS[aws download]}" <<'PY'
-import sys
+join() { local IFS=,; echo "$*"; }
+python3 - "$BYTES" "$(join "${KP[@]}")" "$(join "${KPR[@]}")" "$(join "${AU[@]}")" "$(join "${AUR[@]}")" \
+    "$(join "${KL[@]}")" "$(join "${KLR[@]}")" "$(join "${AD[@]}")" "$(join "${ADR[@]}")" <<'PY'
+import statistics, sys
 size = int(sys.argv[1])
-kp, kpr, au, aur, kl, klr, ad, adr = sys.argv[2:]
+kp, kpr, au, aur, kl, klr, ad, adr = [[float(x) for x in a.split(",")] for a in sys.argv[2:]]
 mib = size / (1 << 20)
+runs = len(kp)
 def row(name, secs, reqs):
-    s = float(secs)
-    return f"| {name:<12} | {s:>8.2f} | {mib / s:>7.1f} | {reqs:>8} |"
+    m = statistics.median(secs)
+    each = " ".join(f"{s:.2f}" for s in secs)
+    return f"| {name:<12} | {m:>8.2f} | {mib / m:>7.1f} | {statistics.median(reqs):>8.0f} | {each} |"
 print()
-print(f"{mib:.0f} MiB against moto on 127.0.0.1:")
+print(f"{mib:.0f} MiB against moto on 127.0.0.1, median of {runs} runs (each run: kiln push, aws upload, kiln pull, aws download):")
 print()
-print(f"| {'transfer':<12} | {'seconds':>8} | {'MiB/s':>7} | {'requests':>8} |")
-print(f"|{'-' * 14}|{'-' * 9}:|{'-' * 8}:|{'-' * 9}:|")
+print(f"| {'transfer':<12} | {'seconds':>8} | {'MiB/s':>7} | {'requests':>8} | every run (s) |")
+print(f"|{'-' * 14}|{'-' * 9}:|{'-' * 8}:|{'-' * 9}:|{'-' * 15}|")
 print(row("kiln push", kp, kpr))
 print(row("aws upload", au, aur))
 print(row("kiln pull", kl, klr))
 print(row("aws download", ad, adr))
 print()
-up, down = float(au) / float(kp), float(ad) / float(kl)
-print(f"kiln / aws throughput: push {up:.2f}x, pull {down:.2f}x (target >= 1.0x)")
+up = statistics.median(au) / statistics.median(kp)
+down = statistics.median(ad) / statistics.median(kl)
+print(f"kiln / aws throughput (medians): push {up:.2f}x, pull {down:.2f}x (target >= 1.0x)")
+print("per run: push " + " ".join(f"{a / k:.2f}x" for a, k in zip(au, kp))
+      + ", pull " + " ".join(f"{a / k:.2f}x" for a, k in zip(ad, kl)))
 PY
