@@ -6,6 +6,7 @@
 #   bench/remote.sh                # 1 GiB
 #   MIB=256 bench/remote.sh        # another size, in MiB
 #   RUNS=5 bench/remote.sh         # runs of the four transfers (default 3); medians are printed
+#   KILN=path/to/kiln bench/remote.sh   # another kiln binary (e.g. an older build), not built
 #   KEEP=1 bench/remote.sh         # keep the generated directory (moto is stopped anyway)
 #
 # kiln is driven as a user drives it: a one-step config whose `command` step writes MIB MiB of
@@ -23,7 +24,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MIB="${MIB:-1024}"
 BYTES=$((MIB << 20))
-KILN="$ROOT/target/release/kiln"
+KILN="${KILN:-}"
 BUCKET="kiln-bench"
 
 if ! command -v moto_server >/dev/null 2>&1 && ! python3 -c 'import moto.server' 2>/dev/null; then
@@ -36,8 +37,11 @@ if ! command -v aws >/dev/null 2>&1; then
 fi
 command -v aws >/dev/null 2>&1 || { echo "missing the aws command" >&2; exit 1; }
 
-echo "== building kiln (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+if [ -z "$KILN" ]; then
+    echo "== building kiln (release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    KILN="$ROOT/target/release/kiln"
+fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kiln-remotebench.XXXXXX")"
 MOTO_PID=""

@@ -220,7 +220,8 @@ impl BlobService for ObjectBackend {
         let key = self.blob_path(&digest);
         self.requests
             .fetch_add(client::send_requests(size), Ordering::Relaxed);
-        match client::send_file(&*self.store, &key, path, size, true).await {
+        let name = blake3::Hash::from_bytes(*digest.as_bytes());
+        match client::send_blob(&*self.store, &key, path, size, &name).await {
             Ok(_) | Err(client::SendError::Store(object_store::Error::AlreadyExists { .. })) => {
                 Ok((digest, size))
             }

@@ -117,6 +117,100 @@ async fn send_parts(path: &Path, w: &mut WriteMultipart) -> Result<(), SendError
     }
 }
 
+/// [`send_file`] for a blob named `digest`, reading the file once: its bytes are hashed as they
+/// are read and sent, and the object is created only if they hash to `digest` (a multipart
+/// upload is completed only then, and aborted otherwise). A file that does not is
+/// [`SendError::Read`] of kind [`std::io::ErrorKind::InvalidData`], and nothing is stored.
+///
+/// Parts are read at their offsets on a blocking thread straight into the buffers that are
+/// sent, the next one while [`PARTS_IN_FLIGHT`] others are on their way.
+pub async fn send_blob(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    path: &Path,
+    size: u64,
+    digest: &blake3::Hash,
+) -> Result<PutResult, SendError> {
+    let file = std::sync::Arc::new(std::fs::File::open(path).map_err(SendError::Read)?);
+    let mut hasher = blake3::Hasher::new();
+    if size as usize <= PART_SIZE {
+        let (bytes, h) = read_part(file, 0, size as usize, hasher).await?;
+        check_digest(&h, digest)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        return store
+            .put_opts(key, PutPayload::from(bytes), opts)
+            .await
+            .map_err(SendError::Store);
+    }
+    let mut upload = store.put_multipart(key).await.map_err(SendError::Store)?;
+    let mut in_flight: futures_util::stream::FuturesUnordered<object_store::UploadPart> =
+        futures_util::stream::FuturesUnordered::new();
+    let sent: Result<(), SendError> = async {
+        let mut at = 0u64;
+        while at < size {
+            let len = (size - at).min(PART_SIZE as u64) as usize;
+            let (bytes, h) = read_part(file.clone(), at, len, hasher).await?;
+            hasher = h;
+            at += len as u64;
+            while in_flight.len() >= PARTS_IN_FLIGHT {
+                if let Some(done) = in_flight.next().await {
+                    done.map_err(SendError::Store)?;
+                }
+            }
+            in_flight.push(upload.put_part(PutPayload::from(bytes)));
+        }
+        check_digest(&hasher, digest)?;
+        while let Some(done) = in_flight.next().await {
+            done.map_err(SendError::Store)?;
+        }
+        Ok(())
+    }
+    .await;
+    match sent {
+        Ok(()) => upload.complete().await.map_err(SendError::Store),
+        Err(e) => {
+            drop(in_flight);
+            let _ = upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// `len` bytes of `file` at `at`, read on a blocking thread and added to `hasher` there.
+async fn read_part(
+    file: std::sync::Arc<std::fs::File>,
+    at: u64,
+    len: usize,
+    mut hasher: blake3::Hasher,
+) -> Result<(Vec<u8>, blake3::Hasher), SendError> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, at)?;
+        hasher.update(&buf);
+        Ok((buf, hasher))
+    })
+    .await
+    .map_err(|e| SendError::Read(std::io::Error::other(e)))?
+    .map_err(SendError::Read)
+}
+
+fn check_digest(hasher: &blake3::Hasher, digest: &blake3::Hash) -> Result<(), SendError> {
+    let actual = hasher.finalize();
+    if actual == *digest {
+        return Ok(());
+    }
+    Err(SendError::Read(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "the file hashes to {}, not to the blob's name",
+            &actual.to_hex()[..12]
+        ),
+    )))
+}
+
 /// How a big object comes down: in ranges of `min` to `max` bytes (about one range per request
 /// in flight, so a medium object is as parallel as a big one), `in_flight` ranges at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -441,6 +535,43 @@ mod tests {
             assert!(written == bytes);
             assert_eq!(got.hash, blake3::hash(&bytes));
             assert_eq!(requests, 1, "{len} bytes");
+        }
+    }
+
+    /// A blob of several parts and a small one go up whole; bytes that are not what the name
+    /// says are refused and leave no object (the multipart upload is aborted).
+    #[tokio::test]
+    async fn blobs_go_up_checked_in_one_read() {
+        let store = InMemory::new();
+        let dir = tempfile::tempdir().unwrap();
+        for (n, len) in [(0, 2 * PART_SIZE + 12_345), (1, 1000), (2, 0)] {
+            let bytes = noise(len);
+            let path = dir.path().join(format!("blob-{n}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let key = ObjectPath::from(format!("cas/{n}"));
+            let size = len as u64;
+            send_blob(&store, &key, &path, size, &blake3::hash(&bytes))
+                .await
+                .unwrap();
+            let got = store.get(&key).await.unwrap().bytes().await.unwrap();
+            assert!(got == bytes, "blob {n} differs");
+
+            let bad = ObjectPath::from(format!("cas/bad-{n}"));
+            let other = blake3::hash(b"other bytes");
+            let err = send_blob(&store, &bad, &path, size, &other)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, SendError::Read(e) if e.kind() == std::io::ErrorKind::InvalidData),
+                "{err:?}"
+            );
+            assert!(
+                matches!(
+                    store.head(&bad).await,
+                    Err(object_store::Error::NotFound { .. })
+                ),
+                "a refused blob {n} was stored"
+            );
         }
     }
 

@@ -420,15 +420,17 @@ impl Remote {
             Some(false) => {}
             None => return Err(format!("the remote cache {} is not answering", self.url)),
         }
-        let file = local
-            .blob_path(d)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("the blob {} is not in the local cache", d.short()))?;
-        let size = std::fs::metadata(&file).map_err(|e| e.to_string())?.len();
+        // Checked as it is sent (one read of a big blob, not two): a damaged blob is not sent.
+        let file = local.blob_location(d);
+        let size = match std::fs::metadata(&file) {
+            Ok(m) => m.len(),
+            Err(_) => return Err(format!("the blob {} is not in the local cache", d.short())),
+        };
         self.stats
             .requests
             .fetch_add(client::send_requests(size), Ordering::Relaxed);
-        match client::send_file(&*self.store, &path, &file, size, true).await {
+        let name = blake3::Hash::from_bytes(*d.as_bytes());
+        match client::send_blob(&*self.store, &path, &file, size, &name).await {
             Ok(_) => {
                 self.stats.bytes_out.fetch_add(size, Ordering::Relaxed);
                 Ok(())
@@ -437,6 +439,11 @@ impl Remote {
             Err(client::SendError::Store(e)) => {
                 self.fail(&format!("write {path}"), &e);
                 Err(format!("writing {path}: {e}"))
+            }
+            Err(client::SendError::Read(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // Verifying it again moves it aside and reports it.
+                let _ = local.blob_path(d);
+                Err(format!("the local blob {} is damaged ({e})", d.short()))
             }
             Err(client::SendError::Read(e)) => Err(format!("reading {}: {e}", file.display())),
         }
@@ -607,6 +614,48 @@ mod tests {
                 x as u8
             })
             .collect()
+    }
+
+    /// A local blob damaged after it was stored is checked as it is sent: it is not sent, the
+    /// record that names it is not written, and the blob is moved aside.
+    #[test]
+    fn a_damaged_local_blob_is_not_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote_dir = dir.path().join("remote");
+        let r = Remote::open(Settings {
+            url: format!("file://{}", remote_dir.display()),
+            signing: Some(keys::SecretKey::generate("ci-1").unwrap()),
+            trusted: Vec::new(),
+        })
+        .unwrap();
+        let local = LocalStore::open(&dir.path().join("cache")).unwrap();
+        for (n, len) in [(0u64, 3000), (1, client::PART_SIZE + 5000)] {
+            let bytes = noise(len, 7 + n);
+            let d = local.put_blob(&bytes).unwrap();
+            let file = local.blob_location(&d);
+            let mut perms = std::fs::metadata(&file).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&file, perms).unwrap();
+            let mut damaged = bytes.clone();
+            damaged[len / 2] ^= 1;
+            std::fs::write(&file, damaged).unwrap();
+            let result = crate::store::contract::result(
+                Digest::of_bytes(&n.to_le_bytes()),
+                "n",
+                &[(d, len as u64)],
+            );
+            assert!(!r.block_on(r.push(&result, &local)), "blob {n}");
+            let w = r.take_warnings();
+            assert!(
+                w.len() == 1 && w[0].contains("is damaged"),
+                "blob {n}: {w:?}"
+            );
+            assert!(!remote_dir.join("cas").join(d.to_hex()).exists());
+            assert!(!remote_dir.join("ac").join(result.key.to_hex()).exists());
+            assert!(!local.has_blob(&d), "blob {n} was not moved aside");
+            assert!(!r.is_down());
+        }
     }
 
     /// A blob of many ranges arrives whole; one whose bytes are not what its name says is
