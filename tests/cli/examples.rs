@@ -20,12 +20,15 @@ const REGISTRY_PASSWORD: &str = "harb0r-r0bot-passw0rd-value";
 /// repository (the examples import `../../modules/…`).
 fn example(name: &str) -> Project {
     let root = repo_root();
-    Project::new()
+    let p = Project::new()
         .with_path(
             &root.join("examples").join(name),
             &format!("examples/{name}"),
         )
-        .with_path(&root.join("modules"), "modules")
+        .with_path(&root.join("modules"), "modules");
+    // Not the cache of a run someone made in the repository.
+    let _ = fs::remove_dir_all(p.path().join(format!("examples/{name}/cache")));
+    p
 }
 
 /// Runs kiln on the example, with image-builder's tree of the bench.
