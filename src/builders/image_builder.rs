@@ -596,40 +596,34 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), BuilderE
     std::fs::write(path, text).map_err(io_err("writing the var file"))
 }
 
-/// The service-account key of a googlecompute build, written 0600 for the run and removed when
-/// dropped, whatever the run's outcome.
-struct KeyFile(Option<PathBuf>);
-
-impl KeyFile {
-    fn write(ctx: &StepCtx, path: Option<&Path>) -> Result<KeyFile, BuilderError> {
-        let Some(path) = path else {
-            return Ok(KeyFile(None));
-        };
-        let key = super::gcp_image::KEY_SECRET;
-        let Some((_, json)) = ctx.secrets.iter().find(|(k, _)| k == key) else {
-            return Err(ImageBuilderError::NoKey(key).into());
-        };
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = std::fs::remove_file(path);
-        let file = KeyFile(Some(path.to_path_buf()));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .and_then(|mut f| f.write_all(json.as_bytes()).and_then(|_| f.sync_all()))
-            .map_err(io_err("writing the service-account key"))?;
-        Ok(file)
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
+/// Writes a googlecompute build's service-account key where `path` says, 0600; the file is
+/// removed when the returned path is dropped, whatever the run's outcome.
+fn write_key(
+    ctx: &StepCtx,
+    path: Option<&Path>,
+) -> Result<Option<tempfile::TempPath>, BuilderError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let key = super::gcp_image::KEY_SECRET;
+    let Some((_, json)) = ctx.secrets.iter().find(|(k, _)| k == key) else {
+        return Err(ImageBuilderError::NoKey(key).into());
+    };
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("writing the service-account key"))?;
+    let written = tempfile::TempPath::try_from_path(path)
+        .map_err(io_err("writing the service-account key"))?;
+    f.write_all(json.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(io_err("writing the service-account key"))?;
+    Ok(Some(written))
 }
 
 /// `image-builder`: `make TARGET` (a `validate-…` or `build-…` target) in a staged checkout or
@@ -655,7 +649,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
         .filter(|(k, _)| inv.secrets.contains(k))
         .cloned()
         .collect();
-    let _key = KeyFile::write(ctx, inv.key_file.as_deref())?;
+    let _key = write_key(ctx, inv.key_file.as_deref())?;
     let output_dir = if inv.container {
         let output_dir = ctx.work.join("output");
         std::fs::create_dir_all(&output_dir).map_err(io_err("creating the output directory"))?;

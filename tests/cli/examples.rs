@@ -9,7 +9,7 @@ use crate::makefile::{
     Bench, Diff, PackerCall, assert_differences, hcloud_allowed, hcloud_seed, shape,
     without_publish,
 };
-use crate::support::{Project, repo_root};
+use crate::support::{Project, assert_nowhere, repo_root};
 
 const DEVOPS1: &str = "hcl0ud-t0ken-devops1-project";
 const STAGING: &str = "hcl0ud-t0ken-staging-project";
@@ -39,36 +39,6 @@ fn kiln_example(bench: &Bench, name: &str, args: &[&str]) -> crate::support::Out
     all.extend_from_slice(args);
     all.extend(["--image-builder-source", source.to_str().unwrap()]);
     bench.project.kiln(&all)
-}
-
-/// Nothing under `dir` holds `value`, but the fakes' own recordings (which log packer's whole
-/// environment, as a stand-in for the process itself).
-fn assert_no_file_holds(dir: &Path, value: &str) {
-    for entry in walk(dir) {
-        if entry.components().any(|c| c.as_os_str() == "fakelog") {
-            continue;
-        }
-        let bytes = fs::read(&entry).unwrap_or_default();
-        assert!(
-            !String::from_utf8_lossy(&bytes).contains(value),
-            "{} holds a secret",
-            entry.display()
-        );
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let m = fs::symlink_metadata(&p).unwrap();
-        if m.is_dir() {
-            out.extend(walk(&p));
-        } else if m.is_file() {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// `examples/hcloud/` builds, for each Hetzner project of its matrix axis, exactly what the
@@ -230,7 +200,8 @@ fn hcloud_example_matches_the_seed_in_every_project() {
         }
     }
     for secret in [DEVOPS1, STAGING, REGISTRY_USER, REGISTRY_PASSWORD] {
-        assert_no_file_holds(&bench.project.path().join("examples"), secret);
+        // The fakes' own recordings (packer's whole environment) are outside examples/.
+        assert_nowhere(&bench.project.path().join("examples"), secret);
     }
     // Changing a secret's value rebuilds nothing.
     bench
@@ -467,7 +438,8 @@ fn giantswarm_example_matches_the_seed_for_every_provider() {
         S3_SECRET,
         "MIIEv-giantswarm-key",
     ] {
-        assert_no_file_holds(&bench.project.path().join("examples"), secret);
+        // The fakes' own recordings (packer's whole environment) are outside examples/.
+        assert_nowhere(&bench.project.path().join("examples"), secret);
     }
 }
 

@@ -18,25 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::image_builder::{SECRET, build_provider, fakes_with_publish};
-use crate::support::Project;
+use crate::support::{Project, assert_nowhere};
 
 const REGIONS: [&str; 4] = ["eu-central-1", "eu-west-1", "us-east-1", "us-west-1"];
-
-/// No file under the project (config, cache, logs) holds `secret`.
-fn assert_nowhere(dir: &Path, secret: &str) {
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            assert_nowhere(&p, secret);
-        } else if let Ok(bytes) = fs::read(&p) {
-            assert!(
-                !String::from_utf8_lossy(&bytes).contains(secret),
-                "the secret is in {}",
-                p.display()
-            );
-        }
-    }
-}
 
 /// A free port on 127.0.0.1.
 fn free_port() -> u16 {

@@ -286,3 +286,20 @@ pub fn golden(case: &str, file: &str, actual: &str) {
         );
     }
 }
+
+/// No file under `dir` (config, cache, logs) holds `secret`.
+#[track_caller]
+pub fn assert_nowhere(dir: &Path, secret: &str) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            assert_nowhere(&p, secret);
+        } else if let Ok(bytes) = fs::read(&p) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(secret),
+                "the secret is in {}",
+                p.display()
+            );
+        }
+    }
+}
