@@ -149,17 +149,24 @@ pub(crate) struct PackerCall {
     pub(crate) credentials_sha256: Option<String>,
 }
 
-pub(crate) fn packer_calls(log: &Path) -> Vec<PackerCall> {
+/// The fakes' JSON records in `log` whose file names contain `tag`, in order.
+fn recorded(log: &Path, tag: &str) -> Vec<Value> {
     let mut files: Vec<PathBuf> = fs::read_dir(log)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains("-packer-"))
+        .filter(|p| p.to_string_lossy().contains(tag))
         .collect();
     files.sort();
     files
         .iter()
-        .map(|f| {
-            let v: Value = serde_json::from_str(&fs::read_to_string(f).unwrap()).unwrap();
+        .map(|f| serde_json::from_str(&fs::read_to_string(f).unwrap()).unwrap())
+        .collect()
+}
+
+pub(crate) fn packer_calls(log: &Path) -> Vec<PackerCall> {
+    recorded(log, "-packer-")
+        .into_iter()
+        .map(|v| {
             let strings = |v: &Value| -> Vec<String> {
                 v.as_array()
                     .unwrap()
@@ -904,16 +911,9 @@ fn the_container_sees_the_tree_make_stages() {
 
 /// The tree each recorded `docker run` saw under /home/imagebuilder: relative path → sha256.
 fn docker_runs(log: &Path) -> Vec<BTreeMap<String, String>> {
-    let mut files: Vec<PathBuf> = fs::read_dir(log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains("-docker-run"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| {
-            let v: Value = serde_json::from_str(&fs::read_to_string(f).unwrap()).unwrap();
+    recorded(log, "-docker-run")
+        .into_iter()
+        .map(|v| {
             v["tree"]
                 .as_object()
                 .unwrap()
