@@ -204,8 +204,8 @@ fn lower_cached(
 ) -> Result<Graph, CliError> {
     if let Some((key, memos)) = &snapshot
         && let Some(g) = memos
-            .map(Memo::GraphSnapshot)
-            .and_then(|bytes| graph::snapshot::decode(&bytes, *key, loaded.all.clone()))
+            .read(Memo::GraphSnapshot)
+            .and_then(|bytes| graph::snapshot::decode(bytes.into(), *key, loaded.all.clone()))
     {
         return Ok(g);
     }

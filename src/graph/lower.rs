@@ -332,7 +332,7 @@ impl Ctx<'_> {
             let recipe = Recipe {
                 step: step.kind,
                 builder: step.builder,
-                params,
+                params: params.into(),
                 vars: if c.vars {
                     vars.clone()
                 } else {

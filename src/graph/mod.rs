@@ -1,5 +1,6 @@
 //! The build graph: a DAG of step nodes, lowered from cells, with renderings for people.
 
+mod lazy;
 mod lower;
 mod node;
 mod render;

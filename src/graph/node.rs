@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+
+use super::lazy::Lazy;
 use crate::config::{BuilderKind, PatchOp, Policy, Secret, StepKind, Value};
 use crate::hash::{Digest, KeyHasher};
 
@@ -102,9 +105,8 @@ pub type Manifest = BTreeMap<InputName, String>;
 
 /// A part of a recipe shared by many nodes (a cell's variables, a provider's files, the tool
 /// pins): its digest is computed once; its manifest entries when a manifest is asked for.
-#[derive(Debug)]
 pub struct Section<T> {
-    pub value: T,
+    value: Lazy<T>,
     pub digest: Digest,
     entries: fn(&T) -> Vec<(InputName, String)>,
 }
@@ -119,7 +121,7 @@ impl<T> Section<T> {
             h.str(&k.label()).str(v);
         }
         Section {
-            value,
+            value: Lazy::new(value),
             digest: h.finish(),
             entries,
         }
@@ -127,7 +129,7 @@ impl<T> Section<T> {
 
     /// A section whose digest was computed before (see `graph::snapshot`).
     pub(super) fn restore(
-        value: T,
+        value: Lazy<T>,
         digest: Digest,
         entries: fn(&T) -> Vec<(InputName, String)>,
     ) -> Section<T> {
@@ -137,7 +139,9 @@ impl<T> Section<T> {
             entries,
         }
     }
+}
 
+impl<T: DeserializeOwned> Section<T> {
     /// The section's manifest entries, sorted.
     pub fn entries(&self) -> Vec<(InputName, String)> {
         let mut list = (self.entries)(&self.value);
@@ -146,7 +150,16 @@ impl<T> Section<T> {
     }
 }
 
-impl<T> std::ops::Deref for Section<T> {
+impl<T: DeserializeOwned + std::fmt::Debug> std::fmt::Debug for Section<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Section")
+            .field("value", &self.value)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> std::ops::Deref for Section<T> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.value
@@ -254,7 +267,7 @@ pub(super) fn file_entries(files: &Vec<FileInput>) -> Vec<(InputName, String)> {
 pub struct Recipe {
     pub step: StepKind,
     pub builder: BuilderKind,
-    pub params: Table,
+    pub params: Lazy<Table>,
     pub vars: Arc<Vars>,
     pub files: Arc<Files>,
     pub tools: Arc<Tools>,

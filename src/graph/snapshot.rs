@@ -12,18 +12,20 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 
 use super::Graph;
+use super::lazy::Lazy;
 use super::node::{
-    Content, FileInput, Node, Recipe, Section, Table, file_entries, tool_entries, var_entries,
+    Content, FileInput, Node, Recipe, Section, file_entries, tool_entries, var_entries,
 };
 use crate::config::{BuilderKind, Policy, Secret, StepKind};
 use crate::hash::{Digest, KEY_ENCODING_VERSION, KeyHasher};
 use crate::matrix::Cell;
 
-const MAGIC: &[u8] = b"kiln-graph-v1\n";
+const MAGIC: &[u8] = b"kiln-graph-v2\n";
 
 /// The digest an image is valid for. `config` covers every config file read (images.kdl, its
 /// imports, images.lock); `digests` every input file; `build` identifies the kiln binary, whose
@@ -61,28 +63,56 @@ pub fn snapshot_key(
     h.finish()
 }
 
-/// What nodes share, referred to by index.
+/// What nodes share, referred to by index. The variables (one table per cell) stay encoded
+/// until a node that uses them is run or explained: they are spans of the lazy region.
 #[derive(Serialize, Deserialize)]
 struct Tables {
     providers: Vec<String>,
-    vars: Vec<(Table, Digest)>,
+    vars: Vec<(Span, Digest)>,
     files: Vec<(Vec<FileInput>, Digest)>,
     tools: Vec<(std::collections::BTreeMap<String, String>, Digest)>,
     secrets: Vec<Vec<Secret>>,
+    /// The length of the lazy region, which follows the tables.
+    region: u32,
     nodes: u32,
 }
 
-/// A node with its shared parts as indices into the image's tables. Its dependencies' kinds and
-/// keys are those of its upstream nodes. Written from borrowed parts (`&str`, `&Table`), read
-/// back as owned ones: the encoding is the same.
+/// A postcard value in the lazy region: its offset there and its length.
+#[derive(Serialize, Deserialize, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    /// Appends `value` to `region`.
+    fn put<T: Serialize>(region: &mut Vec<u8>, value: &T) -> Option<Span> {
+        let start = u32::try_from(region.len()).ok()?;
+        let bytes = postcard::to_allocvec(value).ok()?;
+        region.extend_from_slice(&bytes);
+        let len = u32::try_from(bytes.len()).ok()?;
+        start.checked_add(len)?;
+        Some(Span { start, len })
+    }
+
+    /// The value's bytes, if the span is within `region`.
+    fn of<T>(self, region: &Bytes) -> Option<Lazy<T>> {
+        let (start, len) = (self.start as usize, self.len as usize);
+        (start + len <= region.len()).then(|| Lazy::encoded(region.slice(start..start + len)))
+    }
+}
+
+/// A node with its shared parts as indices into the image's tables and its parameters as a span
+/// of the lazy region. Its dependencies' kinds and keys are those of its upstream nodes. Written
+/// from a borrowed id, read back as an owned one: the encoding is the same.
 #[derive(Serialize, Deserialize)]
-struct NodeImage<S, P> {
+struct NodeImage<S> {
     id: S,
     step: StepKind,
     builder: BuilderKind,
     provider: u32,
     cells: Vec<u32>,
-    params: P,
+    params: Span,
     vars: u32,
     files: u32,
     tools: u32,
@@ -124,47 +154,54 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
         .enumerate()
         .map(|(i, c)| (c.name.as_str(), i as u32))
         .collect();
+    let mut region = Vec::new();
     let mut providers = Interner::new();
     let mut vars = Interner::new();
     let mut files = Interner::new();
     let mut tools = Interner::new();
     let mut secrets = Interner::new();
-    // Shared parts first (the tables come before the nodes), then each node on its own.
-    let shared: Vec<[u32; 5]> = graph
+    // Shared parts and parameters first (the tables and the region come before the nodes),
+    // then each node on its own.
+    let shared: Vec<([u32; 5], Option<Span>)> = graph
         .order()
         .into_iter()
         .map(|ix| {
             let n = graph.node(ix);
             let r = &n.recipe;
-            [
+            let shared = [
                 providers.add(Arc::as_ptr(&n.provider) as *const u8 as usize, || {
                     n.provider.to_string()
                 }),
                 vars.add(Arc::as_ptr(&r.vars) as usize, || {
-                    (r.vars.value.clone(), r.vars.digest)
+                    Span::put(&mut region, &**r.vars).map(|s| (s, r.vars.digest))
                 }),
                 files.add(Arc::as_ptr(&r.files) as usize, || {
-                    (r.files.value.clone(), r.files.digest)
+                    (Vec::clone(&r.files), r.files.digest)
                 }),
                 tools.add(Arc::as_ptr(&r.tools) as usize, || {
-                    (r.tools.value.clone(), r.tools.digest)
+                    (std::collections::BTreeMap::clone(&r.tools), r.tools.digest)
                 }),
                 secrets.add(Arc::as_ptr(&n.secrets) as *const u8 as usize, || {
                     n.secrets.to_vec()
                 }),
-            ]
+            ];
+            (shared, Span::put(&mut region, &*r.params))
         })
         .collect();
     let tables = Tables {
         providers: providers.values,
-        vars: vars.values,
+        vars: vars.values.into_iter().collect::<Option<_>>()?,
         files: files.values,
         tools: tools.values,
         secrets: secrets.values,
+        region: u32::try_from(region.len()).ok()?,
         nodes: graph.len() as u32,
     };
     let mut body = postcard::to_allocvec(&tables).ok()?;
-    for (ix, [provider, vars, files, tools, secrets]) in graph.order().into_iter().zip(shared) {
+    body.extend_from_slice(&region);
+    for (ix, ([provider, vars, files, tools, secrets], params)) in
+        graph.order().into_iter().zip(shared)
+    {
         let n = graph.node(ix);
         let image = NodeImage {
             id: n.id.as_str(),
@@ -176,7 +213,7 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
                 .iter()
                 .map(|c| cell_index.get(&**c).copied())
                 .collect::<Option<_>>()?,
-            params: &n.recipe.params,
+            params: params?,
             vars,
             files,
             tools,
@@ -201,8 +238,10 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The graph an image holds, if it is intact and was made for `key` from these `cells`.
-pub fn decode(bytes: &[u8], key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
+/// The graph an image holds, if it is intact and was made for `key` from these `cells`. The
+/// image's bytes are read into memory (not mapped), and the parameters and variables of its
+/// nodes are decoded from them when first used.
+pub fn decode(bytes: Bytes, key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
     let rest = bytes.strip_prefix(MAGIC)?;
     if rest.len() < 64 || rest[..32] != key.as_bytes()[..] {
         return None;
@@ -211,22 +250,35 @@ pub fn decode(bytes: &[u8], key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
     if blake3::hash(body).as_bytes()[..] != sum[..] {
         return None;
     }
-    let (tables, mut rest) = postcard::take_from_bytes::<Tables>(body).ok()?;
+    let (tables, rest) = postcard::take_from_bytes::<Tables>(body).ok()?;
+    let region_len = tables.region as usize;
+    if region_len > rest.len() {
+        return None;
+    }
+    let start = bytes.len() - rest.len();
+    let region = bytes.slice(start..start + region_len);
+    let mut rest = &rest[region_len..];
     let providers: Vec<Arc<str>> = tables.providers.iter().map(|p| p.as_str().into()).collect();
     let vars: Vec<Arc<_>> = tables
         .vars
         .into_iter()
-        .map(|(v, d)| Arc::new(Section::restore(v, d, var_entries)))
-        .collect();
+        .map(|(span, d)| {
+            Some(Arc::new(Section::restore(
+                span.of(&region)?,
+                d,
+                var_entries,
+            )))
+        })
+        .collect::<Option<_>>()?;
     let files: Vec<Arc<_>> = tables
         .files
         .into_iter()
-        .map(|(v, d)| Arc::new(Section::restore(v, d, file_entries)))
+        .map(|(v, d)| Arc::new(Section::restore(Lazy::new(v), d, file_entries)))
         .collect();
     let tools: Vec<Arc<_>> = tables
         .tools
         .into_iter()
-        .map(|(v, d)| Arc::new(Section::restore(v, d, tool_entries)))
+        .map(|(v, d)| Arc::new(Section::restore(Lazy::new(v), d, tool_entries)))
         .collect();
     let secrets: Vec<Arc<[Secret]>> = tables.secrets.into_iter().map(Arc::from).collect();
     let names: Vec<Arc<str>> = cells.iter().map(|c| c.name.as_str().into()).collect();
@@ -238,7 +290,7 @@ pub fn decode(bytes: &[u8], key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
     }
     let mut g: DiGraph<Node, ()> = DiGraph::with_capacity(count, count);
     for _ in 0..count {
-        let (n, more) = postcard::take_from_bytes::<NodeImage<String, Table>>(rest).ok()?;
+        let (n, more) = postcard::take_from_bytes::<NodeImage<String>>(rest).ok()?;
         rest = more;
         let mut deps = Vec::with_capacity(n.upstream.len());
         for &u in &n.upstream {
@@ -259,7 +311,7 @@ pub fn decode(bytes: &[u8], key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
             recipe: Recipe {
                 step: n.step,
                 builder: n.builder,
-                params: n.params,
+                params: n.params.of(&region)?,
                 vars: vars.get(n.vars as usize)?.clone(),
                 files: files.get(n.files as usize)?.clone(),
                 tools: tools.get(n.tools as usize)?.clone(),
@@ -303,7 +355,7 @@ mod tests {
             let (graph, cells, _) = lowered(file);
             let key = Digest::of_bytes(file.as_bytes());
             let bytes = encode(&graph, key).expect("encodes");
-            let back = decode(&bytes, key, cells).expect("decodes");
+            let back = decode(bytes.into(), key, cells).expect("decodes");
             assert_eq!(back.len(), graph.len(), "{file}");
             assert_eq!(back.edge_count(), graph.edge_count(), "{file}");
             for ix in graph.order() {
@@ -322,17 +374,21 @@ mod tests {
         let (graph, cells, _) = lowered("examples/local/images.kdl");
         let key = Digest::of_bytes(b"k");
         let bytes = encode(&graph, key).expect("encodes");
-        assert!(decode(&bytes, key, cells.clone()).is_some());
-        assert!(decode(&bytes, Digest::of_bytes(b"other"), cells.clone()).is_none());
+        let image = Bytes::from(bytes.clone());
+        assert!(decode(image.clone(), key, cells.clone()).is_some());
+        assert!(decode(image.clone(), Digest::of_bytes(b"other"), cells.clone()).is_none());
         for cut in [0, 10, MAGIC.len() + 40, bytes.len() - 1] {
-            assert!(decode(&bytes[..cut], key, cells.clone()).is_none(), "{cut}");
+            assert!(
+                decode(image.slice(..cut), key, cells.clone()).is_none(),
+                "{cut}"
+            );
         }
         let mut flipped = bytes.clone();
         let last = flipped.len() - 5;
         flipped[last] ^= 1;
-        assert!(decode(&flipped, key, cells.clone()).is_none());
+        assert!(decode(flipped.into(), key, cells.clone()).is_none());
         // Cells that no longer match the image's indices.
-        assert!(decode(&bytes, key, Arc::from(Vec::new())).is_none());
+        assert!(decode(image, key, Arc::from(Vec::new())).is_none());
     }
 
     #[test]

@@ -45,11 +45,6 @@ impl Memos {
         self.root.join(memo.file_name())
     }
 
-    /// The memo's bytes, mapped (a graph snapshot of a big matrix is tens of MB).
-    pub fn map(&self, memo: Memo) -> Option<memmap2::Mmap> {
-        super::fs::map_file(&self.path(memo))
-    }
-
     /// The memo's bytes.
     pub fn read(&self, memo: Memo) -> Option<Vec<u8>> {
         std::fs::read(self.path(memo)).ok()
@@ -98,7 +93,6 @@ mod tests {
         ] {
             memos.save(memo, bytes);
             assert_eq!(memos.read(memo).as_deref(), Some(bytes));
-            assert_eq!(memos.map(memo).as_deref(), Some(bytes));
         }
         memos.save(Memo::Orphans, b"again");
         assert_eq!(memos.read(Memo::Orphans).as_deref(), Some(&b"again"[..]));
