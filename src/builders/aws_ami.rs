@@ -456,7 +456,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
 
 /// Refresh: every region's AMI still exists, is available, and is public when it was published
 /// public (one DescribeImages per region).
-async fn refresh(c: &Claim) -> Checked {
+async fn refresh(c: &Claim<'_>) -> Checked {
     let ctx = &c.ctx;
     let amis: Vec<(&str, &str)> = c
         .facts

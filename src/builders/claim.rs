@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use super::StepCtx;
 
 /// A cached publish result to check against the world before it is trusted.
-pub struct Claim {
+pub struct Claim<'a> {
     /// The node as it would run (parameters, secrets), with an empty work directory.
     pub ctx: StepCtx,
     /// The facts of the result to check: the claim.
-    pub facts: BTreeMap<String, String>,
+    pub facts: &'a BTreeMap<String, String>,
     /// What the last refresh (or the publish) left as evidence, if it applies to this claim.
-    pub witness: Option<String>,
+    pub witness: Option<&'a str>,
 }
 
 /// What a refresh found.

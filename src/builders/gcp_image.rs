@@ -231,7 +231,7 @@ fn key_env(ctx: &StepCtx) -> Result<(Env, Option<tempfile::NamedTempFile>), Buil
 
 /// Refresh: the image still exists and its IAM policy still grants the recorded role to the
 /// recorded member (`gcloud compute images get-iam-policy`).
-async fn refresh(c: &Claim) -> Checked {
+async fn refresh(c: &Claim<'_>) -> Checked {
     let ctx = &c.ctx;
     let facts = &c.facts;
     let (Some(image), Some(project), Some(member), Some(role)) = (

@@ -216,7 +216,7 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
 }
 
 /// Refresh: the snapshot still exists (`GET /images/{id}`) and still has its labels.
-async fn refresh(c: &Claim) -> Checked {
+async fn refresh(c: &Claim<'_>) -> Checked {
     let ctx = &c.ctx;
     let Some(id) = c.facts.get("snapshot") else {
         return Checked::Unknown("its cached result records no `snapshot`".into());

@@ -129,8 +129,8 @@ pub fn makes_claims(kind: BuilderKind) -> bool {
 
 /// A refresh that checks its claims one after another.
 fn one_by_one<'a, F>(
-    claims: &'a [&'a Claim],
-    check: impl Fn(&'a Claim) -> F + Send + 'a,
+    claims: &'a [&'a Claim<'a>],
+    check: impl Fn(&'a Claim<'a>) -> F + Send + 'a,
 ) -> RefreshFuture<'a>
 where
     F: Future<Output = Checked> + Send + 'a,

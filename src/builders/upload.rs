@@ -552,7 +552,7 @@ impl Claimed {
     }
 }
 
-async fn refresh(claims: &[&Claim]) -> Vec<Checked> {
+async fn refresh(claims: &[&Claim<'_>]) -> Vec<Checked> {
     let mut verdicts: Vec<Option<Checked>> = vec![None; claims.len()];
     // S3 claims by bucket, prefix and client settings: one LIST answers them all.
     type Group = (String, String, Vec<Option<String>>);
@@ -562,7 +562,7 @@ async fn refresh(claims: &[&Claim]) -> Vec<Checked> {
         match claimed(c) {
             Err(e) => verdicts[i] = Some(Checked::Unknown(e)),
             Ok(cl) => match &cl.bucket {
-                Bucket::Dir(dir) => dirs.push((i, dir.clone(), c.witness.as_deref(), cl)),
+                Bucket::Dir(dir) => dirs.push((i, dir.clone(), c.witness, cl)),
                 Bucket::S3 { name, prefix } => {
                     groups
                         .entry((name.clone(), prefix.clone(), client_settings(&c.ctx)))
@@ -718,11 +718,11 @@ fn refresh_dir(dir: &Path, cl: &Claimed, witness: Option<&str>) -> Checked {
 /// S3 claims under one bucket and prefix: one LIST; a `.sha256` is fetched only when its ETag is
 /// not the one the witness recorded.
 async fn refresh_s3(
-    first: &Claim,
+    first: &Claim<'_>,
     bucket: &str,
     prefix: &str,
     members: &[(usize, Claimed)],
-    claims: &[&Claim],
+    claims: &[&Claim<'_>],
 ) -> Vec<Checked> {
     let all_unknown = |why: String| vec![Checked::Unknown(redact(&first.ctx, &why)); members.len()];
     let store = match s3_client(&first.ctx, bucket) {
@@ -739,7 +739,7 @@ async fn refresh_s3(
         listed.iter().map(|m| (m.location.to_string(), m)).collect();
     let mut out = Vec::new();
     for (i, cl) in members {
-        let witness = claims[*i].witness.as_deref();
+        let witness = claims[*i].witness;
         let (tag_was, sum_tag_was) = witness.and_then(|w| w.split_once(' ')).unwrap_or(("", ""));
         let image = objects.get(object_key(prefix, &cl.name).as_ref());
         let Some(image) = image else {

@@ -190,7 +190,7 @@ async fn recheck(sh: &Shared, node: &Node, last_key: Digest, key: Digest) -> Rec
     let known = sh.store.load_claims();
     let (found, mut records) = super::refresh::check(
         &[(node, last_key)],
-        &known,
+        known.records(),
         &|_| None,
         &sh.store,
         sh.runner.as_ref(),
@@ -202,11 +202,20 @@ async fn recheck(sh: &Shared, node: &Node, last_key: Digest, key: Digest) -> Rec
         let why: Vec<String> = reasons.iter().map(|r| r.describe()).collect();
         return Recheck::Drift(why.join("; "));
     }
-    // The verdict now belongs to the result under its new key (same facts, same evidence).
-    let claim = records.remove(&node.id).map(|mut c| {
-        c.key = key;
-        c
-    });
+    // The verdict now belongs to the result under its new key (same facts, same evidence); one
+    // found as it was is the kept verdict, checked now.
+    let confirmed = || {
+        let mut c = known.get(&node.id)?.clone();
+        c.checked_unix_ms = now_unix_ms();
+        Some(c)
+    };
+    let claim = records
+        .remove(&node.id)
+        .or_else(|| found.confirmed.contains(&node.id).then(confirmed).flatten())
+        .map(|mut c| {
+            c.key = key;
+            c
+        });
     let warning = found.unchecked.get(&node.id).map(|why| {
         format!(
             "the published state of {} was not checked before its result was reused: {why}",

@@ -30,6 +30,8 @@ pub struct Refreshed {
     pub unchecked: BTreeMap<String, String>,
     /// How many claims held.
     pub held: usize,
+    /// The claims that held just as their latest verdict found them: only its time moves.
+    pub confirmed: Vec<String>,
     /// The verdicts could not be saved (they still apply to this run).
     pub not_saved: Option<String>,
 }
@@ -56,7 +58,7 @@ pub async fn refresh(
     let mut known = store.load_claims();
     let (mut out, records) = check(
         &nodes,
-        &known,
+        known.records(),
         known_facts,
         store,
         runner,
@@ -64,19 +66,21 @@ pub async fn refresh(
         image_builder,
     )
     .await;
-    if records.is_empty() {
+    if records.is_empty() && out.confirmed.is_empty() {
         return out;
     }
-    known.extend(records);
-    if let Err(e) = store.save_claims(&known) {
+    known.confirm(&out.confirmed, now_unix_ms());
+    known.merge(records);
+    if let Err(e) = store.save_claims(&mut known) {
         out.not_saved = Some(e.to_string());
     }
     out
 }
 
 /// Checks the claims of `nodes` (each with the key of the result to check) and returns what was
-/// found with the verdicts to keep, without saving them: see [`refresh`]. `known` are the
-/// verdicts kept so far.
+/// found with the new verdicts to keep, without saving them: see [`refresh`]. `known` are the
+/// verdicts kept so far; a claim found as its verdict there says is not among the new ones but
+/// in [`Refreshed::confirmed`].
 pub async fn check(
     nodes: &[(&Node, Digest)],
     known: &Claims,
@@ -123,24 +127,34 @@ pub async fn check(
         )),
     };
     for (chunk, secrets) in nodes.chunks(CHUNK).zip(secrets.chunks(CHUNK)) {
+        // The facts to check: the latest verdict's when it was about this key (borrowed), else
+        // those of the action cache or of the remote's pack (kept here while the claims borrow).
+        let lasts: Vec<Option<&ClaimRecord>> = chunk
+            .iter()
+            .map(|&(node, key)| known.get(&node.id).filter(|k| k.key == key))
+            .collect();
+        let fetched: Vec<Option<BTreeMap<String, String>>> = chunk
+            .iter()
+            .zip(&lasts)
+            .map(|(&(_, key), last)| match last {
+                Some(_) => None,
+                None => store
+                    .get_any_action(&key)
+                    .map(|r| r.facts)
+                    .or_else(|| known_facts(&key)),
+            })
+            .collect();
         let mut claims = Vec::with_capacity(chunk.len());
-        let mut keys = Vec::with_capacity(chunk.len());
-        for (&(node, key), secrets) in chunk.iter().zip(secrets) {
-            let last = known.get(&node.id).filter(|k| k.key == key);
-            let facts = match last {
-                Some(k) => k.facts.clone(),
-                None => match store.get_any_action(&key).map(|r| r.facts) {
-                    Some(f) => f,
-                    None => match known_facts(&key) {
-                        Some(f) => f,
-                        None => continue,
-                    },
-                },
+        let mut checked = Vec::with_capacity(chunk.len());
+        for (i, (&(node, key), secrets)) in chunk.iter().zip(secrets).enumerate() {
+            let Some(facts) = lasts[i].map(|k| &k.facts).or(fetched[i].as_ref()) else {
+                continue;
             };
+            // The evidence the last verdict left applies to the same claim only.
             let witness = known
                 .get(&node.id)
-                .filter(|k| k.facts == facts)
-                .and_then(|k| k.witness.clone());
+                .filter(|k| k.facts == *facts)
+                .and_then(|k| k.witness.as_deref());
             claims.push(Claim {
                 ctx: StepCtx {
                     node: node.clone(),
@@ -156,7 +170,7 @@ pub async fn check(
                 facts,
                 witness,
             });
-            keys.push(key);
+            checked.push((key, lasts[i]));
         }
         let verdicts = tokio::select! {
             v = runner.refresh(&claims) => v,
@@ -164,11 +178,19 @@ pub async fn check(
                 vec![Checked::Unknown(format!("no answer within {}", humantime::format_duration(REFRESH_TIMEOUT))); claims.len()]
             }
         };
-        for ((c, v), key) in claims.into_iter().zip(verdicts).zip(keys) {
-            let id = c.ctx.node.id.clone();
+        for ((c, v), (key, last)) in claims.into_iter().zip(verdicts).zip(checked) {
+            let id = &c.ctx.node.id;
             let (status, witness) = match v {
                 Checked::Held { witness } => {
                     out.held += 1;
+                    // The common case: the claim holds as the last verdict found it.
+                    if let Some(last) = last
+                        && last.status == ClaimStatus::Held
+                        && last.witness == witness
+                    {
+                        out.confirmed.push(id.clone());
+                        continue;
+                    }
                     (ClaimStatus::Held, witness)
                 }
                 Checked::Drift(reasons) => {
@@ -176,19 +198,23 @@ pub async fn check(
                     out.drift.insert(id.clone(), reasons);
                     // The evidence of what was published stays: a drifted target that is put
                     // back some other way must still match it.
-                    (ClaimStatus::Drift { reasons: described }, c.witness)
+                    let witness = c.witness.map(str::to_string);
+                    (ClaimStatus::Drift { reasons: described }, witness)
                 }
                 Checked::Unknown(why) => {
                     let why = spawner.log.redact(&why);
                     out.unchecked.insert(id.clone(), why.clone());
-                    (ClaimStatus::Unchecked { why }, c.witness)
+                    (
+                        ClaimStatus::Unchecked { why },
+                        c.witness.map(str::to_string),
+                    )
                 }
             };
             records.insert(
-                id,
+                id.clone(),
                 ClaimRecord {
                     key,
-                    facts: c.facts,
+                    facts: c.facts.clone(),
                     checked_unix_ms: now,
                     status,
                     witness,

@@ -28,7 +28,7 @@ pub use error::{EntryKind, Result, StoreError, StoreWarning};
 pub use layered::Layered;
 pub use local::{
     CacheLock, ClaimRecord, ClaimStatus, Claims, GcPolicy, GcReport, LocalStore, Memo, Memos,
-    Problem, ProblemKind, Stamp, VerifyReport, map_file,
+    Problem, ProblemKind, Stamp, StoredClaims, VerifyReport,
 };
 pub use service::{ActionService, BlobService, RecordService, Store};
 pub use types::{ActionResult, Output, Record};

@@ -4,10 +4,14 @@
 //! and a builder's witness (e.g. the stat of a `file://` object) that lets the next refresh
 //! confirm an unchanged claim without reading the artifact again.
 //!
-//! The file is a header line with the blake3 of the body, then the body: the records in a compact
-//! binary form (postcard), since a refresh of a large matrix reads and rewrites every record. A
-//! file that does not verify, or is of an older format, is read as empty (every claim is then
-//! checked in full); a damaged one is reported.
+//! Two files. `claims` is a header line with the blake3 of the body, then the body: the records
+//! in a compact binary form (postcard). `claims.times` holds when each record was last confirmed,
+//! one number per record in the body's order, under the digest of the body it belongs to. A
+//! refresh that finds every claim as it was (the common case: nothing was published or touched)
+//! rewrites only the small times file, not the records. A `claims` that does not verify, or is of
+//! an older format, is read as empty (every claim is then checked in full); a damaged one is
+//! reported. A times file that does not verify or belongs to another body is ignored: the records
+//! then keep the times they were written with.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +23,7 @@ use super::fs;
 use crate::hash::Digest;
 
 const HEADER: &str = "kiln-claims-v2";
+const TIMES_HEADER: &str = "kiln-claim-times-v1";
 
 /// The verdict of a refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,28 +51,96 @@ pub struct ClaimRecord {
     pub witness: Option<String>,
 }
 
-/// By node id.
+impl ClaimRecord {
+    /// The same verdict about the same claim, whenever it was reached.
+    fn same_verdict(&self, other: &ClaimRecord) -> bool {
+        self.key == other.key
+            && self.status == other.status
+            && self.witness == other.witness
+            && self.facts == other.facts
+    }
+}
+
+/// Claim records by node id.
 pub type Claims = BTreeMap<String, ClaimRecord>;
+
+/// The claims as stored, with what it takes to save them cheaply: whether any record differs
+/// from the stored body other than in its time.
+#[derive(Debug, Default)]
+pub struct StoredClaims {
+    records: Claims,
+    /// The digest of the stored body the records are, times aside; `None` once one changed.
+    body: Option<Digest>,
+}
+
+impl StoredClaims {
+    pub fn get(&self, id: &str) -> Option<&ClaimRecord> {
+        self.records.get(id)
+    }
+
+    pub fn records(&self) -> &Claims {
+        &self.records
+    }
+
+    /// Moves the time of these claims' verdicts, found again at `now`.
+    pub fn confirm(&mut self, ids: &[String], now: u64) {
+        for id in ids {
+            if let Some(r) = self.records.get_mut(id) {
+                r.checked_unix_ms = r.checked_unix_ms.max(now);
+            }
+        }
+    }
+
+    /// Takes in newer verdicts. One that repeats the stored verdict only moves its time.
+    pub fn merge(&mut self, updates: impl IntoIterator<Item = (String, ClaimRecord)>) {
+        for (id, record) in updates {
+            match self.records.get_mut(&id) {
+                Some(old) if old.same_verdict(&record) => {
+                    old.checked_unix_ms = old.checked_unix_ms.max(record.checked_unix_ms);
+                }
+                _ => {
+                    self.records.insert(id, record);
+                    self.body = None;
+                }
+            }
+        }
+    }
+}
 
 impl LocalStore {
     fn claims_path(&self) -> std::path::PathBuf {
         self.root.join("claims")
     }
 
+    fn claim_times_path(&self) -> std::path::PathBuf {
+        self.root.join("claims.times")
+    }
+
     /// The latest refresh of every claim; empty when none was made, and when the file is damaged
     /// (reported through [`LocalStore::take_warnings`]).
-    pub fn load_claims(&self) -> Claims {
+    pub fn load_claims(&self) -> StoredClaims {
         let path = self.claims_path();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(_) => return Claims::new(),
+            Err(_) => return StoredClaims::default(),
         };
         // A file of an older format is no damage: its claims are checked in full once.
         if bytes.starts_with(b"kiln-claims-") && !bytes.starts_with(HEADER.as_bytes()) {
-            return Claims::new();
+            return StoredClaims::default();
         }
         match decode(&bytes) {
-            Some(c) => c,
+            Some((mut records, body)) => {
+                let times = std::fs::read(self.claim_times_path()).unwrap_or_default();
+                if let Some(times) = decode_times(&times, body, records.len()) {
+                    for (r, t) in records.values_mut().zip(times) {
+                        r.checked_unix_ms = r.checked_unix_ms.max(t);
+                    }
+                }
+                StoredClaims {
+                    records,
+                    body: Some(body),
+                }
+            }
             None => {
                 let _ = std::fs::remove_file(&path);
                 self.warn(StoreWarning {
@@ -77,7 +150,7 @@ impl LocalStore {
                         .into(),
                     moved_to: None,
                 });
-                Claims::new()
+                StoredClaims::default()
             }
         }
     }
@@ -90,21 +163,25 @@ impl LocalStore {
             return Ok(());
         }
         let mut claims = self.load_claims();
-        claims.extend(updates);
-        self.save_claims(&claims)
+        claims.merge(updates);
+        self.save_claims(&mut claims)
     }
 
-    /// Replaces the stored claims with `claims`.
-    pub fn save_claims(&self, claims: &Claims) -> Result<()> {
-        // Atomic, but not synced: the file only remembers what the world looked like, and a
+    /// Stores `claims`: the records only when one changed, the times always.
+    pub fn save_claims(&self, claims: &mut StoredClaims) -> Result<()> {
+        // Atomic, but not synced: the files only remember what the world looked like, and a
         // lost update makes the next refresh check again.
-        fs::write_atomic(
-            &self.tmp,
-            &self.claims_path(),
-            &encode(claims),
-            false,
-            false,
-        )
+        let body = match claims.body {
+            Some(body) => body,
+            None => {
+                let (bytes, body) = encode(&claims.records);
+                fs::write_atomic(&self.tmp, &self.claims_path(), &bytes, false, false)?;
+                claims.body = Some(body);
+                body
+            }
+        };
+        let times = encode_times(&claims.records, body);
+        fs::write_atomic(&self.tmp, &self.claim_times_path(), &times, false, false)
     }
 }
 
@@ -143,7 +220,7 @@ enum StatusIn {
     Unchecked(String),
 }
 
-fn encode(claims: &Claims) -> Vec<u8> {
+fn encode(claims: &Claims) -> (Vec<u8>, Digest) {
     let records: Vec<(&str, RecordOut)> = claims
         .iter()
         .map(|(id, r)| {
@@ -163,12 +240,48 @@ fn encode(claims: &Claims) -> Vec<u8> {
         })
         .collect();
     let body = postcard::to_stdvec(&records).expect("claims encode");
-    let mut out = format!("{HEADER} {}\n", Digest::of_bytes(&body).to_hex()).into_bytes();
+    let digest = Digest::of_bytes(&body);
+    let mut out = format!("{HEADER} {}\n", digest.to_hex()).into_bytes();
     out.extend_from_slice(&body);
+    (out, digest)
+}
+
+/// The times file: the header with the body it belongs to and the blake3 of the times, then one
+/// little-endian `u64` per record.
+fn encode_times(claims: &Claims, body: Digest) -> Vec<u8> {
+    let times: Vec<u8> = claims
+        .values()
+        .flat_map(|r| r.checked_unix_ms.to_le_bytes())
+        .collect();
+    let header = format!(
+        "{TIMES_HEADER} {} {}\n",
+        body.to_hex(),
+        Digest::of_bytes(&times).to_hex()
+    );
+    let mut out = header.into_bytes();
+    out.extend_from_slice(&times);
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<Claims> {
+/// The times, if the file verifies and belongs to `body` of `count` records.
+fn decode_times(bytes: &[u8], body: Digest, count: usize) -> Option<impl Iterator<Item = u64>> {
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    let header = std::str::from_utf8(&bytes[..nl]).ok()?;
+    let mut words = header.strip_prefix(TIMES_HEADER)?.split_whitespace();
+    let of: Digest = words.next()?.parse().ok()?;
+    let sum: Digest = words.next()?.parse().ok()?;
+    let times = &bytes[nl + 1..];
+    if of != body || times.len() != count * 8 || Digest::of_bytes(times) != sum {
+        return None;
+    }
+    Some(
+        times
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+    )
+}
+
+fn decode(bytes: &[u8]) -> Option<(Claims, Digest)> {
     let nl = bytes.iter().position(|b| *b == b'\n')?;
     let header = std::str::from_utf8(&bytes[..nl]).ok()?;
     let digest: Digest = header.strip_prefix(HEADER)?.trim().parse().ok()?;
@@ -177,56 +290,106 @@ fn decode(bytes: &[u8]) -> Option<Claims> {
         return None;
     }
     let records: Vec<(String, RecordIn)> = postcard::from_bytes(body).ok()?;
-    Some(
-        records
-            .into_iter()
-            .map(|(id, r)| {
-                let status = match r.status {
-                    StatusIn::Held => ClaimStatus::Held,
-                    StatusIn::Drift(reasons) => ClaimStatus::Drift { reasons },
-                    StatusIn::Unchecked(why) => ClaimStatus::Unchecked { why },
-                };
-                let record = ClaimRecord {
-                    key: r.key,
-                    facts: r.facts,
-                    checked_unix_ms: r.checked_unix_ms,
-                    status,
-                    witness: r.witness,
-                };
-                (id, record)
-            })
-            .collect(),
-    )
+    let claims = records
+        .into_iter()
+        .map(|(id, r)| {
+            let status = match r.status {
+                StatusIn::Held => ClaimStatus::Held,
+                StatusIn::Drift(reasons) => ClaimStatus::Drift { reasons },
+                StatusIn::Unchecked(why) => ClaimStatus::Unchecked { why },
+            };
+            let record = ClaimRecord {
+                key: r.key,
+                facts: r.facts,
+                checked_unix_ms: r.checked_unix_ms,
+                status,
+                witness: r.witness,
+            };
+            (id, record)
+        })
+        .collect();
+    Some((claims, digest))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn record(status: ClaimStatus, checked_unix_ms: u64) -> ClaimRecord {
+        ClaimRecord {
+            key: Digest::of_bytes(b"key"),
+            facts: BTreeMap::from([("url".into(), "file://x".into())]),
+            checked_unix_ms,
+            status,
+            witness: Some("1:2:3".into()),
+        }
+    }
+
     #[test]
     fn claims_round_trip_and_a_damaged_file_reads_as_empty() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
-        assert!(store.load_claims().is_empty());
-        let rec = ClaimRecord {
-            key: Digest::of_bytes(b"key"),
-            facts: BTreeMap::from([("url".into(), "file://x".into())]),
-            checked_unix_ms: 7,
-            status: ClaimStatus::Drift {
-                reasons: vec!["missing: file://x".into()],
-            },
-            witness: Some("1:2:3".into()),
+        assert!(store.load_claims().records().is_empty());
+        let drift = ClaimStatus::Drift {
+            reasons: vec!["missing: file://x".into()],
         };
+        let rec = record(drift, 7);
         store
             .update_claims(Claims::from([("a/b/publish".into(), rec.clone())]))
             .unwrap();
-        assert_eq!(store.load_claims()["a/b/publish"], rec);
+        assert_eq!(store.load_claims().get("a/b/publish"), Some(&rec));
         let path = dir.path().join("claims");
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 3;
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert!(store.load_claims().is_empty());
+        assert!(store.load_claims().records().is_empty());
         assert_eq!(store.take_warnings().len(), 1);
+    }
+
+    #[test]
+    fn a_repeated_verdict_rewrites_only_the_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let id = "a/b/publish".to_string();
+        store
+            .update_claims(Claims::from([(id.clone(), record(ClaimStatus::Held, 7))]))
+            .unwrap();
+        let body = std::fs::read(dir.path().join("claims")).unwrap();
+        let stat = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().ino();
+        use std::os::unix::fs::MetadataExt;
+        let ino = stat("claims");
+
+        // The same verdict, later: only the time moves.
+        store
+            .update_claims(Claims::from([(id.clone(), record(ClaimStatus::Held, 9))]))
+            .unwrap();
+        assert_eq!(stat("claims"), ino, "the records are not rewritten");
+        assert_eq!(std::fs::read(dir.path().join("claims")).unwrap(), body);
+        assert_eq!(
+            store.load_claims().get(&id),
+            Some(&record(ClaimStatus::Held, 9))
+        );
+
+        // A damaged times file is ignored: the records keep the time they were written with.
+        let times = dir.path().join("claims.times");
+        let mut bytes = std::fs::read(&times).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&times, bytes).unwrap();
+        assert_eq!(
+            store.load_claims().get(&id),
+            Some(&record(ClaimStatus::Held, 7))
+        );
+
+        // Another verdict rewrites the records, with its own time.
+        let why = ClaimStatus::Unchecked {
+            why: "offline".into(),
+        };
+        store
+            .update_claims(Claims::from([(id.clone(), record(why.clone(), 11))]))
+            .unwrap();
+        assert_ne!(stat("claims"), ino);
+        assert_eq!(store.load_claims().get(&id), Some(&record(why, 11)));
     }
 }

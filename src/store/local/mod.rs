@@ -45,9 +45,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use claims::{ClaimRecord, ClaimStatus, Claims};
+pub use claims::{ClaimRecord, ClaimStatus, Claims, StoredClaims};
 pub(crate) use fs::hash_file;
-pub use fs::map_file;
 pub use gc::{GcPolicy, GcReport};
 pub use lock::CacheLock;
 pub use memo::{Memo, Memos};
