@@ -486,6 +486,9 @@ fn apply_includes(
     has_axes: bool,
     warnings: &mut Vec<MatrixWarning>,
 ) -> Vec<Values> {
+    if includes.is_empty() {
+        return originals;
+    }
     let mut extended = originals.clone();
     let mut appended = Vec::new();
     for (index, include) in includes.iter().enumerate() {
@@ -531,7 +534,7 @@ fn name_cells(
     pieces: &[Segment],
     all_values: Vec<Values>,
 ) -> Result<Vec<Cell>, MatrixError> {
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen: rustc_hash::FxHashMap<String, usize> = Default::default();
     let mut cells: Vec<Cell> = Vec::with_capacity(all_values.len());
     for values in all_values {
         let name = render_name(pieces, &values);

@@ -558,8 +558,11 @@ async fn refresh(claims: &[&Claim<'_>]) -> Vec<Checked> {
     type Group = (String, String, Vec<Option<String>>);
     let mut groups: BTreeMap<Group, Vec<(usize, Claimed)>> = BTreeMap::new();
     let mut dirs = Vec::new();
-    for (i, c) in claims.iter().enumerate() {
-        match claimed(c) {
+    use rayon::prelude::*;
+    // Reading a claim's parameters and facts is pure work: on every core.
+    let found: Vec<Result<Claimed, String>> = claims.par_iter().map(|c| claimed(c)).collect();
+    for (i, (c, found)) in claims.iter().zip(found).enumerate() {
+        match found {
             Err(e) => verdicts[i] = Some(Checked::Unknown(e)),
             Ok(cl) => match &cl.bucket {
                 Bucket::Dir(dir) => dirs.push((i, dir.clone(), c.witness, cl)),
@@ -574,7 +577,6 @@ async fn refresh(claims: &[&Claim<'_>]) -> Vec<Checked> {
     }
     // `file://` claims are a few stats each: checked on every core.
     {
-        use rayon::prelude::*;
         let found: Vec<(usize, Checked)> = dirs
             .par_iter()
             .map(|(i, dir, witness, cl)| (*i, refresh_dir(dir, cl, *witness)))

@@ -235,8 +235,12 @@ fn check_cells(config: &Config, cells: &[Cell], diags: &mut Diags) {
             ("provider", &providers, "provider"),
             ("kubernetes", &releases, "kubernetes release"),
         ] {
+            let declared = |v: &str| match key {
+                "provider" => config.providers.contains_key(v),
+                _ => config.releases.contains_key(v),
+            };
             match cell.values.get(key) {
-                Some(v) if !known.contains(&v) => {
+                Some(v) if !declared(v) => {
                     if reported.insert((key, v.to_string())) {
                         let declare = match key {
                             "provider" => format!("declare `provider \"{v}\" {{ … }}`"),

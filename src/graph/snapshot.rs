@@ -72,6 +72,7 @@ struct Tables {
     files: Vec<(Vec<FileInput>, Digest)>,
     tools: Vec<(std::collections::BTreeMap<String, String>, Digest)>,
     secrets: Vec<Vec<Secret>>,
+    policies: Vec<Policy>,
     /// The length of the lazy region, which follows the tables.
     region: u32,
     nodes: u32,
@@ -118,27 +119,27 @@ struct NodeImage<S> {
     tools: u32,
     upstream: Vec<u32>,
     secrets: u32,
-    policy: Policy,
+    policy: u32,
     key: Digest,
     recipe_digest: Digest,
 }
 
-/// Numbers shared values by identity (`Arc` pointer), in first-seen order.
-struct Interner<T> {
-    index: HashMap<usize, u32>,
+/// Numbers shared values in first-seen order, by identity (an `Arc` pointer) or by value.
+struct Interner<K, T> {
+    index: HashMap<K, u32>,
     values: Vec<T>,
 }
 
-impl<T> Interner<T> {
-    fn new() -> Interner<T> {
+impl<K: std::hash::Hash + Eq, T> Interner<K, T> {
+    fn new() -> Interner<K, T> {
         Interner {
             index: HashMap::new(),
             values: Vec::new(),
         }
     }
 
-    fn add(&mut self, ptr: usize, value: impl FnOnce() -> T) -> u32 {
-        *self.index.entry(ptr).or_insert_with(|| {
+    fn add(&mut self, id: K, value: impl FnOnce() -> T) -> u32 {
+        *self.index.entry(id).or_insert_with(|| {
             self.values.push(value());
             self.values.len() as u32 - 1
         })
@@ -159,10 +160,12 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
     let mut vars = Interner::new();
     let mut files = Interner::new();
     let mut tools = Interner::new();
+    // Equal secret references and policies are one entry, however many copies lowering made.
     let mut secrets = Interner::new();
+    let mut policies = Interner::new();
     // Shared parts and parameters first (the tables and the region come before the nodes),
     // then each node on its own.
-    let shared: Vec<([u32; 5], Option<Span>)> = graph
+    let shared: Vec<([u32; 6], Option<Span>)> = graph
         .order()
         .into_iter()
         .map(|ix| {
@@ -181,25 +184,27 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
                 tools.add(Arc::as_ptr(&r.tools) as usize, || {
                     (std::collections::BTreeMap::clone(&r.tools), r.tools.digest)
                 }),
-                secrets.add(Arc::as_ptr(&n.secrets) as *const u8 as usize, || {
+                secrets.add(postcard::to_allocvec(&*n.secrets).ok()?, || {
                     n.secrets.to_vec()
                 }),
+                policies.add(postcard::to_allocvec(&n.policy).ok()?, || n.policy),
             ];
-            (shared, Span::put(&mut region, &*r.params))
+            Some((shared, Span::put(&mut region, &*r.params)))
         })
-        .collect();
+        .collect::<Option<_>>()?;
     let tables = Tables {
         providers: providers.values,
         vars: vars.values.into_iter().collect::<Option<_>>()?,
         files: files.values,
         tools: tools.values,
         secrets: secrets.values,
+        policies: policies.values,
         region: u32::try_from(region.len()).ok()?,
         nodes: graph.len() as u32,
     };
     let mut body = postcard::to_allocvec(&tables).ok()?;
     body.extend_from_slice(&region);
-    for (ix, ([provider, vars, files, tools, secrets], params)) in
+    for (ix, ([provider, vars, files, tools, secrets, policy], params)) in
         graph.order().into_iter().zip(shared)
     {
         let n = graph.node(ix);
@@ -224,7 +229,7 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
                 .map(|d| d.map(|d| d.index() as u32))
                 .collect::<Option<_>>()?,
             secrets,
-            policy: n.policy,
+            policy,
             key: n.key,
             recipe_digest: n.recipe_digest,
         };
@@ -247,7 +252,13 @@ pub fn decode(bytes: Bytes, key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
         return None;
     }
     let (sum, body) = rest[32..].split_at(32);
-    if blake3::hash(body).as_bytes()[..] != sum[..] {
+    // On every core: the body of a large matrix's image is tens of MB.
+    if blake3::Hasher::new()
+        .update_rayon(body)
+        .finalize()
+        .as_bytes()[..]
+        != sum[..]
+    {
         return None;
     }
     let (tables, rest) = postcard::take_from_bytes::<Tables>(body).ok()?;
@@ -318,7 +329,7 @@ pub fn decode(bytes: Bytes, key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
             },
             deps,
             secrets: secrets.get(n.secrets as usize)?.clone(),
-            policy: n.policy,
+            policy: *tables.policies.get(n.policy as usize)?,
             key: n.key,
             recipe_digest: n.recipe_digest,
         });

@@ -5,7 +5,8 @@
 //! confirm an unchanged claim without reading the artifact again.
 //!
 //! Two files. `claims` is a header line with the blake3 of the body, then the body: the records
-//! in a compact binary form (postcard). `claims.times` holds when each record was last confirmed,
+//! in a compact binary form, in chunks of a postcard list each, every chunk after its length (a
+//! little-endian `u32`), so that the chunks are decoded in parallel. `claims.times` holds when each record was last confirmed,
 //! one number per record in the body's order, under the digest of the body it belongs to. A
 //! refresh that finds every claim as it was (the common case: nothing was published or touched)
 //! rewrites only the small times file, not the records. A `claims` that does not verify, or is of
@@ -22,7 +23,9 @@ use super::error::{EntryKind, Result, StoreWarning};
 use super::fs;
 use crate::hash::Digest;
 
-const HEADER: &str = "kiln-claims-v2";
+const HEADER: &str = "kiln-claims-v3";
+/// Records per chunk of the body: chunks are decoded on every core.
+const CHUNK: usize = 1024;
 const TIMES_HEADER: &str = "kiln-claim-times-v1";
 
 /// The verdict of a refresh.
@@ -239,7 +242,12 @@ fn encode(claims: &Claims) -> (Vec<u8>, Digest) {
             (id.as_str(), out)
         })
         .collect();
-    let body = postcard::to_stdvec(&records).expect("claims encode");
+    let mut body = Vec::new();
+    for chunk in records.chunks(CHUNK) {
+        let bytes = postcard::to_stdvec(chunk).expect("claims encode");
+        body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        body.extend_from_slice(&bytes);
+    }
     let digest = Digest::of_bytes(&body);
     let mut out = format!("{HEADER} {}\n", digest.to_hex()).into_bytes();
     out.extend_from_slice(&body);
@@ -289,9 +297,22 @@ fn decode(bytes: &[u8]) -> Option<(Claims, Digest)> {
     if Digest::of_bytes(body) != digest {
         return None;
     }
-    let records: Vec<(String, RecordIn)> = postcard::from_bytes(body).ok()?;
-    let claims = records
+    let mut chunks = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (len, more) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        chunks.push(more.get(..len)?);
+        rest = &more[len..];
+    }
+    use rayon::prelude::*;
+    let chunks: Vec<Vec<(String, RecordIn)>> = chunks
+        .par_iter()
+        .map(|c| postcard::from_bytes(c).ok())
+        .collect::<Option<_>>()?;
+    let claims = chunks
         .into_iter()
+        .flatten()
         .map(|(id, r)| {
             let status = match r.status {
                 StatusIn::Held => ClaimStatus::Held,
