@@ -1,44 +1,38 @@
 #!/usr/bin/env python3
 """Times the no-op `kiln plan` against the no-op `ninja -n` in a directory prepared by plan.sh
-and prints a side-by-side table. Uses hyperfine when installed, else a perf_counter loop.
+and prints a side-by-side table. The runs alternate (kiln, ninja, kiln, ...) after one warm-up of
+each, so that a change in the machine's load during the measurement weighs on both tools alike;
+each pair's ratio is printed too.
 
     python3 bench/compare.py --kiln KILN --dir DIR [--runs 5]
 """
 
 import argparse
-import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 TARGET_RATIO = 0.5  # kiln no-op plan <= 0.5 x ninja -n
 TARGET_RSS_MB = 256
 
 
-def time_loop(cmd, cwd, runs):
-    subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, check=True)  # warm-up
-    times = []
+def run_once(cmd, cwd):
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t0
+
+
+def time_alternating(a, b, cwd, runs):
+    run_once(a, cwd)  # warm-ups
+    run_once(b, cwd)
+    at, bt = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, check=True)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def time_hyperfine(cmd, cwd, runs):
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run(
-            ["hyperfine", "--style", "none", "--warmup", "1", "--runs", str(runs), "-N",
-             "--export-json", out.name, " ".join(cmd)],
-            cwd=cwd, stdout=subprocess.DEVNULL, check=True,
-        )
-        with open(out.name) as f:
-            return json.load(f)["results"][0]["times"]
+        at.append(run_once(a, cwd))
+        bt.append(run_once(b, cwd))
+    return at, bt
 
 
 def peak_rss_mb(cmd, cwd):
@@ -59,11 +53,7 @@ def main():
 
     kiln = [os.path.abspath(a.kiln), "plan"]
     ninja = ["ninja", "-n"]
-    timer = time_hyperfine if shutil.which("hyperfine") else time_loop
-    how = "hyperfine" if timer is time_hyperfine else "python perf_counter loop"
-
-    kt = timer(kiln, a.dir, a.runs)
-    nt = timer(ninja, a.dir, a.runs)
+    kt, nt = time_alternating(kiln, ninja, a.dir, a.runs)
     k_rss = peak_rss_mb(kiln, a.dir)
     n_rss = peak_rss_mb(ninja, a.dir)
 
@@ -73,13 +63,15 @@ def main():
     ok = lambda b: "PASS" if b else "FAIL"
 
     print()
-    print(f"no-op plan, {a.runs} runs each ({how}), {os.cpu_count()} cores")
+    print(f"no-op plan, {a.runs} alternating runs each, {os.cpu_count()} cores")
     print(f"{'':22}{'kiln plan':>12}{'ninja -n':>12}")
     print(f"{'median wall (s)':22}{kmed:12.3f}{nmed:12.3f}")
     print(f"{'min wall (s)':22}{kmin:12.3f}{nmin:12.3f}")
     print(f"{'peak RSS (MB)':22}{k_rss:12.1f}{n_rss:12.1f}")
     print(f"{'all runs (s)':22}  kiln " + " ".join(f"{t:.3f}" for t in kt))
     print(f"{'':22}  ninja " + " ".join(f"{t:.3f}" for t in nt))
+    pairs = [k / n for k, n in zip(kt, nt)]
+    print(f"{'kiln/ninja per pair':22}  " + " ".join(f"{r:.2f}" for r in pairs))
     print()
     print(f"kiln/ninja (median):  {ratio:.2f}x   target <= {TARGET_RATIO}x   {ok(ratio <= TARGET_RATIO)}")
     print(f"kiln peak RSS:        {k_rss:.0f} MB   target < {TARGET_RSS_MB} MB   {ok(k_rss < TARGET_RSS_MB)}")

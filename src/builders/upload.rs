@@ -263,7 +263,12 @@ async fn run(ctx: &StepCtx) -> Result<StepOutput, BuilderError> {
     let skipped = match &where_to {
         Bucket::Dir(dir) => {
             let skipped = to_dir(dir, &art)?;
-            out.witness = Some(dir_witness(dir, &art.name, art.checksum, None));
+            out.witness = Some(dir_witness(
+                &BucketDir::by_path(dir),
+                &art.name,
+                art.checksum,
+                None,
+            ));
             skipped
         }
         Bucket::S3 { name, prefix } => {
@@ -577,9 +582,16 @@ async fn refresh(claims: &[&Claim<'_>]) -> Vec<Checked> {
     }
     // `file://` claims are a few stats each: checked on every core.
     {
+        let opened: BTreeMap<&Path, BucketDir> = dirs
+            .iter()
+            .map(|(_, dir, _, _)| (dir.as_path(), BucketDir::open(dir)))
+            .collect();
         let found: Vec<(usize, Checked)> = dirs
             .par_iter()
-            .map(|(i, dir, witness, cl)| (*i, refresh_dir(dir, cl, *witness)))
+            .map(|(i, dir, witness, cl)| {
+                let bucket = &opened[dir.as_path()];
+                (*i, refresh_dir(bucket, cl, *witness))
+            })
             .collect();
         for (i, v) in found {
             verdicts[i] = Some(v);
@@ -614,51 +626,107 @@ fn client_settings(ctx: &StepCtx) -> Vec<Option<String>> {
     v
 }
 
-/// Appends `ino:size:mtime.nsec:ctime.nsec` of the file at `path`, or `-` when there is none.
-/// The ctime changes on every write, rename onto it or `touch`, and cannot be set back.
-fn push_stat(out: &mut String, path: &Path) {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) => push_meta(out, &m),
-        Err(_) => out.push('-'),
+/// What a witness records of one file: `ino:size:mtime.nsec:ctime.nsec`. The ctime changes on
+/// every write, rename onto it or `touch`, and cannot be set back.
+struct Stamp {
+    regular: bool,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            regular: m.is_file(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// Appends the stamp to a witness. A refresh formats one per claimed file, thousands per
+    /// plan: numbers are written without `format!`.
+    fn push(&self, out: &mut String) {
+        let mut b = itoa::Buffer::new();
+        out.push_str(b.format(self.ino));
+        out.push(':');
+        out.push_str(b.format(self.size));
+        out.push(':');
+        out.push_str(b.format(self.mtime.0));
+        out.push('.');
+        out.push_str(b.format(self.mtime.1));
+        out.push(':');
+        out.push_str(b.format(self.ctime.0));
+        out.push('.');
+        out.push_str(b.format(self.ctime.1));
     }
 }
 
-/// Appends the witness of one file's metadata (see [`push_stat`]). A refresh formats one per
-/// claimed file, thousands per plan: numbers are written without `format!`.
-fn push_meta(out: &mut String, m: &std::fs::Metadata) {
-    use std::os::unix::fs::MetadataExt;
-    let mut b = itoa::Buffer::new();
-    out.push_str(b.format(m.ino()));
-    out.push(':');
-    out.push_str(b.format(m.size()));
-    out.push(':');
-    out.push_str(b.format(m.mtime()));
-    out.push('.');
-    out.push_str(b.format(m.mtime_nsec()));
-    out.push(':');
-    out.push_str(b.format(m.ctime()));
-    out.push('.');
-    out.push_str(b.format(m.ctime_nsec()));
+/// A `file://` bucket's directory, opened once for all the claims a refresh checks in it, so
+/// that each stat looks up one name instead of walking the whole path again.
+struct BucketDir<'a> {
+    path: &'a Path,
+    fd: Option<rustix::fd::OwnedFd>,
+}
+
+impl BucketDir<'_> {
+    fn open(path: &Path) -> BucketDir<'_> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        BucketDir {
+            path,
+            fd: rustix::fs::open(path, flags, Mode::empty()).ok(),
+        }
+    }
+
+    /// Without a descriptor: every stat goes by the whole path.
+    fn by_path(path: &Path) -> BucketDir<'_> {
+        BucketDir { path, fd: None }
+    }
+
+    /// The stamp of `name` in the directory, not following a symlink.
+    fn stat(&self, name: &str) -> std::io::Result<Stamp> {
+        let Some(fd) = &self.fd else {
+            return std::fs::symlink_metadata(self.path.join(name)).map(|m| Stamp::of(&m));
+        };
+        let st = rustix::fs::statat(fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode as _);
+        Ok(Stamp {
+            regular: kind == rustix::fs::FileType::RegularFile,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+        })
+    }
+
+    /// Appends the stamp of `name`, or `-` when there is none.
+    fn push_stat(&self, out: &mut String, name: &str) {
+        match self.stat(name) {
+            Ok(s) => s.push(out),
+            Err(_) => out.push('-'),
+        }
+    }
 }
 
 /// The evidence a `file://` upload leaves: the stat of the image (`image`, when the caller has
 /// it already) and of its `.sha256`, as `IMAGE SUM` (`-` for a file there is none of).
-fn dir_witness(
-    dir: &Path,
-    name: &str,
-    checksum: bool,
-    image: Option<&std::fs::Metadata>,
-) -> String {
+fn dir_witness(dir: &BucketDir, name: &str, checksum: bool, image: Option<&Stamp>) -> String {
     let mut out = String::with_capacity(112);
-    let mut path = dir.join(name);
     match image {
-        Some(m) => push_meta(&mut out, m),
-        None => push_stat(&mut out, &path),
+        Some(s) => s.push(&mut out),
+        None => dir.push_stat(&mut out, name),
     }
     out.push(' ');
     if checksum {
-        path.as_mut_os_string().push(".sha256");
-        push_stat(&mut out, &path);
+        let mut sum = String::with_capacity(name.len() + 7);
+        sum.push_str(name);
+        sum.push_str(".sha256");
+        dir.push_stat(&mut out, &sum);
     } else {
         out.push('-');
     }
@@ -667,25 +735,26 @@ fn dir_witness(
 
 /// A `file://` claim: a stat of the image and its `.sha256` against the witness; only when one
 /// changed is the `.sha256` read (and the image hashed again when the image changed).
-fn refresh_dir(dir: &Path, cl: &Claimed, witness: Option<&str>) -> Checked {
+fn refresh_dir(bucket: &BucketDir, cl: &Claimed, witness: Option<&str>) -> Checked {
+    let dir = bucket.path;
     let image = dir.join(&cl.name);
-    let meta = match std::fs::symlink_metadata(&image) {
-        Ok(m) if m.is_file() => m,
+    let meta = match bucket.stat(&cl.name) {
+        Ok(m) if m.regular => m,
         Ok(_) => return Checked::Drift(vec![cl.drift(&cl.name, "type", "not a file", "a file")]),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Checked::Drift(vec![cl.missing(&cl.name)]);
         }
         Err(e) => return Checked::Unknown(format!("cannot inspect {}: {e}", image.display())),
     };
-    if meta.len() != cl.size {
+    if meta.size != cl.size {
         return Checked::Drift(vec![cl.drift(
             &cl.name,
             "size",
-            meta.len().to_string(),
+            meta.size.to_string(),
             cl.size.to_string(),
         )]);
     }
-    let now = dir_witness(dir, &cl.name, cl.checksum, Some(&meta));
+    let now = dir_witness(bucket, &cl.name, cl.checksum, Some(&meta));
     if witness == Some(now.as_str()) {
         return Checked::Held { witness: Some(now) };
     }
@@ -833,14 +902,20 @@ mod tests {
             m.ctime(),
             m.ctime_nsec()
         );
-        assert_eq!(
-            dir_witness(d.path(), "x.qcow2", false, None),
-            format!("{stat} -")
-        );
-        assert_eq!(
-            dir_witness(d.path(), "x.qcow2", true, Some(&m)),
-            format!("{stat} -")
-        );
+        // By path (as a publish writes it) and through the opened directory (as a refresh
+        // checks it): the same witness.
+        let (by_path, opened) = (BucketDir::by_path(d.path()), BucketDir::open(d.path()));
+        assert!(opened.fd.is_some());
+        for dir in [&by_path, &opened] {
+            assert_eq!(
+                dir_witness(dir, "x.qcow2", false, None),
+                format!("{stat} -")
+            );
+            assert_eq!(
+                dir_witness(dir, "x.qcow2", true, Some(&Stamp::of(&m))),
+                format!("{stat} -")
+            );
+        }
         std::fs::write(d.path().join("x.qcow2.sha256"), "sum").unwrap();
         let s = std::fs::metadata(d.path().join("x.qcow2.sha256")).unwrap();
         let sum = format!(
@@ -852,9 +927,17 @@ mod tests {
             s.ctime(),
             s.ctime_nsec()
         );
-        assert_eq!(
-            dir_witness(d.path(), "x.qcow2", true, None),
-            format!("{stat} {sum}")
+        for dir in [&by_path, &opened] {
+            assert_eq!(
+                dir_witness(dir, "x.qcow2", true, None),
+                format!("{stat} {sum}")
+            );
+        }
+        assert!(opened.stat("x.qcow2").unwrap().regular);
+        std::os::unix::fs::symlink("x.qcow2", d.path().join("link")).unwrap();
+        assert!(
+            !opened.stat("link").unwrap().regular,
+            "a symlink is not followed"
         );
     }
 

@@ -74,6 +74,8 @@ pub async fn refresh(
     if let Err(e) = store.save_claims(&mut known) {
         out.not_saved = Some(e.to_string());
     }
+    // Freeing tens of thousands of records takes a while: not on the way to the plan.
+    std::thread::spawn(move || drop(known));
     out
 }
 

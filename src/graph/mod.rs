@@ -6,7 +6,6 @@ mod node;
 mod render;
 pub mod snapshot;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use petgraph::Direction;
@@ -18,17 +17,44 @@ pub use render::GraphFormat;
 
 use crate::matrix::Cell;
 
-#[derive(Debug)]
 pub struct Graph {
     g: DiGraph<Node, ()>,
-    by_id: HashMap<String, NodeIndex, rustc_hash::FxBuildHasher>,
+    /// Nodes by the hash of their id (the ids themselves are the nodes': not copied).
+    by_id: hashbrown::HashTable<NodeIndex>,
     /// The cells the graph was lowered from (or selected), in matrix order.
     pub cells: Arc<[Cell]>,
 }
 
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("g", &self.g)
+            .field("cells", &self.cells)
+            .finish()
+    }
+}
+
+fn id_hash(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(id)
+}
+
 impl Graph {
     fn new(g: DiGraph<Node, ()>, cells: Arc<[Cell]>) -> Graph {
-        let by_id = g.node_indices().map(|ix| (g[ix].id.clone(), ix)).collect();
+        let mut by_id = hashbrown::HashTable::with_capacity(g.node_count());
+        for ix in g.node_indices() {
+            let id = &g[ix].id;
+            match by_id.entry(
+                id_hash(id),
+                |&o: &NodeIndex| g[o].id == *id,
+                |&o| id_hash(&g[o].id),
+            ) {
+                hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = ix,
+                hashbrown::hash_table::Entry::Vacant(e) => {
+                    e.insert(ix);
+                }
+            }
+        }
         Graph { g, by_id, cells }
     }
 
@@ -63,7 +89,9 @@ impl Graph {
     }
 
     pub fn find(&self, id: &str) -> Option<NodeIndex> {
-        self.by_id.get(id).copied()
+        self.by_id
+            .find(id_hash(id), |&ix| self.g[ix].id == id)
+            .copied()
     }
 
     pub fn deps(&self, ix: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
