@@ -8,6 +8,7 @@
 #   RUNS=5 bench/remote.sh         # runs of the four transfers (default 3); medians are printed
 #   KILN=path/to/kiln bench/remote.sh   # another kiln binary (e.g. an older build), not built
 #   KEEP=1 bench/remote.sh         # keep the generated directory (moto is stopped anyway)
+#   ONLY=push bench/remote.sh      # only the two uploads (a run then takes about a minute)
 #
 # kiln is driven as a user drives it: a one-step config whose `command` step writes MIB MiB of
 # random bytes as its output, `kiln build` (not timed), a signing key from `kiln cache keygen`,
@@ -15,7 +16,10 @@
 # the project that trusts the key. Only the push and the pull are timed; the push also sends the
 # step's log and its signed record, the pull fetches them. The awscli runs with its default
 # transfer settings (8 MB parts and ranges, 10 requests at once). Requests are counted from
-# moto's access log.
+# moto's access log, which also splits each multipart upload into its parts (from the first
+# part's answer to the last's) and its completion (the CompleteMultipartUpload request), at the
+# log's one-second resolution. Odd runs go kiln first, even runs the awscli first, so neither
+# always follows the previous run's deletes.
 #
 # Needs python3, moto (`pip install 'moto[server]'`) and the awscli (`pip install awscli`); both
 # are installed with pip when missing.
@@ -109,53 +113,90 @@ sync
 
 now() { date +%s.%N; }
 requests() { grep -cE '" [0-9]{3} ' moto.log || true; }
-# Runs a command; records its wall time and the requests moto logged during it.
-declare -A SECS REQS
+# The seconds, by moto's log lines from line $1 on, from the first part of a multipart upload to
+# its last part ("parts") and from there to its completion ("completion"): "P C", or "- -".
+phases() { # first line
+    tail -n "+$1" moto.log | python3 -c '
+import re, sys, datetime
+t = lambda l: datetime.datetime.strptime(re.search(r"\[([^]]+)\]", l).group(1), "%d/%b/%Y %H:%M:%S")
+parts = [t(l) for l in sys.stdin if "partNumber=" in l or re.search(r"\"POST [^ ]*\?uploadId=", l)]
+print("- -") if len(parts) < 2 else print(int((parts[-2] - parts[0]).total_seconds()), int((parts[-1] - parts[-2]).total_seconds()))
+'
+}
+# Runs a command; records its wall time, the requests moto logged during it and, for an upload,
+# its phases.
+declare -A SECS REQS PHASES
 timed() { # label command...
     local label="$1"; shift
     sleep 0.5
-    local r0 t0 t1
+    local r0 l0 t0 t1
     r0="$(requests)"
+    l0="$(( $(wc -l < moto.log) + 1 ))"
     t0="$(now)"
     "$@"
     t1="$(now)"
     sleep 0.5
     SECS[$label]="$(python3 -c "print(f'{$t1 - $t0:.3f}')")"
     REQS[$label]="$(( $(requests) - r0 ))"
-    echo "   $label: ${SECS[$label]} s, ${REQS[$label]} requests"
+    PHASES[$label]="$(phases "$l0")"
+    local split=""
+    case "$label" in
+        *push|*upload) split=", by moto's log: parts ${PHASES[$label]% *} s, completion ${PHASES[$label]#* } s" ;;
+    esac
+    echo "   $label: ${SECS[$label]} s, ${REQS[$label]} requests$split"
 }
 
 RUNS="${RUNS:-3}"
-KP=() AU=() KL=() AD=() KPR=() AUR=() KLR=() ADR=()
+ONLY="${ONLY:-}"
+case "$ONLY" in ""|push) ;; *) echo "ONLY is push or unset, not $ONLY" >&2; exit 2 ;; esac
+KP=() AU=() KL=() AD=() KPR=() AUR=() KLR=() ADR=() KPP=() AUP=()
+kiln_push() {
+    timed "kiln push" sh -c "cd a && '$KILN' --remote-cache '$RURL' --signing-key ../bench-1.key cache push"
+    KP+=("${SECS[kiln push]}") KPR+=("${REQS[kiln push]}") KPP+=("${PHASES[kiln push]/ //}")
+}
+aws_upload() {
+    timed "aws upload" aws s3 cp --quiet "$BLOB" "s3://$BUCKET/aws/blob-$run"
+    AU+=("${SECS[aws upload]}") AUR+=("${REQS[aws upload]}") AUP+=("${PHASES[aws upload]/ //}")
+}
+kiln_pull() {
+    [ -z "$ONLY" ] || return 0
+    timed "kiln pull" sh -c "cd b && KILN_TRUSTED_KEYS='$PUBLIC' '$KILN' --remote-cache '$RURL' cache pull"
+    KL+=("${SECS[kiln pull]}") KLR+=("${REQS[kiln pull]}")
+    cmp -s "$BLOB" "$(find b/cache/cas -type f -size "${BYTES}c" | head -n 1)" || { echo "kiln pulled other bytes" >&2; exit 1; }
+}
+aws_download() {
+    [ -z "$ONLY" ] || return 0
+    rm -f aws-down.bin
+    timed "aws download" aws s3 cp --quiet "s3://$BUCKET/aws/blob-$run" aws-down.bin
+    AD+=("${SECS[aws download]}") ADR+=("${REQS[aws download]}")
+    cmp -s "$BLOB" aws-down.bin || { echo "aws downloaded other bytes" >&2; exit 1; }
+}
 for run in $(seq "$RUNS"); do
-    echo "== run $run of $RUNS"
+    echo "== run $run of $RUNS ($(if [ $((run % 2)) = 1 ]; then echo kiln; else echo aws; fi) first; load average $(cut -d' ' -f1-3 /proc/loadavg))"
     # A fresh prefix and a fresh downloading project each run: every push sends the blob, every
     # pull fetches it.
     RURL="$URL/run-$run"
     rm -rf b/cache
-    timed "kiln push" sh -c "cd a && '$KILN' --remote-cache '$RURL' --signing-key ../bench-1.key cache push"
-    KP+=("${SECS[kiln push]}") KPR+=("${REQS[kiln push]}")
-    timed "aws upload" aws s3 cp --quiet "$BLOB" "s3://$BUCKET/aws/blob-$run"
-    AU+=("${SECS[aws upload]}") AUR+=("${REQS[aws upload]}")
-    timed "kiln pull" sh -c "cd b && KILN_TRUSTED_KEYS='$PUBLIC' '$KILN' --remote-cache '$RURL' cache pull"
-    KL+=("${SECS[kiln pull]}") KLR+=("${REQS[kiln pull]}")
-    rm -f aws-down.bin
-    timed "aws download" aws s3 cp --quiet "s3://$BUCKET/aws/blob-$run" aws-down.bin
-    AD+=("${SECS[aws download]}") ADR+=("${REQS[aws download]}")
-    cmp -s "$BLOB" "$(find b/cache/cas -type f -size "${BYTES}c" | head -n 1)" || { echo "kiln pulled other bytes" >&2; exit 1; }
-    cmp -s "$BLOB" aws-down.bin || { echo "aws downloaded other bytes" >&2; exit 1; }
+    if [ $((run % 2)) = 1 ]; then
+        kiln_push; aws_upload; kiln_pull; aws_download
+    else
+        aws_upload; kiln_push; aws_download; kiln_pull
+    fi
     # moto keeps every object in memory or temp files: drop this run's.
     aws s3 rm --quiet --recursive "s3://$BUCKET/aws/" >/dev/null
     aws s3 rm --quiet --recursive "$RURL" >/dev/null
 done
-echo "== every download is byte for byte the blob"
+[ -n "$ONLY" ] || echo "== every download is byte for byte the blob"
+echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 join() { local IFS=,; echo "$*"; }
 python3 - "$BYTES" "$(join "${KP[@]}")" "$(join "${KPR[@]}")" "$(join "${AU[@]}")" "$(join "${AUR[@]}")" \
-    "$(join "${KL[@]}")" "$(join "${KLR[@]}")" "$(join "${AD[@]}")" "$(join "${ADR[@]}")" <<'PY'
+    "$(join "${KL[@]:-}")" "$(join "${KLR[@]:-}")" "$(join "${AD[@]:-}")" "$(join "${ADR[@]:-}")" \
+    "$(join "${KPP[@]}")" "$(join "${AUP[@]}")" <<'PY'
 import statistics, sys
 size = int(sys.argv[1])
-kp, kpr, au, aur, kl, klr, ad, adr = [[float(x) for x in a.split(",")] for a in sys.argv[2:]]
+kp, kpr, au, aur, kl, klr, ad, adr = [[float(x) for x in a.split(",") if x] for a in sys.argv[2:10]]
+kpp, aup = [a.split(",") for a in sys.argv[10:12]]
 mib = size / (1 << 20)
 runs = len(kp)
 def row(name, secs, reqs):
@@ -163,18 +204,24 @@ def row(name, secs, reqs):
     each = " ".join(f"{s:.2f}" for s in secs)
     return f"| {name:<12} | {m:>8.2f} | {mib / m:>7.1f} | {statistics.median(reqs):>8.0f} | {each} |"
 print()
-print(f"{mib:.0f} MiB against moto on 127.0.0.1, median of {runs} runs (each run: kiln push, aws upload, kiln pull, aws download):")
+print(f"{mib:.0f} MiB against moto on 127.0.0.1, median of {runs} runs (odd runs kiln first, even runs the awscli first):")
 print()
 print(f"| {'transfer':<12} | {'seconds':>8} | {'MiB/s':>7} | {'requests':>8} | every run (s) |")
 print(f"|{'-' * 14}|{'-' * 9}:|{'-' * 8}:|{'-' * 9}:|{'-' * 15}|")
 print(row("kiln push", kp, kpr))
 print(row("aws upload", au, aur))
-print(row("kiln pull", kl, klr))
-print(row("aws download", ad, adr))
+if kl:
+    print(row("kiln pull", kl, klr))
+    print(row("aws download", ad, adr))
 print()
+print("uploads by moto's log, parts/completion (s) per run: kiln push " + " ".join(kpp)
+      + ", aws upload " + " ".join(aup))
 up = statistics.median(au) / statistics.median(kp)
-down = statistics.median(ad) / statistics.median(kl)
-print(f"kiln / aws throughput (medians): push {up:.2f}x, pull {down:.2f}x (target >= 1.0x)")
-print("per run: push " + " ".join(f"{a / k:.2f}x" for a, k in zip(au, kp))
-      + ", pull " + " ".join(f"{a / k:.2f}x" for a, k in zip(ad, kl)))
+line = f"kiln / aws throughput (medians): push {up:.2f}x"
+each = "per run: push " + " ".join(f"{a / k:.2f}x" for a, k in zip(au, kp))
+if kl:
+    line += f", pull {statistics.median(ad) / statistics.median(kl):.2f}x"
+    each += ", pull " + " ".join(f"{a / k:.2f}x" for a, k in zip(ad, kl))
+print(line + " (target >= 1.0x)")
+print(each)
 PY

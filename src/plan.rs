@@ -213,6 +213,45 @@ pub struct Plan {
     /// Publish nodes another runner is publishing now (id -> that runner), from the claims
     /// of a shared cache.
     pub claimed: BTreeMap<String, String>,
+    /// Publish nodes due to run that a build on this runner holds instead of publishing
+    /// (id -> why), see [`Plan::hold_publishes`].
+    pub held: BTreeMap<String, Hold>,
+}
+
+/// Why a build on this runner holds a publish node instead of running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hold {
+    /// A remote cache is configured but this runner has no signing key: it could not record
+    /// the publish where other runners look, so none of them would know it happened.
+    NoSigningKey,
+}
+
+impl Hold {
+    /// Why, in a few words (under the node).
+    pub fn short(&self) -> &'static str {
+        match self {
+            Hold::NoSigningKey => "no signing key for the remote cache",
+        }
+    }
+
+    /// Why, for people.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Hold::NoSigningKey => {
+                "this runner has no signing key for the remote cache, so no other runner would see what it published and the next one would publish again"
+            }
+        }
+    }
+
+    /// How to publish after all.
+    pub fn remedy(&self) -> &'static str {
+        match self {
+            Hold::NoSigningKey => {
+                "publish from a runner with --signing-key FILE or KILN_SIGNING_KEY set"
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -225,6 +264,14 @@ pub struct Summary {
     #[serde(default)]
     pub remote: usize,
     pub orphan: usize,
+    /// Of the nodes that run, the publish nodes a build on this runner holds (printed only when
+    /// there are some).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Plan {
@@ -233,11 +280,25 @@ impl Plan {
     }
 
     pub fn summary(&self) -> Summary {
-        summarize(self.actions.iter(), self.orphans.len())
+        Summary {
+            held: self.held.len(),
+            ..summarize(self.actions.iter(), self.orphans.len())
+        }
     }
 
     pub fn has_work(&self) -> bool {
         self.actions.iter().any(Action::will_run)
+    }
+
+    /// Marks every publish node due to run as held for `why`, as `kiln build` holds them (a
+    /// `rebuild_if_upstream_changes` one only if its upstream outputs do change).
+    pub fn hold_publishes(&mut self, graph: &Graph, why: Hold) {
+        for ix in graph.order() {
+            let n = graph.node(ix);
+            if n.step == crate::config::StepKind::Publish && self.action(ix).will_run() {
+                self.held.insert(n.id.clone(), why);
+            }
+        }
     }
 }
 
@@ -522,6 +583,7 @@ pub fn plan(graph: &Graph, view: &dyn CacheView, forced: &BTreeSet<String>) -> P
         actions,
         orphans: Vec::new(),
         claimed: BTreeMap::new(),
+        held: BTreeMap::new(),
     }
 }
 

@@ -110,7 +110,38 @@ fn node_line(
     if let Some(owner) = plan.claimed.get(&n.id) {
         let _ = writeln!(out, "       · publishing (by {owner})");
     }
+    held_line(plan, &n.id, a, "       ", out);
     reason_lines(a, "       ", out);
+}
+
+/// `· held: …` under a publish node that a build on this runner holds (`held if it runs` when
+/// early cutoff may still reuse its last result).
+fn held_line(plan: &Plan, id: &str, a: &Action, indent: &str, out: &mut String) {
+    let Some(why) = plan.held.get(id) else {
+        return;
+    };
+    let when = match a {
+        Action::RebuildIfUpstreamChanges { .. } => "held if it runs",
+        _ => "held",
+    };
+    let _ = writeln!(
+        out,
+        "{indent}· {when}: a build on this runner does not publish it ({})",
+        why.short()
+    );
+}
+
+/// The note after the summary of a plan with held publish nodes: how many, why, and how to
+/// publish them.
+fn held_note(plan: &Plan) -> Option<String> {
+    let why = plan.held.values().next()?;
+    let held = plan.held.len();
+    Some(format!(
+        "{} held: {}; {}.",
+        plural(held, "publish node", "publish nodes"),
+        why.describe(),
+        why.remedy()
+    ))
 }
 
 /// `3 nodes cached`, `3 nodes cached (1 in the remote cache)`.
@@ -216,6 +247,9 @@ pub fn text(
     }
     out.push_str(&plan.summary().line());
     out.push('\n');
+    if let Some(note) = held_note(plan) {
+        let _ = writeln!(out, "{}", style.paint("33", &note));
+    }
     out
 }
 
@@ -240,6 +274,9 @@ pub fn json(
                     .or_insert_with(|| serde_json::json!([]));
                 if let Some(owner) = plan.claimed.get(&graph.node(ix).id) {
                     obj.insert("claimed_by".into(), serde_json::json!(owner));
+                }
+                if let Some(why) = plan.held.get(&graph.node(ix).id) {
+                    obj.insert("held".into(), serde_json::json!(why));
                 }
             }
             v
@@ -273,6 +310,9 @@ pub fn markdown(
 ) -> String {
     let mut out = String::from("## kiln plan\n\n");
     let _ = writeln!(out, "**{}**\n", plan.summary().line());
+    if let Some(note) = held_note(plan) {
+        let _ = writeln!(out, "{note}\n");
+    }
     let groups = by_cell(graph);
     let busy = |nodes: &[NodeIndex]| nodes.iter().any(|ix| plan.action(*ix).will_run());
     let shown: Vec<&(String, Vec<NodeIndex>)> = groups
@@ -325,6 +365,7 @@ pub fn markdown(
                 a.label()
             );
             let mut reasons = String::new();
+            held_line(plan, &n.id, a, "    ", &mut reasons);
             reason_lines(a, "    ", &mut reasons);
             out.push_str(&reasons);
         }

@@ -436,6 +436,140 @@ fn runners_without_a_key_hold_their_publishes() {
     assert_eq!(std::fs::read_to_string(&calls).unwrap(), "published\n");
 }
 
+/// A build step and a publish step, with a `file://` remote cache in the project's `remote/`
+/// (so the plan's goldens name it as `[ROOT]/remote`), trusting `public`.
+fn held_project(build: &str) -> Project {
+    let module = format!(
+        r#"module "held" {{
+    step "build" builder="command" {{
+        argv "sh" "-c" "{build} > out.txt"
+        outputs "out.txt"
+    }}
+    step "publish" builder="command" {{
+        argv "sh" "-c" "echo published"
+    }}
+}}
+"#
+    );
+    let config = r#"import "modules/held.kdl"
+kubernetes "1.31" {
+    version "1.31.4"
+    containerd "2.2.0"
+}
+matrix "m" {
+    kubernetes "1.31"
+    provider "p"
+    os "one"
+}
+provider "p" module="held" {}
+"#;
+    let p = Project::new()
+        .with_file("modules/held.kdl", &module)
+        .with_file("images.kdl", config);
+    let url = format!("file://{}", p.path().join("remote").display());
+    p.env("KILN_REMOTE_CACHE", &url)
+}
+
+/// The ids of the nodes a plan marks `held`, with the reason it gives.
+fn held_in(plan: &serde_json::Value) -> Vec<(String, String)> {
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| !n["held"].is_null())
+        .map(|n| {
+            let id = n["id"].as_str().unwrap().to_string();
+            (id, n["held"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// `kiln plan` on a runner without a signing key says which publish nodes `kiln build` there
+/// would hold and why (text, JSON and markdown goldens), and the build holds exactly those; a
+/// publish that early cutoff may still reuse is `held if it runs`; with a key nothing is held.
+#[test]
+fn a_keyless_runners_plan_shows_the_publishes_it_would_hold() {
+    const GOLDEN: &str = "remote-held";
+    let mut p = held_project("echo built");
+    let (key, public) = keygen(&p, "ci-1");
+    p.set_env("KILN_TRUSTED_KEYS", &public);
+    let text = p.kiln(&["plan"]);
+    text.expect_code(0);
+    crate::support::golden(GOLDEN, "plan.txt", &text.stdout);
+    let json = p.kiln(&["plan", "--json"]);
+    json.expect_code(0);
+    crate::support::golden(GOLDEN, "plan.json", &json.stdout);
+    let md = p.kiln(&["plan", "--format", "markdown"]);
+    md.expect_code(0);
+    crate::support::golden(GOLDEN, "plan.md", &md.stdout);
+    let plan = json.json();
+    let held = held_in(&plan);
+    assert_eq!(
+        held,
+        [(
+            "p/one/1.31/publish".to_string(),
+            "no_signing_key".to_string()
+        )],
+        "{plan}"
+    );
+    assert_eq!(plan["summary"]["held"], 1, "{}", plan["summary"]);
+    let out = p.kiln(&["build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout.trim(),
+        "1 built, 0 cached, 1 held (no signing key)",
+        "{}",
+        out.stderr
+    );
+
+    // With the key, the same plan holds nothing, and the build publishes.
+    p.set_env("KILN_SIGNING_KEY", &key);
+    let plan = p.kiln(&["plan", "--json"]);
+    plan.expect_code(0);
+    let plan = plan.json();
+    assert!(held_in(&plan).is_empty(), "{plan}");
+    assert!(plan["summary"].get("held").is_none(), "{}", plan["summary"]);
+    let text = p.kiln(&["plan"]);
+    assert!(!text.stdout.contains("held"), "{}", text.stdout);
+    let out = p.kiln(&["build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), "1 built, 1 cached", "{}", out.stderr);
+
+    // The build step changes: its publish waits on it, and would be held if it ran.
+    p.set_env("KILN_SIGNING_KEY", "");
+    p.edit("modules/held.kdl", |s| {
+        s.replace("echo built", "echo built again")
+    });
+    let text = p.kiln(&["plan"]);
+    text.expect_code(0);
+    assert!(
+        text.stdout.contains(
+            "· held if it runs: a build on this runner does not publish it (no signing key for the remote cache)"
+        ) && text
+            .stdout
+            .contains("1 publish node held: this runner has no signing key")
+            && text
+                .stdout
+                .contains("publish from a runner with --signing-key FILE or KILN_SIGNING_KEY set."),
+        "{}",
+        text.stdout
+    );
+    let out = p.kiln(&["build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout.trim(),
+        "1 built, 0 cached, 1 held (no signing key)",
+        "{}",
+        out.stderr
+    );
+
+    // Without a remote cache, a runner publishes with no key at all.
+    p.set_env("KILN_REMOTE_CACHE", "");
+    let plan = p.kiln(&["plan", "--json"]);
+    plan.expect_code(0);
+    assert!(held_in(&plan.json()).is_empty());
+}
+
 /// `kiln cache push` seeds a remote from a local cache, `kiln cache pull` hands it to another
 /// machine with every blob, and `kiln cache verify --remote` finds a record changed in place.
 #[test]
