@@ -153,10 +153,13 @@ pub async fn check(
                 continue;
             };
             // The evidence the last verdict left applies to the same claim only.
-            let witness = known
-                .get(&node.id)
-                .filter(|k| k.facts == *facts)
-                .and_then(|k| k.witness.as_deref());
+            let witness = match lasts[i] {
+                Some(last) => last.witness.as_deref(),
+                None => known
+                    .get(&node.id)
+                    .filter(|k| k.facts == *facts)
+                    .and_then(|k| k.witness.as_deref()),
+            };
             claims.push(Claim {
                 ctx: StepCtx {
                     node: node.clone(),

@@ -319,21 +319,7 @@ pub(crate) fn race_project(m: &Moto, calls: &Path) -> Project {
 "#,
         calls = calls.display()
     );
-    let config = r#"import "modules/race.kdl"
-kubernetes "1.31" {
-    version "1.31.4"
-    containerd "2.2.0"
-}
-matrix "m" {
-    kubernetes "1.31"
-    provider "p"
-    os "one"
-}
-provider "p" module="race" {}
-"#;
-    let p = Project::new()
-        .with_file("modules/race.kdl", &module)
-        .with_file("images.kdl", config);
+    let p = one_cell("race", &module);
     with_remote(p, m)
 }
 
@@ -451,21 +437,7 @@ fn held_project(build: &str) -> Project {
 }}
 "#
     );
-    let config = r#"import "modules/held.kdl"
-kubernetes "1.31" {
-    version "1.31.4"
-    containerd "2.2.0"
-}
-matrix "m" {
-    kubernetes "1.31"
-    provider "p"
-    os "one"
-}
-provider "p" module="held" {}
-"#;
-    let p = Project::new()
-        .with_file("modules/held.kdl", &module)
-        .with_file("images.kdl", config);
+    let p = one_cell("held", &module);
     let url = format!("file://{}", p.path().join("remote").display());
     p.env("KILN_REMOTE_CACHE", &url)
 }
@@ -1044,4 +1016,25 @@ fn keys_a_pack_lacks_are_asked_for_one_by_one() {
         .filter(|n| n["source"] == "remote")
         .count();
     assert_eq!(cached_remote, 11, "{json}");
+}
+
+/// A project of one cell whose provider uses `module` (the text of `modules/NAME.kdl`).
+fn one_cell(name: &str, module: &str) -> Project {
+    let config = format!(
+        r#"import "modules/{name}.kdl"
+kubernetes "1.31" {{
+    version "1.31.4"
+    containerd "2.2.0"
+}}
+matrix "m" {{
+    kubernetes "1.31"
+    provider "p"
+    os "one"
+}}
+provider "p" module="{name}" {{}}
+"#
+    );
+    Project::new()
+        .with_file(&format!("modules/{name}.kdl"), module)
+        .with_file("images.kdl", &config)
 }
