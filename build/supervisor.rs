@@ -5,7 +5,8 @@
 //! One `rustc` call, not a `[[bin]]`: the program has no std, so it must be built with
 //! `panic=abort`, and cargo builds all of a package's targets with one panic strategy. It has no
 //! dependencies, and it is always optimized, whatever the profile. It is linked statically
-//! without start files or libc (it defines `_start` and makes its system calls itself).
+//! without start files or libc (it defines `_start` and makes its system calls itself). Its
+//! lints are checked where the library compiles the same `run.rs` and `sys.rs`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,7 +42,7 @@ pub fn compile() {
             "target-feature=+crt-static",
         ])
         .args(["-C", "link-arg=-nostartfiles", "-C", "link-arg=-nostdlib"])
-        .args(["-D", "warnings", "-o"])
+        .arg("-o")
         .arg(&out)
         .arg(format!("{dir}/static_main.rs"));
     if let Ok(linker) = std::env::var(&linker_var) {

@@ -123,15 +123,18 @@ pub fn run_if_asked() {
 /// Runs `ARG0 PROGRAM ARGS...` (the subcommand's arguments) as described above, with kiln's
 /// environment; never returns.
 pub fn run(argv: &[OsString]) -> ! {
-    fn c_string(s: &OsStr) -> CString {
-        CString::new(s.as_bytes()).unwrap_or_else(|_| {
+    fn c_string(bytes: Vec<u8>) -> CString {
+        CString::new(bytes).unwrap_or_else(|_| {
             eprintln!("kiln {SUBCOMMAND}: an argument holds a NUL byte");
             std::process::exit(125)
         })
     }
-    let args: Vec<CString> = argv.iter().map(|a| c_string(a)).collect();
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|a| c_string(a.as_bytes().to_vec()))
+        .collect();
     let env: Vec<CString> = std::env::vars_os()
-        .map(|(k, v)| c_string(&[k.as_os_str(), v.as_os_str()].join(OsStr::new("="))))
+        .map(|(k, v)| c_string([k.as_bytes(), b"=", v.as_bytes()].concat()))
         .collect();
     let pointers = |strings: &[CString]| -> Vec<*const u8> {
         let mut v: Vec<*const u8> = strings.iter().map(|s| s.as_ptr().cast()).collect();
