@@ -1,13 +1,13 @@
 # The image kiln's tasks run in on Argo Workflows, Tekton and GitHub Actions (`kiln export`):
 #   docker build -t kiln:0.1.0 .
-# kiln and kiln-supervise on a slim Debian, with what the builders and the tasks shell out to.
+# kiln (its step supervisor is built into it) on a slim Debian, with what the builders and the tasks shell out to.
 
 FROM rust:1.89-slim-bookworm AS builder
 WORKDIR /src
 COPY . .
 # `kiln --version` names the commit given with --build-arg KILN_COMMIT=… (there is no .git).
 ARG KILN_COMMIT
-RUN cargo build --release --locked --bin kiln --bin kiln-supervise
+RUN cargo build --release --locked --bin kiln
 
 FROM debian:bookworm-slim AS runtime
 # e2fsprogs, qemu-utils: the local builder; make, python3, curl, unzip, openssh-client:
@@ -18,6 +18,6 @@ RUN apt-get update \
         ca-certificates curl e2fsprogs git jq make openssh-client python3 python3-pip \
         python3-venv qemu-utils unzip \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=builder /src/target/release/kiln /src/target/release/kiln-supervise /usr/local/bin/
+COPY --from=builder /src/target/release/kiln /usr/local/bin/
 WORKDIR /src
 ENTRYPOINT ["kiln"]

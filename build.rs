@@ -1,7 +1,11 @@
 //! Puts the commit kiln is built from into `kiln --version` (`KILN_COMMIT`), when the source is
-//! a git checkout and git is there; otherwise the version stands alone.
+//! a git checkout and git is there; otherwise the version stands alone. And builds the static
+//! step supervisor kiln embeds (`build/supervisor.rs`).
 
 use std::process::Command;
+
+#[path = "build/supervisor.rs"]
+mod supervisor;
 
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).output().ok()?;
@@ -15,6 +19,7 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    supervisor::compile();
     println!("cargo:rerun-if-env-changed=KILN_COMMIT");
     // Only kiln's own checkout names the commit, not a repository kiln's source sits in.
     let own = git(&["rev-parse", "--show-toplevel"]).is_some_and(|top| {

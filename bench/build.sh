@@ -7,6 +7,7 @@
 #   JOBS=4 bench/build.sh                   # other parallelism (default 2)
 #   GEN_ARGS="--ninja-rule true" bench/build.sh   # ninja runs `true` instead of `touch $out`
 #   KEEP=1 bench/build.sh                   # keep the generated directory for profiling
+#   BASELINE=old/kiln bench/build.sh        # also time another kiln binary in the same rounds
 #
 # Needs python3 and ninja; a missing ninja is installed with apt-get when it is available.
 set -euo pipefail
@@ -75,4 +76,5 @@ EOF
 rm graph.json
 
 echo "== timing"
-python3 "$ROOT/bench/compare_build.py" --kiln "$KILN" --dir "$WORK" --runs "$RUNS" --jobs "$JOBS" --nodes "$NODES"
+python3 "$ROOT/bench/compare_build.py" --kiln "$KILN" --dir "$WORK" --runs "$RUNS" --jobs "$JOBS" --nodes "$NODES" \
+    ${BASELINE:+--baseline "$BASELINE"}

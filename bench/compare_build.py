@@ -11,7 +11,10 @@ freed in the last minute or more when it allocates new ones), which would penali
 tool runs next. Runs alternate between the tools (kiln, ninja, kiln, ...) so that
 machine noise hits both alike. One untimed warm-up run of each comes first.
 
-    python3 bench/compare_build.py --kiln KILN --dir DIR [--runs 3] [--jobs 2]
+    python3 bench/compare_build.py --kiln KILN --dir DIR [--runs 3] [--jobs 2] [--baseline KILN2]
+
+With --baseline, a second kiln binary (an older build, say) takes its turn in each round too
+(kiln, ninja, baseline, ...), and the table gets a column for it.
 """
 
 import argparse
@@ -64,6 +67,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--nodes", type=int, required=True, help="expected node count")
+    ap.add_argument("--baseline", help="another kiln binary, timed in the same rounds")
     a = ap.parse_args()
 
     kiln = [os.path.abspath(a.kiln), "build", "-j", str(a.jobs), "--quiet"]
@@ -78,16 +82,25 @@ def main():
         if f"[{a.nodes}/{a.nodes}]" not in out:
             sys.exit(f"ninja did not run {a.nodes} commands:\n{out[-2000:]}")
 
-    kt, nt = [], []
+    baseline = [os.path.abspath(a.baseline)] + kiln[1:] if a.baseline else None
+
+    kt, nt, bt = [], [], []
     for i in range(a.runs + 1):  # run 0 is the warm-up
         clean_kiln(a.dir)
         k = timed(kiln, a.dir, check_kiln)
         clean_ninja(a.dir)
         n = timed(ninja, a.dir, check_ninja)
+        if baseline:
+            clean_kiln(a.dir)
+            b = timed(baseline, a.dir, check_kiln)
         if i > 0:
             kt.append(k)
             nt.append(n)
-            print(f"run {i}: kiln {k:.3f} s, ninja {n:.3f} s", file=sys.stderr)
+            line = f"run {i}: kiln {k:.3f} s, ninja {n:.3f} s"
+            if baseline:
+                bt.append(b)
+                line += f", baseline {b:.3f} s"
+            print(line, file=sys.stderr)
 
     shutil.rmtree(os.path.join(a.dir, "trash"), ignore_errors=True)
 
@@ -99,14 +112,18 @@ def main():
     print()
     print(f"clean build of {a.nodes} `true` nodes, -j{a.jobs}, {a.runs} runs each "
           f"(+1 warm-up), {os.cpu_count()} cores")
-    print(f"{'':22}{'kiln build':>12}{'ninja':>12}")
-    print(f"{'median wall (s)':22}{kmed:12.3f}{nmed:12.3f}")
-    print(f"{'min wall (s)':22}{kmin:12.3f}{nmin:12.3f}")
-    print(f"{'per node, median (ms)':22}{1000 * kmed / a.nodes:12.2f}{1000 * nmed / a.nodes:12.2f}")
+    cols = [("kiln build", kt), ("ninja", nt)] + ([("baseline", bt)] if baseline else [])
+    print(f"{'':22}" + "".join(f"{name:>12}" for name, _ in cols))
+    print(f"{'median wall (s)':22}" + "".join(f"{statistics.median(t):12.3f}" for _, t in cols))
+    print(f"{'min wall (s)':22}" + "".join(f"{min(t):12.3f}" for _, t in cols))
+    print(f"{'per node, median (ms)':22}"
+          + "".join(f"{1000 * statistics.median(t) / a.nodes:12.2f}" for _, t in cols))
     print()
     print(f"{'target':40}{'value':>10}  status")
     print(f"{'kiln clean build <= 1.2 x ninja':40}{ratio:9.2f}x  {ok(ratio <= TARGET_RATIO)}")
     print(f"{'  (min / min)':40}{kmin / nmin:9.2f}x")
+    if baseline:
+        print(f"{'baseline / ninja (medians)':40}{statistics.median(bt) / nmed:9.2f}x")
 
 
 if __name__ == "__main__":

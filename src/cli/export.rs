@@ -29,7 +29,7 @@ pub struct ExportArgs {
     /// Argo: a `WorkflowTemplate` named `kiln` instead of a `Workflow`.
     #[arg(long)]
     pub template: bool,
-    /// The container image of the tasks (with kiln, kiln-supervise and the builders' tools).
+    /// The container image of the tasks (with kiln and the builders' tools).
     #[arg(long, value_name = "REF", default_value = DEFAULT_IMAGE)]
     pub image: String,
     /// The git repository the tasks check out (default: a parameter to give when submitting).

@@ -77,45 +77,43 @@ pub struct Spawner {
     pub deadline: Option<(tokio::time::Instant, Duration)>,
 }
 
-/// Where a bare program name (no `/`) is found on kiln's `PATH`, looked up once per process:
-/// otherwise every spawn searches `PATH` anew with one failed `execve` per directory before the
-/// right one. `None` leaves the search to the spawn: for a path, when the step's environment sets
-/// `PATH`, or when the name is not found.
-fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+/// Where a bare program name (no `/`) is found, as `execvp` in the step's working directory
+/// `cwd` would find it: on the step's `PATH` when its environment sets one, otherwise on kiln's,
+/// looked up once per process (every spawn would otherwise search anew, with one failed `execve`
+/// per directory before the right one). kiln's supervisor runs the path found: it does no search
+/// of its own. `None` when it is not found.
+fn resolve(program: &str, env: &[(String, String)], cwd: &Path) -> Option<PathBuf> {
     static FOUND: LazyLock<Mutex<HashMap<String, (OsString, PathBuf)>>> =
         LazyLock::new(Default::default);
-    if program.contains('/') || env.iter().any(|(k, _)| k == "PATH") {
-        return None;
+    if let Some((_, step_path)) = env.iter().rev().find(|(k, _)| k == "PATH") {
+        return search_path(program, OsStr::new(step_path), cwd);
     }
     let path_var = std::env::var_os("PATH")?;
+    // A relative directory is relative to the step's working directory: not cached.
+    if std::env::split_paths(&path_var).any(|d| !d.is_absolute()) {
+        return search_path(program, &path_var, cwd);
+    }
     let mut found = FOUND.lock().expect("program cache");
     if let Some((searched, at)) = found.get(program)
         && *searched == path_var
     {
         return Some(at.clone());
     }
-    let at = search_path(program, &path_var)?;
+    let at = search_path(program, &path_var, cwd)?;
     found.insert(program.to_string(), (path_var, at.clone()));
     Some(at)
 }
 
-/// The first executable file `dir/name` for the directories of a `PATH` value, as `execvp` would
-/// find it. `None` when there is none, or when a relative directory comes first (it would be
-/// relative to the child's working directory, not to kiln's).
-fn search_path(name: &str, path_var: &OsStr) -> Option<PathBuf> {
+/// The first executable file `dir/name` for the directories of a `PATH` value, a relative one
+/// (or an empty one, meaning `.`) taken from `cwd`.
+fn search_path(name: &str, path_var: &OsStr, cwd: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    for dir in std::env::split_paths(path_var) {
-        if !dir.is_absolute() {
-            return None;
-        }
-        let candidate = dir.join(name);
-        if std::fs::metadata(&candidate)
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        {
-            return Some(candidate);
-        }
-    }
-    None
+    std::env::split_paths(path_var)
+        .map(|dir| cwd.join(dir).join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 async fn pump(reader: impl AsyncRead + Unpin, log: Arc<NodeLog>) {
@@ -152,39 +150,45 @@ impl Spawner {
         let not_found = || ProcessError::NotFound {
             program: program.clone(),
         };
-        let at = match resolve(program, env) {
-            Some(path) => path.into_os_string(),
-            None if program.contains('/') => {
-                if !cwd.join(program).exists() {
-                    return Err(not_found());
-                }
-                program.into()
+        let at: OsString = if program.contains('/') {
+            if !cwd.join(program).exists() {
+                return Err(not_found());
             }
-            // Not on kiln's PATH, and the step does not set its own: it cannot be found.
-            None if !env.iter().any(|(k, _)| k == "PATH") => return Err(not_found()),
-            None => program.into(),
+            program.into()
+        } else {
+            resolve(program, env, cwd).ok_or_else(not_found)?.into()
         };
         // The program runs under kiln's supervisor (see `supervise`), which ends every process
         // it leaves behind before it exits itself.
-        let (supervisor, subcommand) = supervise::program();
-        let mut cmd = Command::new(supervisor);
-        cmd.args(supervise::command_line(
-            *subcommand,
-            OsStr::new(program),
-            &at,
-            args.iter().map(OsStr::new),
-        ))
-        .current_dir(cwd);
-        for k in remove {
-            cmd.env_remove(k);
-        }
-        cmd.envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| ProcessError::Supervisor {
+        let command = |(supervisor, subcommand): (PathBuf, bool)| {
+            let mut cmd = Command::new(supervisor);
+            cmd.arg0("kiln-supervise")
+                .args(supervise::command_line(
+                    subcommand,
+                    OsStr::new(program),
+                    &at,
+                    args.iter().map(OsStr::new),
+                ))
+                .current_dir(cwd);
+            for k in remove {
+                cmd.env_remove(k);
+            }
+            cmd.envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+            cmd
+        };
+        let spawned = command(supervise::program()).spawn();
+        // The embedded supervisor could not be executed (a kernel that refuses memory files):
+        // kiln supervises from now on.
+        let spawned = match spawned {
+            Err(_) if supervise::fall_back() => command(supervise::program()).spawn(),
+            other => other,
+        };
+        let mut child = spawned.map_err(|source| ProcessError::Supervisor {
             program: program.clone(),
             source,
         })?;
@@ -263,16 +267,23 @@ mod tests {
         std::fs::write(c.join("tool"), "").unwrap();
         std::fs::set_permissions(c.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = std::env::join_paths([&a, &b, &c]).unwrap();
-        assert_eq!(search_path("tool", &path), Some(c.join("tool")));
-        assert_eq!(search_path("missing", &path), None);
-        // A relative directory first: the child's working directory decides, not kiln.
-        let relative = std::env::join_paths([Path::new("bin"), &c]).unwrap();
-        assert_eq!(search_path("tool", &relative), None);
+        let elsewhere = Path::new("/nonexistent");
+        assert_eq!(search_path("tool", &path, elsewhere), Some(c.join("tool")));
+        assert_eq!(search_path("missing", &path, elsewhere), None);
+        // A relative directory is taken from the step's working directory.
+        let relative = std::env::join_paths([Path::new("c"), &a]).unwrap();
+        assert_eq!(
+            search_path("tool", &relative, tmp.path()),
+            Some(tmp.path().join("c/tool"))
+        );
+        assert_eq!(search_path("tool", &relative, elsewhere), None);
     }
 
     #[test]
-    fn paths_and_a_step_path_are_left_to_the_spawn() {
-        assert_eq!(resolve("/bin/sh", &[]), None);
-        assert_eq!(resolve("sh", &[("PATH".into(), "/bin".into())]), None);
+    fn a_step_path_is_searched_instead_of_kilns() {
+        let cwd = Path::new("/");
+        let step = |p: &str| [("PATH".to_string(), p.to_string())];
+        assert_eq!(resolve("sh", &step("/bin"), cwd), Some("/bin/sh".into()));
+        assert_eq!(resolve("sh", &step("/nonexistent"), cwd), None);
     }
 }

@@ -32,7 +32,7 @@ fn the_dockerfile_builds_and_ships_kilns_binaries() {
     let names: Vec<Option<&str>> = stages.iter().map(|s| s.name.as_deref()).collect();
     assert_eq!(names, [Some("builder"), Some("runtime")]);
     let bins = cargo_bins();
-    assert_eq!(bins, ["kiln", "kiln-supervise"]);
+    assert_eq!(bins, ["kiln"]);
 
     let builder = stages.get_by_name("builder").unwrap();
     let runs: Vec<String> = builder

@@ -171,3 +171,28 @@ fn a_missing_upstream_blob_fails_the_step_naming_it() {
     );
     assert!(!p.path().join("published").exists());
 }
+
+/// Where the kernel refuses to execute the supervisor kiln carries in memory, kiln runs itself
+/// as the supervisor (`kiln __supervise`), with the same code: it too ends what the program
+/// leaves behind, in its process group or in a session of its own, and exits like the program.
+#[test]
+fn kiln_itself_supervises_like_its_embedded_supervisor() {
+    let p = Project::new();
+    let script = "sleep 30 & echo $!; setsid sleep 30 & echo $!; exit 3";
+    let out = p.kiln(&["__supervise", "--", "sh", "/bin/sh", "-c", script]);
+    out.expect_code(3);
+    let pids: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(pids.len(), 2, "{}", out.stdout);
+    for pid in pids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert_ne!(comm, "sleep\n", "{pid} outlived the supervisor");
+    }
+    let out = p.kiln(&["__supervise", "--", "tool", "/nonexistent/tool"]);
+    out.expect_code(127);
+    assert!(
+        out.stderr
+            .contains("kiln: cannot start `tool`: execve: No such file or directory"),
+        "{}",
+        out.stderr
+    );
+}
