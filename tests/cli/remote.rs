@@ -306,20 +306,8 @@ fn a_failing_remote_is_one_warning() {
 /// A module whose publish step appends to a file shared by both runners, slowly enough that the
 /// two overlap.
 pub(crate) fn race_project(m: &Moto, calls: &Path) -> Project {
-    let module = format!(
-        r#"module "race" {{
-    step "build" builder="command" {{
-        argv "sh" "-c" "echo built > out.txt"
-        outputs "out.txt"
-    }}
-    step "publish" builder="command" {{
-        argv "sh" "-c" "echo published >> {calls}; sleep 2"
-    }}
-}}
-"#,
-        calls = calls.display()
-    );
-    let p = one_cell("race", &module);
+    let publish = format!("echo published >> {}; sleep 2", calls.display());
+    let p = build_and_publish("race", "echo built", &publish);
     with_remote(p, m)
 }
 
@@ -425,19 +413,7 @@ fn runners_without_a_key_hold_their_publishes() {
 /// A build step and a publish step, with a `file://` remote cache in the project's `remote/`
 /// (so the plan's goldens name it as `[ROOT]/remote`), trusting `public`.
 fn held_project(build: &str) -> Project {
-    let module = format!(
-        r#"module "held" {{
-    step "build" builder="command" {{
-        argv "sh" "-c" "{build} > out.txt"
-        outputs "out.txt"
-    }}
-    step "publish" builder="command" {{
-        argv "sh" "-c" "echo published"
-    }}
-}}
-"#
-    );
-    let p = one_cell("held", &module);
+    let p = build_and_publish("held", build, "echo published");
     let url = format!("file://{}", p.path().join("remote").display());
     p.env("KILN_REMOTE_CACHE", &url)
 }
@@ -1016,6 +992,24 @@ fn keys_a_pack_lacks_are_asked_for_one_by_one() {
         .filter(|n| n["source"] == "remote")
         .count();
     assert_eq!(cached_remote, 11, "{json}");
+}
+
+/// A project of one cell whose module `name` has two `command` steps: `build` (its shell
+/// command writes `out.txt`, its output) and `publish`.
+fn build_and_publish(name: &str, build: &str, publish: &str) -> Project {
+    let module = format!(
+        r#"module "{name}" {{
+    step "build" builder="command" {{
+        argv "sh" "-c" "{build} > out.txt"
+        outputs "out.txt"
+    }}
+    step "publish" builder="command" {{
+        argv "sh" "-c" "{publish}"
+    }}
+}}
+"#
+    );
+    one_cell(name, &module)
 }
 
 /// A project of one cell whose provider uses `module` (the text of `modules/NAME.kdl`).
