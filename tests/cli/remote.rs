@@ -327,26 +327,8 @@ fn two_runners_racing_on_one_publish_publish_once() {
                 .env("KILN_TRUSTED_KEYS", &public)
         })
         .collect();
-    let children: Vec<_> = runners
-        .iter()
-        .map(|p| {
-            Command::new(env!("CARGO_BIN_EXE_kiln"))
-                .args(["build", "--quiet"])
-                .current_dir(p.path())
-                .env("NO_COLOR", "1")
-                .envs(p.env_vars())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    for o in &outs {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for o in Project::kiln_at_once(&runners, &["build", "--quiet"]) {
+        o.expect_code(0);
     }
     let published = std::fs::read_to_string(&calls).unwrap();
     assert_eq!(published, "published\n", "both runners published");
@@ -365,27 +347,9 @@ fn runners_without_a_key_hold_their_publishes() {
     let runners: Vec<Project> = (0..2)
         .map(|_| race_project(&m, &calls).env("KILN_TRUSTED_KEYS", &public))
         .collect();
-    let children: Vec<_> = runners
-        .iter()
-        .map(|p| {
-            Command::new(env!("CARGO_BIN_EXE_kiln"))
-                .args(["build", "--quiet"])
-                .current_dir(p.path())
-                .env("NO_COLOR", "1")
-                .envs(p.env_vars())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let o = c.wait_with_output().unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-        );
-        assert!(o.status.success(), "{stderr}");
+    for o in Project::kiln_at_once(&runners, &["build", "--quiet"]) {
+        let (stdout, stderr) = (&o.stdout, &o.stderr);
+        assert_eq!(o.code, 0, "{stderr}");
         assert_eq!(
             stdout.trim(),
             "1 built, 0 cached, 1 held (no signing key)",

@@ -2,8 +2,6 @@
 //! remote; refused with the missing dependencies named, a no-op when cached, and of two runs of
 //! one publish at once only one publishes.
 
-use std::process::{Command, Stdio};
-
 use crate::remote::{keygen, race_project};
 use crate::s3::moto;
 use crate::support::Project;
@@ -144,31 +142,14 @@ fn two_runs_of_one_publish_at_once_publish_once() {
     };
     project().kiln(&["run", &id("build"), "-q"]).expect_code(0);
     let runners: Vec<Project> = (0..2).map(|_| project()).collect();
-    let children: Vec<_> = runners
-        .iter()
-        .map(|p| {
-            Command::new(env!("CARGO_BIN_EXE_kiln"))
-                .args(["run", &id("publish"), "-q"])
-                .current_dir(p.path())
-                .env("NO_COLOR", "1")
-                .envs(p.env_vars())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    let mut summaries: Vec<String> = outs
-        .iter()
-        .map(|o| {
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            String::from_utf8_lossy(&o.stdout).trim().to_string()
-        })
-        .collect();
+    let mut summaries: Vec<String> =
+        Project::kiln_at_once(&runners, &["run", &id("publish"), "-q"])
+            .into_iter()
+            .map(|o| {
+                o.expect_code(0);
+                o.stdout.trim().to_string()
+            })
+            .collect();
     summaries.sort();
     assert_eq!(summaries, ["0 built, 2 cached", "1 built, 1 cached"]);
     assert_eq!(std::fs::read_to_string(&calls).unwrap(), "published\n");

@@ -211,13 +211,35 @@ impl Project {
     /// `GITHUB_*`, `CI` or `CLICOLOR*` variables, and the variables set with [`Project::env`].
     pub fn kiln(&self, args: &[&str]) -> Output {
         let mut cmd = self.command(args);
-        let out = cmd.output().expect("run kiln");
+        self.output(cmd.output().expect("run kiln"))
+    }
+
+    /// What a run of kiln in this project printed, redacted.
+    fn output(&self, out: std::process::Output) -> Output {
         let text = |b: Vec<u8>| self.redact(&String::from_utf8(b).expect("output is UTF-8"));
         Output {
             code: out.status.code().unwrap_or(-1),
             stdout: text(out.stdout),
             stderr: text(out.stderr),
         }
+    }
+
+    /// Runs kiln with `args` in every project at once (all started before any is waited for),
+    /// as runners sharing a remote do.
+    pub fn kiln_at_once(projects: &[Project], args: &[&str]) -> Vec<Output> {
+        let children: Vec<_> = projects
+            .iter()
+            .map(|p| {
+                let mut cmd = p.command(args);
+                cmd.stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                (p, cmd.spawn().expect("start kiln"))
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|(p, child)| p.output(child.wait_with_output().expect("run kiln")))
+            .collect()
     }
 
     /// The command [`Project::kiln`] runs, to spawn it another way.
