@@ -281,19 +281,6 @@ impl Moto {
     }
 }
 
-/// Incompressible bytes, so the qcow2 is large enough to go up in several parts.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// The CAPO layout with the offline builder: one cell, published to `s3://capo-images/capo`.
 fn project(m: &Moto, key_id: &str, secret: &str) -> Project {
     let root = crate::support::repo_root();
@@ -326,8 +313,13 @@ provider "capo" module="local" {{
         .with_file("images.kdl", &config)
         .env("KILN_TEST_S3_KEY_ID", key_id)
         .env("KILN_TEST_S3_SECRET", secret);
+    // Incompressible bytes, so the qcow2 is large enough to go up in several parts.
     std::fs::create_dir_all(p.path().join("files")).unwrap();
-    std::fs::write(p.path().join("files/payload.bin"), noise(20 << 20)).unwrap();
+    std::fs::write(
+        p.path().join("files/payload.bin"),
+        kiln::store::contract::noise(20 << 20, 1),
+    )
+    .unwrap();
     p
 }
 

@@ -470,15 +470,7 @@ mod tests {
 
     /// Incompressible test bytes.
     fn noise(len: usize) -> Vec<u8> {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::store::contract::noise(len, 0x2545_f491_4f6c_dd1d)
     }
 
     async fn fetch(bytes: &[u8], ranges: Ranges) -> (Vec<u8>, Fetched, u64) {

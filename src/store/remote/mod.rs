@@ -612,17 +612,7 @@ mod tests {
         })
     }
 
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::store::contract::noise;
 
     /// A local blob damaged after it was stored is checked as it is sent: it is not sent, the
     /// record that names it is not written, and the blob is moved aside.
