@@ -562,7 +562,11 @@ async fn refresh(claims: &[&Claim<'_>]) -> Vec<Checked> {
     // S3 claims by bucket, prefix and client settings: one LIST answers them all.
     type Group = (String, String, Vec<Option<String>>);
     let mut groups: BTreeMap<Group, Vec<(usize, Claimed)>> = BTreeMap::new();
+    // `file://` claims with the index of their bucket directory, each opened once (its path
+    // compared as bytes).
     let mut dirs = Vec::new();
+    let mut opened: Vec<BucketDir> = Vec::new();
+    let mut index: rustc_hash::FxHashMap<std::ffi::OsString, usize> = Default::default();
     use rayon::prelude::*;
     // Reading a claim's parameters and facts is pure work: on every core.
     let found: Vec<Result<Claimed, String>> = claims.par_iter().map(|c| claimed(c)).collect();
@@ -570,7 +574,17 @@ async fn refresh(claims: &[&Claim<'_>]) -> Vec<Checked> {
         match found {
             Err(e) => verdicts[i] = Some(Checked::Unknown(e)),
             Ok(cl) => match &cl.bucket {
-                Bucket::Dir(dir) => dirs.push((i, dir.clone(), c.witness, cl)),
+                Bucket::Dir(dir) => {
+                    let at = match index.get(dir.as_os_str()) {
+                        Some(&at) => at,
+                        None => {
+                            opened.push(BucketDir::open(dir));
+                            index.insert(dir.as_os_str().to_owned(), opened.len() - 1);
+                            opened.len() - 1
+                        }
+                    };
+                    dirs.push((i, at, c.witness, cl));
+                }
                 Bucket::S3 { name, prefix } => {
                     groups
                         .entry((name.clone(), prefix.clone(), client_settings(&c.ctx)))
@@ -581,21 +595,12 @@ async fn refresh(claims: &[&Claim<'_>]) -> Vec<Checked> {
         }
     }
     // `file://` claims are a few stats each: checked on every core.
-    {
-        let opened: BTreeMap<&Path, BucketDir> = dirs
-            .iter()
-            .map(|(_, dir, _, _)| (dir.as_path(), BucketDir::open(dir)))
-            .collect();
-        let found: Vec<(usize, Checked)> = dirs
-            .par_iter()
-            .map(|(i, dir, witness, cl)| {
-                let bucket = &opened[dir.as_path()];
-                (*i, refresh_dir(bucket, cl, *witness))
-            })
-            .collect();
-        for (i, v) in found {
-            verdicts[i] = Some(v);
-        }
+    let found: Vec<(usize, Checked)> = dirs
+        .par_iter()
+        .map(|(i, at, witness, cl)| (*i, refresh_dir(&opened[*at], cl, *witness)))
+        .collect();
+    for (i, v) in found {
+        verdicts[i] = Some(v);
     }
     for ((bucket, prefix, _), members) in groups {
         let first = claims[members[0].0];
@@ -668,24 +673,27 @@ impl Stamp {
 
 /// A `file://` bucket's directory, opened once for all the claims a refresh checks in it, so
 /// that each stat looks up one name instead of walking the whole path again.
-struct BucketDir<'a> {
-    path: &'a Path,
+struct BucketDir {
+    path: PathBuf,
     fd: Option<rustix::fd::OwnedFd>,
 }
 
-impl BucketDir<'_> {
-    fn open(path: &Path) -> BucketDir<'_> {
+impl BucketDir {
+    fn open(path: &Path) -> BucketDir {
         use rustix::fs::{Mode, OFlags};
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         BucketDir {
-            path,
+            path: path.to_path_buf(),
             fd: rustix::fs::open(path, flags, Mode::empty()).ok(),
         }
     }
 
     /// Without a descriptor: every stat goes by the whole path.
-    fn by_path(path: &Path) -> BucketDir<'_> {
-        BucketDir { path, fd: None }
+    fn by_path(path: &Path) -> BucketDir {
+        BucketDir {
+            path: path.to_path_buf(),
+            fd: None,
+        }
     }
 
     /// The stamp of `name` in the directory, not following a symlink.
@@ -736,7 +744,7 @@ fn dir_witness(dir: &BucketDir, name: &str, checksum: bool, image: Option<&Stamp
 /// A `file://` claim: a stat of the image and its `.sha256` against the witness; only when one
 /// changed is the `.sha256` read (and the image hashed again when the image changed).
 fn refresh_dir(bucket: &BucketDir, cl: &Claimed, witness: Option<&str>) -> Checked {
-    let dir = bucket.path;
+    let dir = &bucket.path;
     let image = dir.join(&cl.name);
     let meta = match bucket.stat(&cl.name) {
         Ok(m) if m.regular => m,

@@ -256,9 +256,10 @@ pub fn report(cli: &Cli, args: &BuildArgs) -> Result<BuildReport, CliError> {
         },
         None => args.select.clone(),
     };
+    let prefetch = context::Prefetch::start(&cli.file, &cli.cache_dir);
     let loaded = context::load(&cli.file, &select, true)?;
     let cache = lock_cache(cli, &loaded, args.no_wait)?;
-    let mut graph = context::lower(&loaded, Some(&cache.dir))?;
+    let (mut graph, _) = context::lower_keyed(&loaded, Some(&cache.dir), Some(prefetch))?;
     if args.debug {
         graph.debug_every_attempt();
     }

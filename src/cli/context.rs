@@ -128,9 +128,14 @@ fn filter(config: &Config, cells: &[Cell], s: &Select) -> Result<Vec<Cell>, CliE
 /// The cache directory: --cache-dir (made absolute against the working directory, since steps
 /// run in directories of their own), or `cache/` beside the config.
 pub fn cache_dir(config: &Config, flag: &Option<PathBuf>) -> PathBuf {
+    cache_dir_at(&config.root, flag)
+}
+
+/// [`cache_dir`] of a config whose root is `root`.
+fn cache_dir_at(root: &Path, flag: &Option<PathBuf>) -> PathBuf {
     match flag {
         Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
-        None => config.root.join("cache"),
+        None => root.join("cache"),
     }
 }
 
@@ -154,14 +159,42 @@ pub fn unknown_node(graph: &Graph, id: &str) -> CliError {
 }
 
 pub fn lower(loaded: &Loaded, cache: Option<&Path>) -> Result<Graph, CliError> {
-    lower_keyed(loaded, cache).map(|(g, _)| g)
+    lower_keyed(loaded, cache, None).map(|(g, _)| g)
+}
+
+/// The graph snapshot of a cache, read and checked on a thread of its own while the config
+/// loads: until the snapshot's key is computed the two do not depend on each other.
+pub struct Prefetch {
+    cache: PathBuf,
+    image: std::thread::JoinHandle<Option<graph::snapshot::Image>>,
+}
+
+impl Prefetch {
+    /// Starts reading the snapshot of the cache that `--cache-dir` or the config file `file`
+    /// names (as [`cache_dir`] will, once the config is loaded).
+    pub fn start(file: &Path, flag: &Option<PathBuf>) -> Prefetch {
+        let cache = cache_dir_at(&config::root_of(file), flag);
+        let memos = Memos::at(&cache);
+        let image = std::thread::spawn(move || {
+            graph::snapshot::read(memos.read(Memo::GraphSnapshot)?.into())
+        });
+        Prefetch { cache, image }
+    }
+
+    /// The image read, if it was read from `cache`.
+    fn image(self, cache: &Path) -> Option<graph::snapshot::Image> {
+        let image = self.image.join().ok()?;
+        (self.cache == cache).then_some(image)?
+    }
 }
 
 /// [`lower`], and the graph's snapshot key: a digest of everything the graph was lowered from
-/// (`None` when this kiln binary cannot be identified).
+/// (`None` when this kiln binary cannot be identified). A snapshot `prefetch` read from the same
+/// cache is used instead of reading it again.
 pub fn lower_keyed(
     loaded: &Loaded,
     cache: Option<&Path>,
+    prefetch: Option<Prefetch>,
 ) -> Result<(Graph, Option<Digest>), CliError> {
     let memos = cache.map(Memos::at);
     let saved = memos.as_ref().and_then(|m| m.read(Memo::StatCache));
@@ -182,8 +215,9 @@ pub fn lower_keyed(
             b.as_str(),
         )
     });
+    let prefetched = cache.zip(prefetch).and_then(|(dir, p)| p.image(dir));
     let snapshot = key.zip(memos);
-    let graph = lower_cached(loaded, snapshot, &digests)?;
+    let graph = lower_cached(loaded, snapshot, prefetched, &digests)?;
     let graph = if loaded.whole {
         graph
     } else {
@@ -200,14 +234,19 @@ pub fn lower_keyed(
 fn lower_cached(
     loaded: &Loaded,
     snapshot: Option<(Digest, Memos)>,
+    prefetched: Option<graph::snapshot::Image>,
     digests: &std::collections::HashMap<PathBuf, graph::Content>,
 ) -> Result<Graph, CliError> {
-    if let Some((key, memos)) = &snapshot
-        && let Some(g) = memos
-            .read(Memo::GraphSnapshot)
-            .and_then(|bytes| graph::snapshot::decode(bytes.into(), *key, loaded.all.clone()))
-    {
-        return Ok(g);
+    if let Some((key, memos)) = &snapshot {
+        let found = match prefetched {
+            Some(image) => image.into_graph(*key, loaded.all.clone()),
+            None => memos
+                .read(Memo::GraphSnapshot)
+                .and_then(|bytes| graph::snapshot::decode(bytes.into(), *key, loaded.all.clone())),
+        };
+        if let Some(g) = found {
+            return Ok(g);
+        }
     }
     let g = graph::lower(&loaded.config, loaded.all.clone(), digests).map_err(CliError::Config)?;
     if let Some((key, memos)) = snapshot

@@ -103,15 +103,22 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
 }
 
 fn plan_and_print(cli: &Cli, args: &PlanArgs) -> Result<(), CliError> {
+    let prefetch = context::Prefetch::start(&cli.file, &cli.cache_dir);
     let loaded = context::load(&cli.file, &args.select, true)?;
-    print_plan(cli, args, loaded)
+    print_plan(cli, args, loaded, Some(prefetch))
 }
 
 /// Plans `loaded` (however it was loaded: `kiln update --dry-run` loads the lock it would
 /// write) and prints the plan as `args` say.
-pub fn print_plan(cli: &Cli, args: &PlanArgs, loaded: context::Loaded) -> Result<(), CliError> {
+/// A snapshot `prefetch` started before the config loaded is used if it is of the same cache.
+pub fn print_plan(
+    cli: &Cli,
+    args: &PlanArgs,
+    loaded: context::Loaded,
+    prefetch: Option<context::Prefetch>,
+) -> Result<(), CliError> {
     let dir = context::cache_dir(&loaded.config, &cli.cache_dir);
-    let (graph, graph_key) = context::lower_keyed(&loaded, Some(&dir))?;
+    let (graph, graph_key) = context::lower_keyed(&loaded, Some(&dir), prefetch)?;
     let remote = super::remote::open(cli, &loaded.config)?;
     let mut view = StoreView::open(dir, &graph, remote.clone())?;
     let forced = forced_ids(&graph, &args.force)?;

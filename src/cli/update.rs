@@ -200,7 +200,7 @@ fn update(cli: &Cli, args: &UpdateArgs) -> Result<(), CliError> {
         detailed_exitcode: false,
         refresh: true,
     };
-    super::plan::print_plan(cli, &plan_args, loaded)?;
+    super::plan::print_plan(cli, &plan_args, loaded, None)?;
     finish(args)
 }
 

@@ -745,6 +745,20 @@ pub struct LoadOptions {
     pub unlocked_ok: bool,
 }
 
+/// The config file's absolute path, normalized.
+fn absolute(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    parse::join_normalized(Path::new("/"), &abs.to_string_lossy())
+}
+
+/// The root of the config `path` names: its directory ([`Config::root`]).
+pub fn root_of(path: &Path) -> PathBuf {
+    absolute(path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
 /// Loads a config file and everything it imports. Returns the config and its warnings, or every
 /// error found.
 pub fn load(path: &Path) -> Result<(Config, Diags), Diags> {
@@ -754,8 +768,7 @@ pub fn load(path: &Path) -> Result<(Config, Diags), Diags> {
 /// [`load`], reading `images.lock` as `options` say.
 pub fn load_with(path: &Path, options: &LoadOptions) -> Result<(Config, Diags), Diags> {
     let display = path.to_string_lossy().into_owned();
-    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let abs = parse::join_normalized(Path::new("/"), &abs.to_string_lossy());
+    let abs = absolute(path);
     let root = abs.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut l = Loader {
         root: root.clone(),

@@ -13,7 +13,7 @@ pub mod source;
 pub mod step;
 
 pub use diag::{Diag, Diags};
-pub use load::{LOCK_FILE, LoadOptions, load, load_with};
+pub use load::{LOCK_FILE, LoadOptions, load, load_with, root_of};
 pub use model::*;
 pub use source::{Loc, SourceMap, Spanned};
 pub use step::{BuilderKind, StepKind};

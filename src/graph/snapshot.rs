@@ -25,7 +25,7 @@ use crate::config::{BuilderKind, Policy, Secret, StepKind};
 use crate::hash::{Digest, KEY_ENCODING_VERSION, KeyHasher};
 use crate::matrix::Cell;
 
-const MAGIC: &[u8] = b"kiln-graph-v2\n";
+const MAGIC: &[u8] = b"kiln-graph-v3\n";
 
 /// The digest an image is valid for. `config` covers every config file read (images.kdl, its
 /// imports, images.lock); `digests` every input file; `build` identifies the kiln binary, whose
@@ -67,6 +67,9 @@ pub fn snapshot_key(
 /// until a node that uses them is run or explained: they are spans of the lazy region.
 #[derive(Serialize, Deserialize)]
 struct Tables {
+    /// The names of the cells the graph was lowered from, in matrix order: nodes name their
+    /// cells by index here, and an image is only used with cells of these names.
+    cells: Vec<String>,
     providers: Vec<String>,
     vars: Vec<(Span, Digest)>,
     files: Vec<(Vec<FileInput>, Digest)>,
@@ -193,6 +196,7 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
         })
         .collect::<Option<_>>()?;
     let tables = Tables {
+        cells: graph.cells.iter().map(|c| c.name.clone()).collect(),
         providers: providers.values,
         vars: vars.values.into_iter().collect::<Option<_>>()?,
         files: files.values,
@@ -247,10 +251,43 @@ pub fn encode(graph: &Graph, key: Digest) -> Option<Vec<u8>> {
 /// image's bytes are read into memory (not mapped), and the parameters and variables of its
 /// nodes are decoded from them when first used.
 pub fn decode(bytes: Bytes, key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
-    let rest = bytes.strip_prefix(MAGIC)?;
-    if rest.len() < 64 || rest[..32] != key.as_bytes()[..] {
+    if bytes.strip_prefix(MAGIC)?.get(..32)? != &key.as_bytes()[..] {
         return None;
     }
+    read(bytes)?.into_graph(key, cells)
+}
+
+/// An image read back and checked, not yet matched with a config: it can be read while the
+/// config loads, since only its key and cell names depend on the config.
+pub struct Image {
+    key: Digest,
+    names: Vec<String>,
+    graph: Graph,
+}
+
+impl Image {
+    /// The image's graph, if it was made for `key` from cells of these names, in this order.
+    pub fn into_graph(self, key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
+        let same = self.key == key
+            && self.names.len() == cells.len()
+            && self
+                .names
+                .iter()
+                .zip(cells.iter())
+                .all(|(n, c)| *n == c.name);
+        let mut graph = self.graph;
+        graph.cells = cells;
+        same.then_some(graph)
+    }
+}
+
+/// The image `bytes` hold, if they are intact.
+pub fn read(bytes: Bytes) -> Option<Image> {
+    let rest = bytes.strip_prefix(MAGIC)?;
+    if rest.len() < 64 {
+        return None;
+    }
+    let key = Digest::from_bytes(rest[..32].try_into().ok()?);
     let (sum, body) = rest[32..].split_at(32);
     // On every core: the body of a large matrix's image is tens of MB.
     if blake3::Hasher::new()
@@ -292,7 +329,7 @@ pub fn decode(bytes: Bytes, key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
         .map(|(v, d)| Arc::new(Section::restore(Lazy::new(v), d, tool_entries)))
         .collect();
     let secrets: Vec<Arc<[Secret]>> = tables.secrets.into_iter().map(Arc::from).collect();
-    let names: Vec<Arc<str>> = cells.iter().map(|c| c.name.as_str().into()).collect();
+    let names: Vec<Arc<str>> = tables.cells.iter().map(|c| c.as_str().into()).collect();
 
     // Every node takes at least a byte: a count larger than that is a garbled image.
     let count = tables.nodes as usize;
@@ -340,7 +377,11 @@ pub fn decode(bytes: Bytes, key: Digest, cells: Arc<[Cell]>) -> Option<Graph> {
     if !rest.is_empty() {
         return None;
     }
-    Some(Graph::new(g, cells))
+    Some(Image {
+        key,
+        names: tables.cells,
+        graph: Graph::new(g, Arc::from(Vec::new())),
+    })
 }
 
 #[cfg(test)]
@@ -399,7 +440,18 @@ mod tests {
         flipped[last] ^= 1;
         assert!(decode(flipped.into(), key, cells.clone()).is_none());
         // Cells that no longer match the image's indices.
-        assert!(decode(image, key, Arc::from(Vec::new())).is_none());
+        assert!(decode(image.clone(), key, Arc::from(Vec::new())).is_none());
+        // Read before the key is known (while the config loads), then matched with it.
+        let read_back = || read(image.clone()).expect("reads");
+        assert!(read_back().into_graph(key, cells.clone()).is_some());
+        assert!(
+            read_back()
+                .into_graph(Digest::of_bytes(b"other"), cells.clone())
+                .is_none()
+        );
+        let mut renamed = cells.to_vec();
+        renamed[0].name.push('x');
+        assert!(read_back().into_graph(key, renamed.into()).is_none());
     }
 
     #[test]
