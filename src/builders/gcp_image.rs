@@ -25,6 +25,7 @@ use crate::config::step::{BuilderSpec, Consumes, ParamSpec, ParamType, SecretUse
 use crate::graph::Node;
 use crate::imagebuilder::Install;
 use crate::plan::DirtyReason;
+use crate::process::ProcessError;
 
 /// What a `gcp-image` step takes: its parameters, and the provider inputs it receives.
 pub static SPEC: BuilderSpec = BuilderSpec {
@@ -78,8 +79,6 @@ pub struct GcpImage;
 pub enum GcpImageError {
     #[error("`gcloud` is not installed or not on PATH")]
     NotInstalled,
-    #[error("cannot start `gcloud`: {0}")]
-    Start(std::io::Error),
     /// `status`: what `gcloud compute images describe-from-family` did instead.
     #[error(
         "found no image of family {family} in project {project} (`gcloud compute images describe-from-family` {status})"
@@ -136,32 +135,20 @@ pub fn clean_resource_name(s: &str) -> String {
         .collect()
 }
 
-/// Runs gcloud and returns what it printed on standard output; its errors go to the log.
+/// Runs gcloud, supervised as every program a step runs, and returns how it exited and what it
+/// printed on standard output; its errors go to the log.
 async fn gcloud_output(
     ctx: &StepCtx,
     argv: &[String],
     env: &[(String, String)],
 ) -> Result<std::process::Output, BuilderError> {
-    ctx.spawner.log.line(&format!("$ {}", argv.join(" ")));
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&ctx.work)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = cloud::bounded(ctx, async {
-        cmd.output().await.map_err(|e| {
-            BuilderError::from(match e.kind() {
-                std::io::ErrorKind::NotFound => GcpImageError::NotInstalled,
-                _ => GcpImageError::Start(e),
-            })
+    ctx.spawner
+        .output(argv, env, &ctx.work)
+        .await
+        .map_err(|e| match e {
+            ProcessError::NotFound { .. } => GcpImageError::NotInstalled.into(),
+            e => BuilderError::from(e),
         })
-    })
-    .await?;
-    for l in String::from_utf8_lossy(&out.stderr).lines() {
-        ctx.spawner.log.line(l);
-    }
-    Ok(out)
 }
 
 fn status_text(status: std::process::ExitStatus) -> String {

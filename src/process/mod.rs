@@ -116,11 +116,18 @@ fn search_path(name: &str, path_var: &OsStr, cwd: &Path) -> Option<PathBuf> {
         })
 }
 
-async fn pump(reader: impl AsyncRead + Unpin, log: Arc<NodeLog>) {
+/// Logs what `reader` yields line by line; returns the lines too when `keep`.
+async fn pump(reader: impl AsyncRead + Unpin, log: Arc<NodeLog>, keep: bool) -> Vec<u8> {
+    let mut kept = Vec::new();
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         log.line(&line);
+        if keep {
+            kept.extend_from_slice(line.as_bytes());
+            kept.push(b'\n');
+        }
     }
+    kept
 }
 
 impl Spawner {
@@ -143,6 +150,38 @@ impl Spawner {
         remove: &[String],
         cwd: &Path,
     ) -> Result<(), ProcessError> {
+        let (program, out) = self.supervised(argv, env, remove, cwd, false).await?;
+        let status = out.status;
+        match status.code() {
+            _ if status.success() => Ok(()),
+            Some(code) => Err(ProcessError::Exited { program, code }),
+            None => Err(ProcessError::Killed { program }),
+        }
+    }
+
+    /// Runs `argv` as [`Spawner::run`] does (supervised, bounded, its standard error logged)
+    /// and returns how it exited and what it printed: its standard output, which is not logged,
+    /// and its standard error.
+    pub async fn output(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: &Path,
+    ) -> Result<std::process::Output, ProcessError> {
+        Ok(self.supervised(argv, env, &[], cwd, true).await?.1)
+    }
+
+    /// Runs `argv` under kiln's supervisor until it exits, the deadline passes or the run is
+    /// cancelled: the program's name and how it exited, with, when `capture`, its standard
+    /// output (otherwise logged line by line) and its standard error (logged line by line).
+    async fn supervised(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        remove: &[String],
+        cwd: &Path,
+        capture: bool,
+    ) -> Result<(String, std::process::Output), ProcessError> {
         let Some((program, args)) = argv.split_first() else {
             return Err(ProcessError::EmptyCommand);
         };
@@ -196,8 +235,19 @@ impl Spawner {
         if let Some(p) = pgid {
             self.procs.groups.lock().expect("proc table").insert(p);
         }
-        let out = tokio::spawn(pump(child.stdout.take().expect("piped"), self.log.clone()));
-        let err = tokio::spawn(pump(child.stderr.take().expect("piped"), self.log.clone()));
+        let stdout = child.stdout.take().expect("piped");
+        let out = if capture {
+            tokio::spawn(async move {
+                let mut bytes = Vec::new();
+                let mut stdout = stdout;
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut bytes).await;
+                bytes
+            })
+        } else {
+            tokio::spawn(pump(stdout, self.log.clone(), false))
+        };
+        let stderr = child.stderr.take().expect("piped");
+        let err = tokio::spawn(pump(stderr, self.log.clone(), capture));
         let mut cancel = self.cancel.clone();
         let sleep = async {
             match self.deadline {
@@ -226,8 +276,8 @@ impl Spawner {
                 let _ = child.wait().await;
             }
         }
-        let _ = out.await;
-        let _ = err.await;
+        let stdout = out.await.unwrap_or_default();
+        let stderr = err.await.unwrap_or_default();
         if let Some(p) = pgid {
             self.procs.groups.lock().expect("proc table").remove(&p);
         }
@@ -235,12 +285,14 @@ impl Spawner {
             program: program.clone(),
             source,
         })?;
-        let program = program.clone();
-        match status.code() {
-            _ if status.success() => Ok(()),
-            Some(code) => Err(ProcessError::Exited { program, code }),
-            None => Err(ProcessError::Killed { program }),
-        }
+        Ok((
+            program.clone(),
+            std::process::Output {
+                status,
+                stdout,
+                stderr,
+            },
+        ))
     }
 
     pub fn cancelled(&self) -> bool {
