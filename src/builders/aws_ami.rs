@@ -381,7 +381,11 @@ async fn publish_region(
             ],
         )
         .await
-        .map_err(|e| AwsAmiError::SnapshotNotShared(Box::new(e)))?;
+        .map_err(|e| match e {
+            // Ctrl-C or the deadline is not a refusal to share.
+            BuilderError::Cancelled | BuilderError::TimedOut(_) => e,
+            e => AwsAmiError::SnapshotNotShared(Box::new(e)).into(),
+        })?;
         log.line(&format!(
             "{region}: gave group all create-volume permission on {snap}"
         ));
