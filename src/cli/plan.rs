@@ -154,8 +154,8 @@ pub fn print_plan(
             use std::sync::atomic::Ordering::Relaxed;
             v["remote"] = serde_json::json!({
                 "url": r.url(),
-                "requests": r.stats.requests.load(Relaxed),
-                "bytes_fetched": r.stats.bytes_in.load(Relaxed),
+                "requests": r.stats().requests.load(Relaxed),
+                "bytes_fetched": r.stats().bytes_in.load(Relaxed),
                 "failed": r.is_down(),
             });
         }

@@ -60,7 +60,7 @@ fn finish(remote: &Remote, what: &str) -> Result<(), CliError> {
 
 /// The bytes sent (`out`) or received, and the requests made: `N bytes in M requests`.
 fn traffic(remote: &Remote, out: bool) -> String {
-    let s = &remote.stats;
+    let s = remote.stats();
     let bytes = if out { &s.bytes_out } else { &s.bytes_in }.load(Ordering::Relaxed);
     let requests = s.requests.load(Ordering::Relaxed);
     format!(

@@ -12,7 +12,8 @@
 //! [`StoreError::ReadOnly`]. Records are read only when signed by a trusted key; a record that
 //! is not, and a blob whose bytes are not what its name says, read as misses, with a warning
 //! (see [`ObjectBackend::take_warnings`]). Any other failure of the object store is an error:
-//! [`super::Layered`] is what turns a failing remote into a warning.
+//! [`super::Layered`] and [`super::remote::Remote`] (the shared cache of a run, built on this
+//! backend) are what turn a failing remote into a warning.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use super::error::{Result, StoreError};
 use super::remote::keys::{PublicKey, SecretKey};
+use super::remote::signed::Verified;
 use super::remote::{client, is_miss, signed};
 use super::service::{ActionService, BlobService, RecordService};
 use super::types::{ActionResult, Record};
@@ -44,8 +46,26 @@ pub struct ObjectBackend {
     trusted: Vec<PublicKey>,
     ranges: client::Ranges,
     warnings: Mutex<Vec<String>>,
-    /// Requests made.
+    pub stats: Stats,
+}
+
+/// Requests made and bytes moved, for reports and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
     pub requests: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// Why a blob did not come down (the remote answering: not a failure of the remote).
+#[derive(Debug, thiserror::Error)]
+pub enum Unfetched {
+    #[error("{0} is missing from the remote cache")]
+    Missing(ObjectPath),
+    #[error("{path} holds other bytes than its name says (blake3 {})", actual.short())]
+    Wrong { path: ObjectPath, actual: Digest },
+    #[error("{path} changed while it was read: {why}")]
+    Changed { path: ObjectPath, why: String },
 }
 
 impl ObjectBackend {
@@ -71,7 +91,7 @@ impl ObjectBackend {
             trusted,
             ranges: client::RANGES,
             warnings: Mutex::new(Vec::new()),
-            requests: AtomicU64::new(0),
+            stats: Stats::default(),
         }
     }
 
@@ -88,8 +108,13 @@ impl ObjectBackend {
 
     /// This backend, fetching big blobs in `ranges` instead of [`client::RANGES`].
     pub fn with_ranges(mut self, ranges: client::Ranges) -> ObjectBackend {
-        self.ranges = ranges;
+        self.set_ranges(ranges);
         self
+    }
+
+    /// Fetches big blobs in `ranges` from now on.
+    pub(crate) fn set_ranges(&mut self, ranges: client::Ranges) {
+        self.ranges = ranges;
     }
 
     /// The entries read as misses since the last call (untrusted records, damaged blobs).
@@ -97,14 +122,29 @@ impl ObjectBackend {
         std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn warn(&self, w: String) {
+    pub(crate) fn warn(&self, w: String) {
         self.warnings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(w);
     }
 
-    fn path(&self, rest: &str) -> ObjectPath {
+    /// The object store itself, for what is not a blob, a result or a record (claims, packs).
+    pub(crate) fn object_store(&self) -> &dyn ObjectStore {
+        &*self.store
+    }
+
+    /// Whether this backend writes (it holds a signing key).
+    pub fn writes(&self) -> bool {
+        self.signing.is_some()
+    }
+
+    /// The keys whose records are read.
+    pub(crate) fn trusted(&self) -> &[PublicKey] {
+        &self.trusted
+    }
+
+    pub(crate) fn path(&self, rest: &str) -> ObjectPath {
         if self.prefix.is_empty() {
             ObjectPath::from(rest)
         } else {
@@ -123,7 +163,12 @@ impl ObjectBackend {
         ))
     }
 
-    fn failed(&self, op: &'static str, path: &ObjectPath, e: object_store::Error) -> StoreError {
+    pub(crate) fn failed(
+        &self,
+        op: &'static str,
+        path: &ObjectPath,
+        e: object_store::Error,
+    ) -> StoreError {
         StoreError::Remote {
             url: self.url.clone(),
             op,
@@ -132,43 +177,146 @@ impl ObjectBackend {
         }
     }
 
-    fn count(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count(&self) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn signing_key(&self) -> Result<&SecretKey> {
+    pub(crate) fn signing_key(&self) -> Result<&SecretKey> {
         self.signing.as_ref().ok_or_else(|| StoreError::ReadOnly {
             url: self.url.clone(),
         })
     }
 
+    /// Whether the object at `path` exists.
+    pub(crate) async fn exists(&self, path: &ObjectPath) -> Result<bool> {
+        self.count();
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_miss(&e) => Ok(false),
+            Err(e) => Err(self.failed("inspect", path, e)),
+        }
+    }
+
     /// The object at `path`, `None` if it does not exist.
-    async fn read(&self, path: &ObjectPath) -> Result<Option<Bytes>> {
+    pub(crate) async fn read(&self, path: &ObjectPath) -> Result<Option<Bytes>> {
         self.count();
         let got = match self.store.get(path).await {
             Ok(got) => got,
             Err(e) if is_miss(&e) => return Ok(None),
             Err(e) => return Err(self.failed("read", path, e)),
         };
-        got.bytes()
+        let bytes = got
+            .bytes()
             .await
-            .map(Some)
-            .map_err(|e| self.failed("read", path, e))
+            .map_err(|e| self.failed("read", path, e))?;
+        self.stats
+            .bytes_in
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(Some(bytes))
     }
 
-    /// Writes `bytes` to `path` unless something is there already (then it is kept).
-    async fn create(&self, path: &ObjectPath, bytes: Bytes) -> Result<()> {
+    /// The trusted result stored under `key`. A record that fails a check reads as missing,
+    /// with a warning naming it.
+    pub(crate) async fn verified(&self, key: &Digest) -> Result<Option<Verified>> {
+        let path = self.path(&format!("ac/{}", key.to_hex()));
+        let Some(bytes) = self.read(&path).await? else {
+            return Ok(None);
+        };
+        match signed::decode(&bytes, key, &self.trusted) {
+            Ok(v) => Ok(Some(v)),
+            Err(why) => {
+                self.warn(format!(
+                    "remote cache {}: ignoring the record {path}: {why}",
+                    self.url
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes the signed record of `result` unless one is there already: whether this call
+    /// wrote it.
+    pub(crate) async fn put_record(&self, result: &ActionResult) -> Result<bool> {
+        let key = self.signing_key()?;
+        let path = self.path(&format!("ac/{}", result.key.to_hex()));
+        let bytes = Bytes::from(signed::encode(result, key));
+        self.create(&path, bytes).await
+    }
+
+    /// Downloads the blob `d` into `file`, checking its digest on the way (a big blob in
+    /// parallel ranges, see [`client::fetch_file`]): its size, or why it did not come.
+    pub(crate) async fn fetch_into(
+        &self,
+        d: &Digest,
+        file: &std::fs::File,
+        dest: &Path,
+    ) -> Result<std::result::Result<u64, Unfetched>> {
+        let path = self.blob_path(d);
+        let got =
+            match client::fetch_file(&*self.store, &path, file, self.ranges, &self.stats.requests)
+                .await
+            {
+                Ok(got) => got,
+                Err(client::FetchError::Store(e)) if is_miss(&e) => {
+                    return Ok(Err(Unfetched::Missing(path)));
+                }
+                Err(client::FetchError::Store(e)) => return Err(self.failed("read", &path, e)),
+                Err(client::FetchError::Changed(why)) => {
+                    return Ok(Err(Unfetched::Changed { path, why }));
+                }
+                Err(client::FetchError::Local(e)) => return Err(StoreError::io("write", dest)(e)),
+            };
+        self.stats.bytes_in.fetch_add(got.size, Ordering::Relaxed);
+        let actual = Digest::from_bytes(*got.hash.as_bytes());
+        if actual != *d {
+            return Ok(Err(Unfetched::Wrong { path, actual }));
+        }
+        Ok(Ok(got.size))
+    }
+
+    /// Sends the file at `file` as the blob `d` unless the remote has it, checking on the way
+    /// that its bytes are `d` (one read of a big blob, not two: a damaged file is not sent, and
+    /// is the read error [`std::io::ErrorKind::InvalidData`]). Whether this call sent it.
+    pub(crate) async fn send_named(&self, d: &Digest, file: &Path, size: u64) -> Result<bool> {
+        self.signing_key()?;
+        if BlobService::has(self, d).await? {
+            return Ok(false);
+        }
+        let key = self.blob_path(d);
+        self.stats
+            .requests
+            .fetch_add(client::send_requests(size), Ordering::Relaxed);
+        let name = blake3::Hash::from_bytes(*d.as_bytes());
+        match client::send_blob(&*self.store, &key, file, size, &name).await {
+            Ok(_) => {
+                self.stats.bytes_out.fetch_add(size, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(client::SendError::Store(object_store::Error::AlreadyExists { .. })) => Ok(false),
+            Err(client::SendError::Store(e)) => Err(self.failed("write", &key, e)),
+            Err(client::SendError::Read(e)) => Err(StoreError::io("read", file)(e)),
+        }
+    }
+
+    /// Writes `bytes` to `path` unless something is there already (then it is kept): whether
+    /// this call wrote it.
+    pub(crate) async fn create(&self, path: &ObjectPath, bytes: Bytes) -> Result<bool> {
         self.count();
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
+        let len = bytes.len() as u64;
         match self
             .store
             .put_opts(path, PutPayload::from(bytes), opts)
             .await
         {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) => {
+                self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(self.failed("write", path, e)),
         }
     }
@@ -177,13 +325,7 @@ impl ObjectBackend {
 #[async_trait]
 impl BlobService for ObjectBackend {
     async fn has(&self, digest: &Digest) -> Result<bool> {
-        let path = self.blob_path(digest);
-        self.count();
-        match self.store.head(&path).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_miss(&e) => Ok(false),
-            Err(e) => Err(self.failed("inspect", &path, e)),
-        }
+        self.exists(&self.blob_path(digest)).await
     }
 
     async fn get(&self, digest: &Digest) -> Result<Option<Bytes>> {
@@ -193,11 +335,8 @@ impl BlobService for ObjectBackend {
         };
         let actual = Digest::of_bytes(&bytes);
         if actual != *digest {
-            self.warn(format!(
-                "{}: ignoring the blob {path}: its bytes hash to {}, not to its name",
-                self.url,
-                actual.short()
-            ));
+            let why = Unfetched::Wrong { path, actual };
+            self.warn(format!("remote cache {}: ignoring a blob: {why}", self.url));
             return Ok(None);
         }
         Ok(Some(bytes))
@@ -214,53 +353,27 @@ impl BlobService for ObjectBackend {
         self.signing_key()?;
         let (digest, size) =
             crate::store::local::hash_file(path).map_err(StoreError::io("read", path))?;
-        if self.has(&digest).await? {
-            return Ok((digest, size));
-        }
-        let key = self.blob_path(&digest);
-        self.requests
-            .fetch_add(client::send_requests(size), Ordering::Relaxed);
-        let name = blake3::Hash::from_bytes(*digest.as_bytes());
-        match client::send_blob(&*self.store, &key, path, size, &name).await {
-            Ok(_) | Err(client::SendError::Store(object_store::Error::AlreadyExists { .. })) => {
-                Ok((digest, size))
-            }
-            Err(client::SendError::Store(e)) => Err(self.failed("write", &key, e)),
-            Err(client::SendError::Read(e)) => Err(StoreError::io("read", path)(e)),
-        }
+        self.send_named(&digest, path, size).await?;
+        Ok((digest, size))
     }
 
     async fn materialize(&self, digest: &Digest, dest: &Path) -> Result<bool> {
-        let path = self.blob_path(digest);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(dest)
             .map_err(StoreError::io("create", dest))?;
-        let fetched =
-            client::fetch_file(&*self.store, &path, &file, self.ranges, &self.requests).await;
+        let fetched = self.fetch_into(digest, &file, dest).await;
         drop(file);
         let outcome = match fetched {
-            Ok(got) if Digest::from_bytes(*got.hash.as_bytes()) == *digest => return Ok(true),
-            Ok(got) => {
-                self.warn(format!(
-                    "{}: ignoring the blob {path}: its bytes hash to {}, not to its name",
-                    self.url,
-                    Digest::from_bytes(*got.hash.as_bytes()).short()
-                ));
+            Ok(Ok(_)) => return Ok(true),
+            Ok(Err(Unfetched::Missing(_))) => Ok(false),
+            Ok(Err(why)) => {
+                self.warn(format!("remote cache {}: ignoring a blob: {why}", self.url));
                 Ok(false)
             }
-            Err(client::FetchError::Store(e)) if is_miss(&e) => Ok(false),
-            Err(client::FetchError::Store(e)) => Err(self.failed("read", &path, e)),
-            Err(client::FetchError::Changed(why)) => {
-                self.warn(format!(
-                    "{}: {path} changed while it was read: {why}",
-                    self.url
-                ));
-                Ok(false)
-            }
-            Err(client::FetchError::Local(e)) => Err(StoreError::io("write", dest)(e)),
+            Err(e) => Err(e),
         };
         let _ = std::fs::remove_file(dest);
         outcome
@@ -270,24 +383,11 @@ impl BlobService for ObjectBackend {
 #[async_trait]
 impl ActionService for ObjectBackend {
     async fn get(&self, key: &Digest) -> Result<Option<ActionResult>> {
-        let path = self.path(&format!("ac/{}", key.to_hex()));
-        let Some(bytes) = self.read(&path).await? else {
-            return Ok(None);
-        };
-        match signed::decode(&bytes, key, &self.trusted) {
-            Ok(v) => Ok(Some(v.result)),
-            Err(why) => {
-                self.warn(format!("{}: ignoring the record {path}: {why}", self.url));
-                Ok(None)
-            }
-        }
+        Ok(self.verified(key).await?.map(|v| v.result))
     }
 
     async fn put(&self, result: &ActionResult) -> Result<()> {
-        let key = self.signing_key()?;
-        let path = self.path(&format!("ac/{}", result.key.to_hex()));
-        self.create(&path, Bytes::from(signed::encode(result, key)))
-            .await
+        self.put_record(result).await.map(drop)
     }
 }
 
@@ -364,7 +464,10 @@ impl ObjectBackend {
         match serde_json::from_slice(&bytes) {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
-                self.warn(format!("{}: ignoring the record {path}: {e}", self.url));
+                self.warn(format!(
+                    "remote cache {}: ignoring the record {path}: {e}",
+                    self.url
+                ));
                 Ok(None)
             }
         }

@@ -2,8 +2,8 @@
 //! the other takes its result. A claim is `claims/<node key>/<generation>`, written with a
 //! conditional put, holding its runner and a lease the runner renews while it publishes.
 
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::Remote;
 use super::signed::Verified;
@@ -112,21 +112,12 @@ impl Remote {
             }
             let claim = PublishClaim::new(owner);
             let path = self.claim_path(key, generation);
-            self.count();
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..PutOptions::default()
-            };
             let body = serde_json::to_vec(&claim).expect("a claim serializes");
-            match self
-                .store
-                .put_opts(&path, PutPayload::from(body), opts)
-                .await
-            {
-                Ok(_) => return Claimed::Mine { generation },
-                Err(object_store::Error::AlreadyExists { .. }) => {}
+            match self.backend.create(&path, body.into()).await {
+                Ok(true) => return Claimed::Mine { generation },
+                Ok(false) => {}
                 Err(e) => {
-                    self.fail(&format!("write {path}"), &e);
+                    self.failed(e);
                     return Claimed::Alone;
                 }
             }
@@ -177,7 +168,7 @@ impl Remote {
         let body = serde_json::to_vec(&PublishClaim::new(owner)).expect("a claim serializes");
         self.count();
         let path = self.claim_path(key, generation);
-        if let Err(e) = self.store.put(&path, PutPayload::from(body)).await {
+        if let Err(e) = self.store().put(&path, body.into()).await {
             self.fail(&format!("renew {path}"), &e);
         }
     }
@@ -189,6 +180,6 @@ impl Remote {
             return;
         }
         self.count();
-        let _ = self.store.delete(&self.claim_path(key, generation)).await;
+        let _ = self.store().delete(&self.claim_path(key, generation)).await;
     }
 }

@@ -23,17 +23,18 @@ pub mod keys;
 pub mod pack;
 pub mod signed;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 pub use self::claim::{CLAIM_LEASE, Claimed, PublishClaim, runner_name};
 use self::keys::{PublicKey, SecretKey};
 use self::signed::Verified;
-use super::{ActionResult, LocalStore};
+use super::object::{ObjectBackend, Stats};
+use super::{ActionResult, BlobService, LocalStore, StoreError};
 use crate::hash::Digest;
 
 /// How many requests run at once when many records or blobs are wanted.
@@ -49,29 +50,16 @@ pub struct Settings {
     pub trusted: Vec<PublicKey>,
 }
 
-/// Requests made and bytes moved, for reports and benchmarks.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub requests: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-}
-
-/// A remote cache client.
+/// A remote cache client: the [`ObjectBackend`] of its URL (blobs and signed results, the
+/// store contract's backend), with what a run needs on top of it: claims, packs, the first
+/// failure taking the remote out of the run, and the keys this run saw.
 pub struct Remote {
     url: String,
-    store: Arc<dyn ObjectStore>,
-    prefix: String,
-    signing: Option<SecretKey>,
-    trusted: Vec<PublicKey>,
+    backend: ObjectBackend,
     down: AtomicBool,
-    warnings: Mutex<Vec<String>>,
     /// Keys this run saw a result for in the remote (fetched, listed in a trusted pack, or
     /// pushed): what a pack written by this run may list.
     known: Mutex<crate::hash::DigestSet>,
-    pub stats: Stats,
-    /// How big blobs come down.
-    ranges: client::Ranges,
     /// For the callers that are not async themselves (the planner).
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -173,31 +161,26 @@ impl Remote {
                 url: settings.url.clone(),
                 why: format!("cannot start the runtime: {e}"),
             })?;
-        let mut trusted = settings.trusted;
-        // A runner trusts what it signed itself.
-        if let Some(k) = &settings.signing
-            && !trusted.contains(&k.public())
-        {
-            trusted.push(k.public());
-        }
+        // A runner trusts what it signed itself (the backend adds its own key).
+        let backend = ObjectBackend::new(
+            &settings.url,
+            store,
+            &prefix,
+            settings.signing,
+            settings.trusted,
+        );
         Ok(Remote {
             url: settings.url,
-            store,
-            prefix,
-            signing: settings.signing,
-            trusted,
+            backend,
             down: AtomicBool::new(false),
-            warnings: Mutex::new(Vec::new()),
             known: Mutex::new(Default::default()),
-            stats: Stats::default(),
-            ranges: client::RANGES,
             runtime: Some(runtime),
         })
     }
 
     /// This client, fetching big blobs in `ranges` instead of [`client::RANGES`].
     pub fn with_ranges(mut self, ranges: client::Ranges) -> Remote {
-        self.ranges = ranges;
+        self.backend.set_ranges(ranges);
         self
     }
 
@@ -205,19 +188,28 @@ impl Remote {
         &self.url
     }
 
+    /// Requests made and bytes moved in this run.
+    pub fn stats(&self) -> &Stats {
+        &self.backend.stats
+    }
+
     /// Whether this runner writes to the remote (it holds a signing key).
     pub fn writes(&self) -> bool {
-        self.signing.is_some()
+        self.backend.writes()
     }
 
     /// Whether records signed by the key named `name` are trusted.
     pub fn trusts(&self, name: &str) -> bool {
-        self.trusted.iter().any(|k| k.name == name)
+        self.trusted().iter().any(|k| k.name == name)
+    }
+
+    fn trusted(&self) -> &[PublicKey] {
+        self.backend.trusted()
     }
 
     /// Whether any record can be trusted at all.
     pub fn reads(&self) -> bool {
-        !self.trusted.is_empty()
+        !self.trusted().is_empty()
     }
 
     /// Whether the remote failed in this run (and is no longer asked).
@@ -232,7 +224,7 @@ impl Remote {
 
     /// The warnings since the last call, oldest first.
     pub fn take_warnings(&self) -> Vec<String> {
-        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
+        self.backend.take_warnings()
     }
 
     fn know(&self, keys: impl IntoIterator<Item = Digest>) {
@@ -251,10 +243,7 @@ impl Remote {
     }
 
     fn warn(&self, w: String) {
-        self.warnings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(w);
+        self.backend.warn(w);
     }
 
     /// The first failure takes the remote out of this run, with one warning.
@@ -275,16 +264,29 @@ impl Remote {
         }
     }
 
-    fn path(&self, dir: &str, name: &str) -> ObjectPath {
-        if self.prefix.is_empty() {
-            ObjectPath::from(format!("{dir}/{name}"))
-        } else {
-            ObjectPath::from(format!("{}/{dir}/{name}", self.prefix))
+    /// [`Remote::fail`] for what the backend returned: a failure of the remote takes it out of
+    /// the run; any error is returned as a message.
+    fn failed(&self, e: StoreError) -> String {
+        if let StoreError::Remote {
+            op, path, source, ..
+        } = &e
+        {
+            self.fail(&format!("{op} {path}"), source);
+            return format!("the remote cache {} is not answering", self.url);
         }
+        e.to_string()
+    }
+
+    fn path(&self, dir: &str, name: &str) -> ObjectPath {
+        self.backend.path(&format!("{dir}/{name}"))
     }
 
     fn count(&self) {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.backend.count();
+    }
+
+    fn store(&self) -> &dyn ObjectStore {
+        self.backend.object_store()
     }
 
     /// The object at `path`: `None` when it does not exist or the remote fails.
@@ -292,26 +294,12 @@ impl Remote {
         if self.is_down() {
             return None;
         }
-        self.count();
-        match self.store.get(path).await {
-            Ok(r) => match r.bytes().await {
-                Ok(b) => {
-                    self.stats
-                        .bytes_in
-                        .fetch_add(b.len() as u64, Ordering::Relaxed);
-                    Some(b)
-                }
-                Err(e) => {
-                    self.fail(&format!("read {path}"), &e);
-                    None
-                }
-            },
-            Err(e) if is_miss(&e) => None,
-            Err(e) => {
-                self.fail(&format!("read {path}"), &e);
-                None
-            }
-        }
+        self.backend
+            .read(path)
+            .await
+            .map_err(|e| self.failed(e))
+            .ok()
+            .flatten()
     }
 
     /// Whether the object at `path` exists (`None` when the remote fails).
@@ -319,35 +307,28 @@ impl Remote {
         if self.is_down() {
             return None;
         }
-        self.count();
-        match self.store.head(path).await {
-            Ok(_) => Some(true),
-            Err(e) if is_miss(&e) => Some(false),
-            Err(e) => {
-                self.fail(&format!("inspect {path}"), &e);
-                None
-            }
-        }
+        self.backend
+            .exists(path)
+            .await
+            .map_err(|e| self.failed(e))
+            .ok()
     }
 
     /// The trusted record stored under `key`. A record that fails a check is a warning naming
     /// it, and reads as missing, so the node runs here.
     pub async fn get_action(&self, key: &Digest) -> Option<Verified> {
-        if !self.reads() {
+        if !self.reads() || self.is_down() {
             return None;
         }
-        let path = self.path("ac", &key.to_hex());
-        let bytes = self.get_bytes(&path).await?;
-        match signed::decode(&bytes, key, &self.trusted) {
-            Ok(v) => {
-                self.know([*key]);
-                Some(v)
+        match self.backend.verified(key).await {
+            Ok(found) => {
+                if found.is_some() {
+                    self.know([*key]);
+                }
+                found
             }
-            Err(why) => {
-                self.warn(format!(
-                    "remote cache {}: ignoring the record {path}: {why}",
-                    self.url
-                ));
+            Err(e) => {
+                self.failed(e);
                 None
             }
         }
@@ -366,8 +347,16 @@ impl Remote {
     /// Whether every blob `result` refers to is in the remote.
     pub async fn has_blobs(&self, result: &ActionResult) -> bool {
         for d in result.referenced_blobs() {
-            if self.exists(&self.path("cas", &d.to_hex())).await != Some(true) {
+            if self.is_down() {
                 return false;
+            }
+            match BlobService::has(&self.backend, &d).await {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err(e) => {
+                    self.failed(e);
+                    return false;
+                }
             }
         }
         true
@@ -383,50 +372,18 @@ impl Remote {
         if self.is_down() {
             return Err(format!("the remote cache {} is not answering", self.url));
         }
-        let path = self.path("cas", &d.to_hex());
         let tmp = local.blob_temp().map_err(|e| e.to_string())?;
-        let fetched = client::fetch_file(
-            &*self.store,
-            &path,
-            tmp.as_file(),
-            self.ranges,
-            &self.stats.requests,
-        )
-        .await;
-        let got = match fetched {
-            Ok(got) => got,
-            Err(client::FetchError::Store(e)) if is_miss(&e) => {
-                return Err(format!("{path} is missing from the remote cache"));
-            }
-            Err(client::FetchError::Store(e)) => {
-                self.fail(&format!("read {path}"), &e);
-                return Err(format!("the remote cache {} is not answering", self.url));
-            }
-            Err(client::FetchError::Changed(why)) => {
-                return Err(format!("{path} changed while it was read: {why}"));
-            }
-            Err(client::FetchError::Local(e)) => {
-                return Err(format!("writing {}: {e}", tmp.path().display()));
-            }
-        };
-        self.stats.bytes_in.fetch_add(got.size, Ordering::Relaxed);
-        let actual = Digest::from_bytes(*got.hash.as_bytes());
-        if actual != *d {
-            return Err(format!(
-                "{path} holds other bytes than its name says (blake3 {})",
-                actual.short()
-            ));
+        match self.backend.fetch_into(d, tmp.as_file(), tmp.path()).await {
+            Ok(Ok(_)) => local.adopt_blob(tmp, d).map_err(|e| e.to_string()),
+            Ok(Err(why)) => Err(why.to_string()),
+            Err(e) => Err(self.failed(e)),
         }
-        local.adopt_blob(tmp, d).map_err(|e| e.to_string())
     }
 
     /// Sends the blob `d` from the local store unless the remote has it.
     async fn push_blob(&self, d: &Digest, local: &LocalStore) -> Result<(), String> {
-        let path = self.path("cas", &d.to_hex());
-        match self.exists(&path).await {
-            Some(true) => return Ok(()),
-            Some(false) => {}
-            None => return Err(format!("the remote cache {} is not answering", self.url)),
+        if self.is_down() {
+            return Err(format!("the remote cache {} is not answering", self.url));
         }
         // Checked as it is sent (one read of a big blob, not two): a damaged blob is not sent.
         let file = local.blob_location(d);
@@ -434,26 +391,19 @@ impl Remote {
             Ok(m) => m.len(),
             Err(_) => return Err(format!("the blob {} is not in the local cache", d.short())),
         };
-        self.stats
-            .requests
-            .fetch_add(client::send_requests(size), Ordering::Relaxed);
-        let name = blake3::Hash::from_bytes(*d.as_bytes());
-        match client::send_blob(&*self.store, &path, &file, size, &name).await {
-            Ok(_) => {
-                self.stats.bytes_out.fetch_add(size, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(client::SendError::Store(object_store::Error::AlreadyExists { .. })) => Ok(()),
-            Err(client::SendError::Store(e)) => {
-                self.fail(&format!("write {path}"), &e);
-                Err(format!("writing {path}: {e}"))
-            }
-            Err(client::SendError::Read(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+        match self.backend.send_named(d, &file, size).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::InvalidData =>
+            {
                 // Verifying it again moves it aside and reports it.
                 let _ = local.blob_path(d);
-                Err(format!("the local blob {} is damaged ({e})", d.short()))
+                Err(format!(
+                    "the local blob {} is damaged ({source})",
+                    d.short()
+                ))
             }
-            Err(client::SendError::Read(e)) => Err(format!("reading {}: {e}", file.display())),
+            Err(e) => Err(self.failed(e)),
         }
     }
 
@@ -476,10 +426,7 @@ impl Remote {
     }
 
     async fn try_push(&self, result: &ActionResult, local: &LocalStore) -> Result<bool, String> {
-        let Some(key) = &self.signing else {
-            return Ok(false);
-        };
-        if self.is_down() {
+        if !self.writes() || self.is_down() {
             return Ok(false);
         }
         let blobs: Vec<Digest> = result.referenced_blobs().collect();
@@ -488,33 +435,13 @@ impl Remote {
             .buffer_unordered(IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await?;
-        let path = self.path("ac", &result.key.to_hex());
-        let bytes = signed::encode(result, key);
-        let len = bytes.len() as u64;
-        self.count();
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .store
-            .put_opts(&path, PutPayload::from(bytes), opts)
+        let wrote = self
+            .backend
+            .put_record(result)
             .await
-        {
-            Ok(_) => {
-                self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
-                self.know([result.key]);
-                Ok(true)
-            }
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                self.know([result.key]);
-                Ok(false)
-            }
-            Err(e) => {
-                self.fail(&format!("write {path}"), &e);
-                Err(format!("writing {path}: {e}"))
-            }
-        }
+            .map_err(|e| self.failed(e))?;
+        self.know([result.key]);
+        Ok(wrote)
     }
 }
 
@@ -557,7 +484,7 @@ impl Remote {
             let Some(bytes) = self.get_bytes(&path).await else {
                 continue;
             };
-            match pack::decode(&bytes, want, &self.trusted) {
+            match pack::decode(&bytes, want, self.trusted()) {
                 Ok(entries) => {
                     self.know(entries.iter().map(|e| e.key));
                     return Some((entries, want.is_some()));
@@ -574,7 +501,9 @@ impl Remote {
     /// Writes the pack of `graph` (and makes it the latest). Only after every result it lists
     /// is in the remote.
     pub async fn put_pack(&self, graph: &Digest, entries: &[pack::PackEntry]) {
-        let Some(key) = &self.signing else { return };
+        let Ok(key) = self.backend.signing_key() else {
+            return;
+        };
         if self.is_down() || entries.is_empty() {
             return;
         }
@@ -582,10 +511,10 @@ impl Remote {
         for name in [graph.to_hex(), "latest".to_string()] {
             let path = self.path("packs", &name);
             self.count();
-            self.stats
+            self.stats()
                 .bytes_out
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            if let Err(e) = self.store.put(&path, PutPayload::from(bytes.clone())).await {
+            if let Err(e) = self.store().put(&path, bytes.clone().into()).await {
                 self.fail(&format!("write {path}"), &e);
                 return;
             }
@@ -671,8 +600,8 @@ mod tests {
         std::fs::write(remote_dir.join("cas").join(d.to_hex()), &good).unwrap();
         r.block_on(r.fetch_blob(&d, &local)).unwrap();
         assert_eq!(local.get_blob(&d).unwrap().as_deref(), Some(&good[..]));
-        assert_eq!(r.stats.requests.load(Ordering::Relaxed), 11);
-        assert_eq!(r.stats.bytes_in.load(Ordering::Relaxed), 10_500);
+        assert_eq!(r.stats().requests.load(Ordering::Relaxed), 11);
+        assert_eq!(r.stats().bytes_in.load(Ordering::Relaxed), 10_500);
 
         // The same size, one byte changed in the last range.
         let mut bad = noise(10_500, 2);
