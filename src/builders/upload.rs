@@ -365,6 +365,12 @@ fn s3_client(ctx: &StepCtx, bucket: &str) -> Result<Arc<dyn ObjectStore>, String
     if let Some(token) = secrets.get(SESSION_TOKEN) {
         b = b.with_token(*token);
     }
+    // Each part carries a checksum the server checks, as the remote cache's uploads do (and as
+    // the standard AWS_REQUEST_CHECKSUM_CALCULATION=when_required turns off).
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(checksum) = client::s3_checksum(&env) {
+        b = b.with_checksum_algorithm(checksum);
+    }
     if let Some(endpoint) = param(ctx, "endpoint") {
         b = b
             .with_allow_http(endpoint.starts_with("http://"))

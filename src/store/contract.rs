@@ -122,19 +122,22 @@ async fn blobs(store: &dyn Store, scratch: &std::path::Path) -> Result<(), Strin
         );
     }
 
-    let file = scratch.join("to-store");
-    let bytes = noise(70_000, 3);
-    std::fs::write(&file, &bytes).map_err(err)?;
-    let (d, size) = b.put_file(&file).await.map_err(err)?;
-    ensure!(
-        (d, size) == (Digest::of_bytes(&bytes), bytes.len() as u64),
-        "put_file: named {d} of {size} bytes"
-    );
-    let got = b.get(&d).await.map_err(err)?;
-    ensure!(
-        got.as_deref() == Some(&bytes[..]),
-        "put_file: the blob came back different"
-    );
+    // One request, and a multipart upload of two whole parts and a short one (8 MiB parts).
+    for (n, len) in [(3, 70_000), (4, (16 << 20) + 4321)] {
+        let file = scratch.join(format!("to-store-{n}"));
+        let bytes = noise(len, n);
+        std::fs::write(&file, &bytes).map_err(err)?;
+        let (d, size) = b.put_file(&file).await.map_err(err)?;
+        ensure!(
+            (d, size) == (Digest::of_bytes(&bytes), bytes.len() as u64),
+            "put_file: file {n} named {d} of {size} bytes"
+        );
+        let got = b.get(&d).await.map_err(err)?;
+        ensure!(
+            got.as_deref() == Some(&bytes[..]),
+            "put_file: file {n} came back different"
+        );
+    }
     Ok(())
 }
 

@@ -211,6 +211,18 @@ impl Moto {
     }
 
     pub(crate) fn store(&self) -> object_store::aws::AmazonS3 {
+        self.builder().build().unwrap()
+    }
+
+    /// [`Moto::store`], its uploads carrying a SHA-256 of each part.
+    pub(crate) fn store_checked(&self) -> object_store::aws::AmazonS3 {
+        self.builder()
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
+            .build()
+            .unwrap()
+    }
+
+    fn builder(&self) -> AmazonS3Builder {
         AmazonS3Builder::new()
             .with_bucket_name(BUCKET)
             .with_region("us-east-1")
@@ -218,8 +230,6 @@ impl Moto {
             .with_allow_http(true)
             .with_access_key_id(&self.key_id)
             .with_secret_access_key(&self.secret)
-            .build()
-            .unwrap()
     }
 
     fn runtime() -> tokio::runtime::Runtime {

@@ -17,9 +17,11 @@ use crate::s3::{BUCKET, moto_without_auth};
 fn an_s3_bucket_keeps_the_store_contract() {
     let m = moto_without_auth().unwrap();
     let key = SecretKey::generate("ci-1").unwrap();
+    // Uploads carry a SHA-256 of each part, as the remote cache's do: moto checks every part
+    // and the completion.
     let backend = ObjectBackend::new(
         &format!("s3://{BUCKET}/contract"),
-        Arc::new(m.store()),
+        Arc::new(m.store_checked()),
         "contract",
         Some(key),
         Vec::new(),
