@@ -181,10 +181,11 @@ impl Prefetch {
         Prefetch { cache, image }
     }
 
-    /// The image read, if it was read from `cache`.
-    fn image(self, cache: &Path) -> Option<graph::snapshot::Image> {
-        let image = self.image.join().ok()?;
-        (self.cache == cache).then_some(image)?
+    /// What was read, if it was read from `cache`: the image, or `None` when there was no
+    /// intact one (then it is not read again).
+    fn image(self, cache: &Path) -> Option<Option<graph::snapshot::Image>> {
+        let image = self.image.join().ok().flatten();
+        (self.cache == cache).then_some(image)
     }
 }
 
@@ -234,12 +235,12 @@ pub fn lower_keyed(
 fn lower_cached(
     loaded: &Loaded,
     snapshot: Option<(Digest, Memos)>,
-    prefetched: Option<graph::snapshot::Image>,
+    prefetched: Option<Option<graph::snapshot::Image>>,
     digests: &std::collections::HashMap<PathBuf, graph::Content>,
 ) -> Result<Graph, CliError> {
     if let Some((key, memos)) = &snapshot {
         let found = match prefetched {
-            Some(image) => image.into_graph(*key, loaded.all.clone()),
+            Some(image) => image.and_then(|i| i.into_graph(*key, loaded.all.clone())),
             None => memos
                 .read(Memo::GraphSnapshot)
                 .and_then(|bytes| graph::snapshot::decode(bytes.into(), *key, loaded.all.clone())),
