@@ -367,8 +367,7 @@ fn s3_client(ctx: &StepCtx, bucket: &str) -> Result<Arc<dyn ObjectStore>, String
     }
     // Each part carries a checksum the server checks, as the remote cache's uploads do (and as
     // the standard AWS_REQUEST_CHECKSUM_CALCULATION=when_required turns off).
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    if let Some(checksum) = client::s3_checksum(&env) {
+    if let Some(checksum) = client::s3_checksum(&client::env_var) {
         b = b.with_checksum_algorithm(checksum);
     }
     if let Some(endpoint) = param(ctx, "endpoint") {

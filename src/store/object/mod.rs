@@ -106,13 +106,7 @@ impl ObjectBackend {
         Ok(ObjectBackend::new(url, store, &prefix, signing, trusted))
     }
 
-    /// This backend, fetching big blobs in `ranges` instead of [`client::RANGES`].
-    pub fn with_ranges(mut self, ranges: client::Ranges) -> ObjectBackend {
-        self.set_ranges(ranges);
-        self
-    }
-
-    /// Fetches big blobs in `ranges` from now on.
+    /// Fetches big blobs in `ranges` from now on, instead of [`client::RANGES`].
     pub(crate) fn set_ranges(&mut self, ranges: client::Ranges) {
         self.ranges = ranges;
     }

@@ -48,6 +48,12 @@ pub fn s3_checksum(env: &dyn Fn(&str) -> Option<String>) -> Option<object_store:
     Some(object_store::aws::Checksum::SHA256)
 }
 
+/// A variable of kiln's environment, when set and not empty: what the AWS settings read here
+/// ([`s3_checksum`], the AWS config files) take as unset otherwise.
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 /// Retries for transient errors: `patient` for a publish (it must get through), otherwise brief
 /// (a cache that does not answer soon is worth less than going on without it).
 pub fn retry(patient: bool) -> RetryConfig {

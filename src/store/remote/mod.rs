@@ -102,16 +102,15 @@ pub(crate) fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, String), St
             // Payloads are not signed (readers check each blob against its blake3 and each
             // record against its signature, and TLS guards the bytes on their way) but carry a
             // checksum the server checks, see `client::s3_checksum`.
-            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url)
                 .with_unsigned_payload(true)
                 .with_retry(client::retry(false))
                 .with_client_options(client::options(false));
-            if let Some(checksum) = client::s3_checksum(&env) {
+            if let Some(checksum) = client::s3_checksum(&client::env_var) {
                 b = b.with_checksum_algorithm(checksum);
             }
-            let mut b = aws_files::apply(b, &env)?;
+            let mut b = aws_files::apply(b, &client::env_var)?;
             let endpoint = std::env::var("AWS_ENDPOINT_URL")
                 .or_else(|_| std::env::var("AWS_ENDPOINT"))
                 .unwrap_or_default();
