@@ -383,6 +383,13 @@ fn held_project(build: &str) -> Project {
 }
 
 /// The ids of the nodes a plan marks `held`, with the reason it gives.
+/// Runs `kiln build --quiet` in `p` and checks its summary line.
+fn builds(p: &Project, summary: &str) {
+    let out = p.kiln(&["build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(out.stdout.trim(), summary, "{}", out.stderr);
+}
+
 fn held_in(plan: &serde_json::Value) -> Vec<(String, String)> {
     plan["nodes"]
         .as_array()
@@ -425,14 +432,7 @@ fn a_keyless_runners_plan_shows_the_publishes_it_would_hold() {
         "{plan}"
     );
     assert_eq!(plan["summary"]["held"], 1, "{}", plan["summary"]);
-    let out = p.kiln(&["build", "--quiet"]);
-    out.expect_code(0);
-    assert_eq!(
-        out.stdout.trim(),
-        "1 built, 0 cached, 1 held (no signing key)",
-        "{}",
-        out.stderr
-    );
+    builds(&p, "1 built, 0 cached, 1 held (no signing key)");
 
     // With the key, the same plan holds nothing, and the build publishes.
     p.set_env("KILN_SIGNING_KEY", &key);
@@ -443,9 +443,7 @@ fn a_keyless_runners_plan_shows_the_publishes_it_would_hold() {
     assert!(plan["summary"].get("held").is_none(), "{}", plan["summary"]);
     let text = p.kiln(&["plan"]);
     assert!(!text.stdout.contains("held"), "{}", text.stdout);
-    let out = p.kiln(&["build", "--quiet"]);
-    out.expect_code(0);
-    assert_eq!(out.stdout.trim(), "1 built, 1 cached", "{}", out.stderr);
+    builds(&p, "1 built, 1 cached");
 
     // The build step changes: its publish waits on it, and would be held if it ran.
     p.set_env("KILN_SIGNING_KEY", "");
@@ -466,14 +464,7 @@ fn a_keyless_runners_plan_shows_the_publishes_it_would_hold() {
         "{}",
         text.stdout
     );
-    let out = p.kiln(&["build", "--quiet"]);
-    out.expect_code(0);
-    assert_eq!(
-        out.stdout.trim(),
-        "1 built, 0 cached, 1 held (no signing key)",
-        "{}",
-        out.stderr
-    );
+    builds(&p, "1 built, 0 cached, 1 held (no signing key)");
 
     // Without a remote cache, a runner publishes with no key at all.
     p.set_env("KILN_REMOTE_CACHE", "");
