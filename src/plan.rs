@@ -32,6 +32,10 @@ pub trait CacheView {
     fn source(&self, _key: &Digest) -> Source {
         Source::Local
     }
+    /// Why a build on this runner holds every publish node due to run, if it does.
+    fn publish_hold(&self) -> Option<Hold> {
+        None
+    }
 }
 
 /// Where a cached result is: in this machine's cache, or only in the shared remote cache (its
@@ -214,7 +218,7 @@ pub struct Plan {
     /// of a shared cache.
     pub claimed: BTreeMap<String, String>,
     /// Publish nodes due to run that a build on this runner holds instead of publishing
-    /// (id -> why), see [`Plan::hold_publishes`].
+    /// (id -> why), see [`CacheView::publish_hold`].
     pub held: BTreeMap<String, Hold>,
 }
 
@@ -288,6 +292,13 @@ impl Plan {
 
     pub fn has_work(&self) -> bool {
         self.actions.iter().any(Action::will_run)
+    }
+
+    /// Whether a build holds the node without running anything for it: held, and not one that
+    /// early cutoff may still reuse (that one is held only if its upstream outputs change).
+    pub fn holds(&self, graph: &Graph, ix: NodeIndex) -> bool {
+        self.held.contains_key(&graph.node(ix).id)
+            && !matches!(self.action(ix), Action::RebuildIfUpstreamChanges { .. })
     }
 
     /// Marks every publish node due to run as held for `why`, as `kiln build` holds them (a
@@ -579,12 +590,16 @@ pub fn plan(graph: &Graph, view: &dyn CacheView, forced: &BTreeSet<String>) -> P
         };
         actions.push(action);
     }
-    Plan {
+    let mut plan = Plan {
         actions,
         orphans: Vec::new(),
         claimed: BTreeMap::new(),
         held: BTreeMap::new(),
+    };
+    if let Some(why) = view.publish_hold() {
+        plan.hold_publishes(graph, why);
     }
+    plan
 }
 
 /// The recorded ids (with the key of their last result) that `graph` no longer declares, sorted.

@@ -131,10 +131,6 @@ pub fn print_plan(
     }
     if let Some(r) = &remote {
         plan.claimed = claimed_publishes(r, &graph, &plan);
-        // As `kiln build` does: a runner that cannot record a publish does not publish.
-        if !r.writes() {
-            plan.hold_publishes(&graph, plan::Hold::NoSigningKey);
-        }
     }
     let orphans: Vec<(String, BTreeMap<String, String>)> = plan
         .orphans

@@ -190,11 +190,12 @@ impl StoreView {
     /// so it rebuilds first in the same build instead of its dependents running without it.
     /// Returns whether any was forgotten: then the plan must be made again.
     pub fn forget_unreadable_upstream(&mut self, graph: &Graph, plan: &Plan) -> bool {
+        // A held publish does not run: its upstream blobs are not fetched for it.
         let needed = graph.with_ancestors(
             graph
                 .order()
                 .into_iter()
-                .filter(|ix| plan.action(*ix).will_run()),
+                .filter(|ix| plan.action(*ix).will_run() && !plan.holds(graph, *ix)),
         );
         let mut forgot = self.fetch_upstream(graph, plan, &needed);
         let Some(store) = self.store.clone() else {
@@ -366,5 +367,14 @@ impl CacheView for StoreView {
         } else {
             plan::Source::Local
         }
+    }
+
+    /// As the executor does: a runner that cannot record a publish in the remote cache (it
+    /// holds no signing key) does not publish.
+    fn publish_hold(&self) -> Option<plan::Hold> {
+        self.remote
+            .as_ref()
+            .filter(|r| !r.writes())
+            .map(|_| plan::Hold::NoSigningKey)
     }
 }

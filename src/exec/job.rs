@@ -86,6 +86,8 @@ pub(super) fn ended(
 pub(super) struct Job {
     pub(super) node: Node,
     pub(super) action: Action,
+    /// The plan holds the node: it runs nothing, unless early cutoff reuses its last result.
+    pub(super) held: bool,
     pub(super) upstream: Vec<(crate::config::StepKind, ActionResult)>,
     pub(super) dep_outputs: BTreeMap<String, Digest>,
 }
@@ -275,10 +277,7 @@ pub(super) async fn run_job(sh: Arc<Shared>, job: Job, slot: StepSlot) -> JobOut
         }
     }
     // A runner that cannot record a publish in the remote does not publish: nobody would know.
-    if node.step == StepKind::Publish
-        && let Some(remote) = &sh.remote
-        && !remote.writes()
-    {
+    if job.held {
         return ended(Outcome::Held, 0, None, None);
     }
     // Of two runners reaching the same publish node, one publishes; the other takes its result.

@@ -155,6 +155,14 @@ pub async fn execute(
                 deferred.push(ix);
                 continue;
             }
+            // A publish node the plan holds (this runner could not record it where other
+            // runners look, see `CacheView::publish_hold`) does not run: nothing is read or
+            // fetched for it. One that early cutoff may reuse is held by its job instead.
+            if plan.holds(graph, ix) {
+                sh.progress.finished(node, &Outcome::Held, Duration::ZERO);
+                outcome.insert(ix, NodeReport::idle(&node.id, Outcome::Held));
+                continue;
+            }
             // Upstream results: every ancestor's, nearest first.
             let mut upstream = Vec::new();
             let mut dep_outputs = BTreeMap::new();
@@ -188,6 +196,7 @@ pub async fn execute(
             let job = Job {
                 node: node.clone(),
                 action: plan.action(ix).clone(),
+                held: plan.held.contains_key(&node.id),
                 upstream,
                 dep_outputs,
             };

@@ -144,6 +144,21 @@ fn runners_share_results_through_one_bucket() {
     );
     assert_eq!(files_under(shared.path()), images, "C published");
     assert_eq!(m.list(PREFIX), objects, "a runner without a key wrote");
+
+    // D, without a key, publishes to an empty bucket: its publishes would run, but it holds
+    // them, so it fetches no image for them either.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let d = runner(&m, elsewhere.path()).env("KILN_TRUSTED_KEYS", &public);
+    let out = d.kiln(&["-f", F, "build", "--quiet"]);
+    out.expect_code(0);
+    assert_eq!(
+        out.stdout.trim(),
+        "0 built, 8 cached, 4 held (no signing key)",
+        "{}",
+        out.stderr
+    );
+    let cache = d.path().join("examples/local/cache");
+    assert_eq!(files_under(&cache.join("cas")), 0, "D downloaded a blob");
 }
 
 /// A record changed in the bucket, one signed by an untrusted key, and one whose blob is gone
